@@ -1,0 +1,103 @@
+"""What the scripts share: one-line errors with meaningful exit codes.
+
+Bad input never ends in a traceback: argument errors, invalid settings,
+unusable data and unwritable folders print one line on stderr and exit 2;
+a non-finite loss exits 3; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+from s7jax.errors import ConfigError, RunError
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gives one line (``prog: error: ...``), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+@contextlib.contextmanager
+def exit_on_known_errors():
+    try:
+        yield
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def prepare_workdir(workdir: Path) -> Path:
+    """Create ``workdir`` and check that it is writable, or raise ConfigError."""
+    workdir = Path(workdir)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
+    return workdir
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that set a :class:`s7jax.config.Config` (unset ones keep the
+    model's default recipe)."""
+    p.add_argument("--model", default="model6", help="model1 .. model6")
+    p.add_argument("--epochs", type=int, help="epochs to train (1..15 unless --allow-long)")
+    p.add_argument("--batch-size", type=int, help="training batch size (global, over all devices)")
+    p.add_argument("--seed", type=int, default=0, help="seed of init, shuffling, augmentation, dropout")
+    g = p.add_argument_group("data")
+    g.add_argument("--train-subset", type=int, help="train on the first N images only (quick runs)")
+    g.add_argument("--test-subset", type=int, help="evaluate on the first N test images only")
+    g.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    g.add_argument("--degrees", type=float, help="rotation range +/- degrees (0 disables)")
+    g.add_argument("--brightness", type=float, help="brightness factor range 1 +/- x (0 disables)")
+    g.add_argument("--contrast", type=float, help="contrast factor range 1 +/- x (0 disables)")
+    g.add_argument("--clean-epochs", type=int, help="train the last N epochs without augmentation")
+    g.add_argument("--pipeline", choices=["tfds", "device"],
+                   help="tf.data on the host, or data and augmentation on the accelerator")
+    g.add_argument("--data-dir", help="TFDS data_dir (default: TFDS's, honouring TFDS_DATA_DIR)")
+    g.add_argument("--manual-dir", help="folder with the four official MNIST files and SHA256SUMS")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--optimizer", help="sgd or adam (AdamW when --weight-decay > 0)")
+    g.add_argument("--lr", type=float, help="learning rate (the peak, with --schedule onecycle)")
+    g.add_argument("--momentum", type=float, help="SGD momentum")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum")
+    g.add_argument("--weight-decay", type=float, help="weight decay")
+    g.add_argument("--schedule", help="constant or onecycle (cosine warm-up and decay)")
+    g.add_argument("--warmup-fraction", type=float, help="one-cycle: share of steps rising to the peak")
+    g.add_argument("--final-lr-fraction", type=float,
+                   help="one-cycle: final lr as a fraction of the peak")
+    g.add_argument("--precise-bn", type=int,
+                   help="re-estimate BatchNorm statistics on N clean training images each epoch (0: off)")
+    g.add_argument("--eval-batch-size", type=int, help="evaluation batch size")
+    g.add_argument("--allow-long", action="store_true", help="allow more than 15 epochs")
+
+
+_CONFIG_FLAGS = ("epochs", "batch_size", "train_subset", "test_subset", "clean_epochs", "pipeline",
+                 "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
+                 "warmup_fraction", "final_lr_fraction", "precise_bn", "eval_batch_size")
+
+
+def config_from_args(args: argparse.Namespace, **overrides):
+    """The model's default recipe with every flag that was given applied."""
+    import dataclasses
+
+    from s7jax.augment import NO_AUGMENT
+    from s7jax.config import default_config
+
+    given = {k: getattr(args, k) for k in _CONFIG_FLAGS if getattr(args, k) is not None}
+    given.update(seed=args.seed, allow_long=args.allow_long, **overrides)
+    config = default_config(args.model, **given)
+    augment = NO_AUGMENT if args.no_augment else config.augment
+    strengths = {k: getattr(args, k) for k in ("degrees", "brightness", "contrast")
+                 if getattr(args, k) is not None}
+    return default_config(args.model, **given, augment=dataclasses.replace(augment, **strengths))

@@ -1,0 +1,122 @@
+"""Every setting of a training run, in one frozen dataclass, with each
+model's default recipe.
+
+``Config`` round-trips through JSON (a run's ``config.json``) so that any
+committed run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from s7jax.augment import NO_AUGMENT, AugmentConfig
+from s7jax.errors import ConfigError
+from s7jax.models import MODELS
+
+MAX_EPOCHS = 15  # the study's rule: every result within 15 epochs
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: str = "model6"
+    epochs: int = MAX_EPOCHS
+    batch_size: int = 128
+    seed: int = 0
+    # Optimiser: SGD (momentum, optional Nesterov) or Adam(W); weight decay is
+    # decoupled (AdamW-style for Adam, added to the gradient for SGD).
+    optimizer: str = "sgd"
+    lr: float = 0.01  # the constant rate, or the peak of the one-cycle schedule
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | onecycle
+    warmup_fraction: float = 0.2  # one-cycle: share of steps spent rising to the peak
+    final_lr_fraction: float = 1e-3  # one-cycle: final rate as a fraction of the peak
+    augment: AugmentConfig = AugmentConfig()
+    clean_epochs: int = 0  # the last N epochs train on un-augmented images
+    precise_bn: int = 0  # re-estimate BN statistics on N clean training images each epoch
+    train_subset: int | None = None
+    test_subset: int | None = None
+    eval_batch_size: int = 1000
+    pipeline: str = "tfds"  # tfds (tf.data on the host) | device (JAX, on the accelerator)
+    allow_long: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Config":
+        data = dict(data)
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        if "augment" in data:
+            data["augment"] = AugmentConfig(**data["augment"])
+        return cls(**data)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=True)
+
+
+# The recipe of the original notebooks: constant SGD 0.01, momentum 0.9.
+_ORIGINAL = dict(optimizer="sgd", lr=0.01, momentum=0.9, schedule="constant")
+# Models with BatchNorm tolerate, and profit from, a one-cycle schedule.
+_ONECYCLE = dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, schedule="onecycle")
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    # No normalisation: a large rate diverges, so keep the original recipe.
+    "model1": dict(_ORIGINAL, augment=NO_AUGMENT),
+    "model2": dict(_ORIGINAL, augment=NO_AUGMENT),
+    "model3": dict(_ONECYCLE, augment=NO_AUGMENT),
+    "model4": dict(_ONECYCLE, augment=NO_AUGMENT),
+    "model5": dict(_ONECYCLE, augment=AugmentConfig(7.0, 0.1, 0.1)),
+    "model6": dict(_ONECYCLE, augment=AugmentConfig(7.0, 0.2, 0.2)),
+}
+
+
+def default_config(model: str = "model6", **overrides: Any) -> Config:
+    """The recipe for ``model`` with ``overrides`` applied, validated."""
+    if model not in MODELS:
+        raise ConfigError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)}")
+    return validate(Config(model=model, **{**DEFAULTS[model], **overrides}))
+
+
+def validate(config: Config) -> Config:
+    """``config`` itself, or a ConfigError naming the first bad setting."""
+    c = config
+    if c.model not in MODELS:
+        raise ConfigError(f"unknown model {c.model!r}; choose one of: {', '.join(MODELS)}")
+    if not 1 <= c.epochs <= MAX_EPOCHS and not (c.allow_long and c.epochs >= 1):
+        raise ConfigError(
+            f"--epochs must be in 1..{MAX_EPOCHS} (the study's rule), got {c.epochs}; "
+            "pass --allow-long to train longer")
+    checks = [
+        (c.batch_size > 0, f"--batch-size must be positive, got {c.batch_size}"),
+        (c.eval_batch_size > 0, f"--eval-batch-size must be positive, got {c.eval_batch_size}"),
+        (c.lr > 0, f"--lr must be positive, got {c.lr}"),
+        (0 <= c.momentum < 1, f"--momentum must be in [0, 1), got {c.momentum}"),
+        (c.weight_decay >= 0, f"--weight-decay must be >= 0, got {c.weight_decay}"),
+        (c.optimizer in ("sgd", "adam"), f"--optimizer must be sgd or adam, got {c.optimizer!r}"),
+        (c.schedule in ("constant", "onecycle"),
+         f"--schedule must be constant or onecycle, got {c.schedule!r}"),
+        (0 < c.warmup_fraction < 1, f"--warmup-fraction must be in (0, 1), got {c.warmup_fraction}"),
+        (0 < c.final_lr_fraction <= 1,
+         f"--final-lr-fraction must be in (0, 1], got {c.final_lr_fraction}"),
+        (0 <= c.clean_epochs <= c.epochs,
+         f"--clean-epochs must be in 0..{c.epochs}, got {c.clean_epochs}"),
+        (c.precise_bn >= 0, f"--precise-bn must be >= 0, got {c.precise_bn}"),
+        (c.train_subset is None or c.train_subset > 0,
+         f"--train-subset must be positive, got {c.train_subset}"),
+        (c.test_subset is None or c.test_subset > 0,
+         f"--test-subset must be positive, got {c.test_subset}"),
+        (c.pipeline in ("tfds", "device"), f"--pipeline must be tfds or device, got {c.pipeline!r}"),
+        (min(c.augment.degrees, c.augment.brightness, c.augment.contrast) >= 0
+         and c.augment.brightness < 1 and c.augment.contrast < 1,
+         "augmentation strengths must be >= 0 (brightness and contrast < 1)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    return c

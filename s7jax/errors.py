@@ -1,0 +1,45 @@
+"""The ways a run can end early, each with its exit code.
+
+Every message is one line that says what went wrong and what to do; the
+scripts print it without a traceback (see ``s7jax.cli``).
+"""
+
+from __future__ import annotations
+
+
+class RunError(Exception):
+    exit_code = 1
+
+
+class ConfigError(RunError, ValueError):
+    """An invalid setting or flag."""
+
+    exit_code = 2
+
+
+class DataError(RunError):
+    """Missing, corrupt or unusable input data."""
+
+    exit_code = 2
+
+
+class NonFiniteLossError(RunError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+    exit_code = 3
+
+    def __init__(self, epoch: int, step: int):
+        super().__init__(f"non-finite loss in epoch {epoch} at step {step}; "
+                         "the last good checkpoint is kept")
+        self.epoch, self.step = epoch, step
+
+
+class Interrupted(RunError):
+    """Ctrl-C: a checkpoint of the current step was saved."""
+
+    exit_code = 130
+
+    def __init__(self, step: int, workdir):
+        super().__init__(f"interrupted at step {step}; checkpoint saved, "
+                         f"continue with --resume {workdir}")
+        self.step = step

@@ -1,0 +1,45 @@
+"""Data parallelism with JAX's own sharding: one mesh axis, ``data``.
+
+The batch is split along ``data`` across every device; the train state is
+replicated. ``jax.jit`` then compiles one global program: BatchNorm's batch
+statistics and the loss are computed over the global batch (XLA inserts the
+all-reduces), so N devices train exactly the same model as one. One device is
+the same code path with a mesh of size 1.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from s7jax.errors import ConfigError
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D mesh over ``devices`` (default: every device JAX sees)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension split across the ``data`` axis."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch size") -> None:
+    n = mesh.devices.size
+    if batch_size % n:
+        raise ConfigError(f"the {what} ({batch_size}) must divide by the number of devices ({n})")
+
+
+def describe(mesh: Mesh) -> str:
+    devices = mesh.devices.ravel()
+    kinds = sorted({d.device_kind for d in devices})
+    return f"mesh {dict(mesh.shape)} over {len(devices)} x {'/'.join(kinds)} ({jax.default_backend()})"

@@ -1,0 +1,86 @@
+"""Figures: training curves, test accuracy over seeds, misclassified digits,
+augmented samples. Each function writes one PNG and returns its path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers, CI or Colab's backend
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+TARGET = 99.4
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def curves(history: Sequence[dict[str, Any]], path, title: str = "") -> Path:
+    """Train vs test loss (left) and accuracy (right) per epoch."""
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((ax_loss, "loss", "loss (NLL)"), (ax_acc, "acc", "accuracy (%)")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
+        ax.plot(epochs, [r[f"test_{key}"] for r in history], "s-", label="test")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    ax_acc.axhline(TARGET, color="grey", ls="--", lw=1)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def seeds(runs: dict[int, Sequence[dict[str, Any]]], path, title: str = "") -> Path:
+    """Test accuracy per epoch, one line per seed, with the 99.4% line."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for seed, history in sorted(runs.items()):
+        ax.plot([r["epoch"] for r in history], [r["test_acc"] for r in history], "o-", ms=3,
+                label=f"seed {seed}")
+    ax.axhline(TARGET, color="black", ls="--", lw=1, label=f"{TARGET}%")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(98.8, 99.8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def models(runs: dict[str, Sequence[dict[str, Any]]], path) -> Path:
+    """Test accuracy per epoch of several models on one axis."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, history in runs.items():
+        ax.plot([r["epoch"] for r in history], [r["test_acc"] for r in history], "o-", ms=3,
+                label=name)
+    ax.axhline(TARGET, color="black", ls="--", lw=1, label=f"{TARGET}%")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(98.0, 99.8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def digit_grid(images: np.ndarray, titles: Sequence[str], path, columns: int,
+               suptitle: str = "") -> Path:
+    """Images ``(N, 28, 28[, 1])`` in a grid, a title above each."""
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.2 * columns, 1.35 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, title in zip(axes.ravel(), images, titles):
+        ax.imshow(np.squeeze(image), cmap="gray", vmin=0, vmax=1 if image.max() <= 1 else 255)
+        ax.set_title(title, fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    return _save(fig, path)

@@ -1,0 +1,81 @@
+"""The files of a run directory, and their formats.
+
+    <workdir>/config.json     every setting, library versions, the devices
+    <workdir>/metrics.jsonl   one JSON object per epoch, flushed as it ends
+    <workdir>/curves.png      train vs test loss and accuracy
+    <workdir>/checkpoints/    Orbax checkpoints (see s7jax.checkpoint)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from s7jax.config import Config
+
+METRIC_KEYS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
+
+
+def config_path(workdir: Path) -> Path:
+    return Path(workdir) / "config.json"
+
+
+def metrics_path(workdir: Path) -> Path:
+    return Path(workdir) / "metrics.jsonl"
+
+
+def checkpoint_dir(workdir: Path) -> Path:
+    return Path(workdir) / "checkpoints"
+
+
+def environment() -> dict[str, Any]:
+    """Versions and devices, recorded with every run so results can be traced."""
+    import flax
+    import jax
+    import optax
+    import tensorflow_datasets as tfds
+
+    return {
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "tensorflow_datasets": tfds.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "devices": [str(d.device_kind) for d in jax.devices()],
+        "device_count": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def write_config(workdir: Path, config: Config) -> None:
+    payload = {"config": config.to_json(), "environment": environment()}
+    config_path(workdir).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def read_config(workdir: Path) -> Config:
+    return Config.from_json(json.loads(config_path(workdir).read_text())["config"])
+
+
+def write_metrics(workdir: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.jsonl`` with ``rows`` (used when a run resumes)."""
+    with open(metrics_path(workdir), "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def append_metrics(workdir: Path, row: dict[str, Any]) -> None:
+    with open(metrics_path(workdir), "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metrics(workdir: Path) -> list[dict[str, Any]]:
+    path = metrics_path(workdir)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,45 @@
+"""A per-layer summary of a model: output shape, parameters, receptive field."""
+
+from __future__ import annotations
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from s7jax.models import INPUT_SHAPE, count_params
+
+# Layer names in s7jax.models are <kind><index>: conv1, bn1, drop1, pool1, ...
+KINDS = {"conv": "Conv 3x3", "bn": "BatchNorm", "drop": "Dropout", "pool": "MaxPool 2x2"}
+
+
+def layer_rows(model: nn.Module, variables) -> list[tuple[str, str, tuple[int, ...], int, int]]:
+    """``(name, kind, output shape, parameters, receptive field)`` per layer,
+    in call order. The receptive field grows by ``(k - 1) * jump`` at each
+    k x k layer, and ``jump`` (the input-pixel distance between neighbouring
+    outputs) doubles at each stride-2 pool."""
+    _, state = model.apply(variables, jnp.zeros((1, *INPUT_SHAPE)), train=False,
+                           capture_intermediates=True, mutable=["intermediates"])
+    rf, jump, rows = 1, 1, []
+    for name, value in state["intermediates"].items():
+        if name == "__call__":
+            continue
+        kind = re.match(r"[a-z]+", name).group()
+        if kind == "conv":
+            rf += (3 - 1) * jump
+        elif kind == "pool":
+            rf += (2 - 1) * jump
+            jump *= 2
+        params = variables["params"].get(name, {})
+        n_params = sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
+        rows.append((name, KINDS[kind], tuple(value["__call__"][0].shape[1:]), n_params, rf))
+    return rows
+
+
+def summary_table(model: nn.Module, variables) -> str:
+    rows = layer_rows(model, variables)
+    lines = [f"{'layer':<7}{'type':<12}{'output':>14}{'params':>9}{'RF':>5}"]
+    lines += [f"{n:<7}{k:<12}{str(s):>14}{p:>9,}{rf:>5}" for n, k, s, p, rf in rows]
+    lines.append(f"{'total':<7}{'':<12}{'':>14}{count_params(variables):>9,}")
+    return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""Train a model over several seeds and summarise them.
+
+    python scripts/sweep.py --model model6 --seeds 5
+
+trains seeds 0..4 with model6's default recipe into
+``results/model6/seed-<s>/`` (``config.json``, ``metrics.jsonl``; a seed
+whose run is complete is skipped, an interrupted one resumes), then rewrites
+``results/summary.json`` (every model under ``results/``: per seed the
+accuracies of the last three epochs, their min and mean; per model the
+mean +/- std over seeds and the min) and ``results/<model>/seeds.png``.
+Training flags (``--epochs``, ``--lr``, ...) apply to every seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from s7jax.cli import (  # noqa: E402
+    OneLineErrorParser, add_config_flags, config_from_args, exit_on_known_errors, prepare_workdir)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    add_config_flags(p)
+    p.add_argument("--seeds", type=int, default=5, help="train seeds 0 .. SEEDS-1")
+    p.add_argument("--results", default="results", help="results folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {args.seeds}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    with exit_on_known_errors():
+        from s7jax import checkpoint, plots, results, runfiles
+        from s7jax.train import train_and_evaluate
+
+        results_dir = Path(args.results)
+        for seed in range(args.seeds):
+            config = config_from_args(args, seed=seed)
+            workdir = prepare_workdir(results_dir / config.model / f"seed-{seed}")
+            done = len(runfiles.read_metrics(workdir)) >= config.epochs
+            if done and runfiles.config_path(workdir).is_file() and runfiles.read_config(workdir) == config:
+                print(f"seed {seed}: complete, skipped")
+                continue
+            resume = (runfiles.config_path(workdir).is_file()
+                      and runfiles.read_config(workdir) == config
+                      and checkpoint.latest_step(runfiles.checkpoint_dir(workdir)) is not None)
+            print(f"\n== {config.model} seed {seed} -> {workdir}")
+            train_and_evaluate(config, workdir, resume=resume, data_dir=args.data_dir,
+                               manual_dir=args.manual_dir, show_progress=not args.no_progress)
+        summary = results.write_summary(results_dir)
+        model = config_from_args(args).model
+        runs = {seed: runfiles.read_metrics(results_dir / model / f"seed-{seed}")
+                for seed in range(args.seeds)}
+        plots.seeds(runs, results_dir / model / "seeds.png", title=f"{model}: test accuracy per seed")
+        line = summary["models"][model]
+        print(f"\n{model}: last-3 mean {line['mean']:.3f} +/- {line['std']:.3f} over "
+              f"{line['n_seeds']} seeds, min {line['min']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Shared test set-up: fast compiles, no network, MNIST prepared once."""
+
+from __future__ import annotations
+
+import os
+
+# Proxies pointing at a closed port: anything that tries the network fails
+# at once instead of hanging. Set before TFDS or TF is imported.
+for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+    os.environ[var] = "http://127.0.0.1:9"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+# The tests check properties, not speed: skip XLA's slow optimisation passes.
+jax.config.update("jax_disable_most_optimizations", True)
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+    """A TFDS data_dir with MNIST prepared offline from the repository's files."""
+    from s7jax import data
+
+    path = tmp_path_factory.mktemp("tfds")
+    data.prepare_mnist(data_dir=path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist(tfds_dir):
+    from s7jax import data
+
+    return data.load_mnist(data_dir=tfds_dir)

@@ -1,0 +1,159 @@
+"""The six models: exact parameter totals, shapes, and BN/dropout behaviour."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from s7jax.models import MODELS, count_params, get_model, init_variables
+from s7jax.summary import layer_rows
+
+EXPECTED_PARAMS = {
+    "model1": 6_379_786,
+    "model2": 21_798,
+    "model3": 17_354,
+    "model4": 14_450,
+    "model5": 12_122,
+    "model6": 7_664,
+}
+BN_MODELS = ["model3", "model4", "model5", "model6"]
+DROPOUT_MODELS = ["model4", "model5", "model6"]
+# Small models for the property tests; model1's 6.4M parameters only in the counts.
+SMALL = ["model2", "model3", "model4", "model5", "model6"]
+
+property_settings = settings(max_examples=6, deadline=None, derandomize=True)
+
+
+def key(seed):
+    return jax.random.key(seed, impl="rbg")
+
+
+@functools.cache
+def variables_for(name: str, seed: int = 0):
+    return init_variables(get_model(name), key(seed))
+
+
+@functools.cache
+def apply_fn(name: str, train: bool):
+    model = get_model(name)
+    if train:
+        return jax.jit(lambda v, x, k: model.apply(v, x, train=True, mutable=["batch_stats"],
+                                                   rngs={"dropout": k}))
+    return jax.jit(lambda v, x: model.apply(v, x, train=False))
+
+
+def images(batch_size: int, seed: int = 0) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).normal(size=(batch_size, 28, 28, 1)), jnp.float32)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_PARAMS))
+def test_exact_parameter_totals(name):
+    variables = jax.eval_shape(lambda: init_variables(get_model(name), key(0)))
+    assert count_params(variables) == EXPECTED_PARAMS[name]
+
+
+def test_model6_has_under_8000_parameters():
+    assert count_params(variables_for("model6")) < 8_000
+
+
+def test_registry_names_and_unknown_model():
+    assert list(MODELS) == [f"model{i}" for i in range(1, 7)]
+    with pytest.raises(ValueError, match="model1, model2"):
+        get_model("model7")
+
+
+def test_count_ignores_batch_stats():
+    v = variables_for("model6")
+    stats = sum(x.size for x in jax.tree_util.tree_leaves(v["batch_stats"]))
+    assert stats == 2 * (8 + 12 + 16 + 10 + 14)  # mean and var of the five BN layers
+    assert count_params(v) == count_params({"params": v["params"]})
+
+
+def test_model6_layers_match_the_spec():
+    """Bias-free convs 1-5, biased convs 6-7, BN on 1-5, kernel shapes in order."""
+    params = variables_for("model6")["params"]
+    channels = [1, 8, 12, 16, 10, 14, 10, 10]
+    for i in range(1, 8):
+        conv = params[f"conv{i}"]
+        assert conv["kernel"].shape == (3, 3, channels[i - 1], channels[i])
+        assert ("bias" in conv) == (i >= 6)
+        assert (f"bn{i}" in params) == (i <= 5)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_PARAMS))
+def test_spatial_sizes_follow_the_spec(name):
+    model = get_model(name)
+    variables = jax.eval_shape(lambda: init_variables(model, key(0)))
+    variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), variables)
+    sizes = []
+    for _, _, shape, _, _ in layer_rows(model, variables):
+        if not sizes or sizes[-1] != shape[0]:
+            sizes.append(shape[0])
+    assert sizes == [28, 14, 7, 5, 3, 1]
+
+
+@pytest.mark.parametrize("name", SMALL)
+@property_settings
+@given(batch_size=st.sampled_from([1, 3, 8]), seed=st.integers(0, 2**31 - 1))
+def test_output_is_log_probabilities(name, batch_size, seed):
+    out = apply_fn(name, False)(variables_for(name), images(batch_size, seed))
+    assert out.shape == (batch_size, 10)
+    np.testing.assert_allclose(np.exp(np.asarray(out)).sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", SMALL)
+@property_settings
+@given(seed=st.integers(0, 2**31 - 1), batch_size=st.integers(1, 4))
+def test_parameter_count_independent_of_seed_and_batch(name, seed, batch_size):
+    variables = init_variables(get_model(name), key(seed), batch_size=batch_size)
+    assert count_params(variables) == EXPECTED_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", SMALL)
+@property_settings
+@given(seed=st.integers(0, 2**31 - 1))
+def test_eval_is_deterministic_and_leaves_batch_stats(name, seed):
+    model, v, x = get_model(name), variables_for(name), images(4, seed)
+    a = apply_fn(name, False)(v, x)
+    b = apply_fn(name, False)(v, x)
+    np.testing.assert_array_equal(a, b)
+    _, updates = model.apply(v, x, train=False, mutable=["batch_stats"])
+    chex_equal = jax.tree.map(np.array_equal, dict(updates).get("batch_stats", {}),
+                              v.get("batch_stats", {}))
+    assert all(jax.tree_util.tree_leaves(chex_equal))
+
+
+@pytest.mark.parametrize("name", BN_MODELS)
+@property_settings
+@given(seed=st.integers(0, 2**31 - 1))
+def test_train_mode_updates_batch_stats(name, seed):
+    v = variables_for(name)
+    _, updates = apply_fn(name, True)(v, images(8, seed), key(seed))
+    before = jax.tree_util.tree_leaves(v["batch_stats"])
+    after = jax.tree_util.tree_leaves(updates["batch_stats"])
+    assert len(before) == len(after) > 0
+    assert all(not np.allclose(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize("name", DROPOUT_MODELS)
+@property_settings
+@given(seed=st.integers(0, 2**30))
+def test_dropout_follows_its_key(name, seed):
+    v, x, train = variables_for(name), images(4, seed), apply_fn(name, True)
+    same_a, _ = train(v, x, key(seed))
+    same_b, _ = train(v, x, key(seed))
+    other, _ = train(v, x, key(seed + 1))
+    np.testing.assert_array_equal(same_a, same_b)
+    assert not np.allclose(same_a, other)
+
+
+def test_model2_has_no_train_mode_difference():
+    """No BN, no dropout: train and eval compute the same function."""
+    v, x = variables_for("model2"), images(2)
+    trained, _ = apply_fn("model2", True)(v, x, key(0))
+    np.testing.assert_allclose(trained, apply_fn("model2", False)(v, x), rtol=1e-6)

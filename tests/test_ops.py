@@ -1,0 +1,52 @@
+"""The fast conv and dropout compute what the stock ones do."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from s7jax import ops
+
+
+@pytest.mark.parametrize("cin,cout,size,pad", [(1, 8, 28, 1), (8, 12, 28, 1), (10, 14, 7, 0)])
+def test_conv_and_its_gradients_match_lax(cin, cout, size, pad):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, size, size, cin)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, cin, cout)), jnp.float32)
+    padding = ((pad, pad), (pad, pad))
+
+    def loss(conv):
+        def f(x, w):
+            y = conv(x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            return jnp.sum(jnp.sin(y))  # a non-trivial cotangent
+        return f
+
+    ours = jax.value_and_grad(loss(ops.conv), argnums=(0, 1))(x, w)
+    ref = jax.value_and_grad(loss(lax.conv_general_dilated), argnums=(0, 1))(x, w)
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4)
+
+
+def test_keep_mask_rate_and_independence():
+    key = jax.random.key(0, impl="rbg")
+    a = ops.keep_mask(key, (64, 28, 28, 8), 0.9)
+    b = ops.keep_mask(jax.random.fold_in(key, 1), (64, 28, 28, 8), 0.9)
+    n = a.size
+    assert abs(float(a.mean()) - 0.9) < 4 * np.sqrt(0.09 / n)
+    # Independent masks agree where both keep or both drop: 0.9^2 + 0.1^2.
+    agree = float((a == b).mean())
+    assert abs(agree - 0.82) < 4 * np.sqrt(0.82 * 0.18 / n)
+    np.testing.assert_array_equal(a, ops.keep_mask(key, (64, 28, 28, 8), 0.9))
+
+
+def test_dropout_scales_kept_units_and_is_identity_in_eval():
+    x = jnp.ones((16, 8, 8, 4))
+    layer = ops.Dropout(0.25)
+    y = layer.apply({}, x, rngs={"dropout": jax.random.key(1, impl="rbg")})
+    kept = np.asarray(y) != 0
+    np.testing.assert_allclose(np.asarray(y)[kept], 1 / 0.75, rtol=1e-6)
+    assert 0.7 < kept.mean() < 0.8
+    np.testing.assert_array_equal(ops.Dropout(0.25, deterministic=True).apply({}, x), x)
