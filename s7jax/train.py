@@ -76,6 +76,14 @@ def create_train_state(model: nn.Module, key: jax.Array, tx: optax.GradientTrans
                              batch_stats=variables.get("batch_stats", {}), tx=tx)
 
 
+def initial_state(config: Config, schedule: optax.Schedule) -> tuple[TrainState, jax.Array]:
+    """The freshly initialised state of a run, and its base dropout key: both
+    functions of ``config.seed`` alone."""
+    init_key, dropout_key = jax.random.split(jax.random.key(config.seed, impl=PRNG_IMPL))
+    model = get_model(config.model)
+    return create_train_state(model, init_key, make_optimizer(config, schedule)), dropout_key
+
+
 # --------------------------------------------------------------------------
 # Steps
 # --------------------------------------------------------------------------
@@ -139,6 +147,20 @@ def summarize(totals: dict[str, Any]) -> tuple[float, float]:
     """(mean loss, accuracy in percent) from metric sums."""
     count = max(int(totals["count"]), 1)
     return float(totals["loss"]) / count, 100.0 * int(totals["correct"]) / count
+
+
+def device_eval_batches(split: data.Split, batch_size: int, sharding=None) -> list[Batch]:
+    """The test set is small: put it on the device(s) once for every evaluation."""
+    return [jax.device_put(b, sharding)
+            for b in data.as_numpy(data.eval_dataset(split, batch_size=batch_size))]
+
+
+def evaluate(eval_fn: Callable, state: TrainState, batches: list[Batch]) -> tuple[float, float]:
+    """(mean loss, accuracy %) of ``state`` over every unmasked example."""
+    totals = {k: v for k, v in zero_totals().items() if k != "nonfinite_step"}
+    for batch in batches:
+        totals = accumulate(totals, eval_fn(state, batch))
+    return summarize(jax.device_get(totals))
 
 
 # --------------------------------------------------------------------------
@@ -243,8 +265,7 @@ def train_and_evaluate(
 
     model = get_model(config.model)
     schedule = learning_rate_schedule(config, steps)
-    init_key, dropout_key = jax.random.split(jax.random.key(config.seed, impl=PRNG_IMPL))
-    state = create_train_state(model, init_key, make_optimizer(config, schedule))
+    state, dropout_key = initial_state(config, schedule)
 
     history: list[dict[str, Any]] = []
     partial = None
@@ -265,9 +286,7 @@ def train_and_evaluate(
     state = jax.device_put(state, replicated)
     p_train_step = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
     p_eval_step = jax.jit(eval_step, out_shardings=replicated)
-    # The test set is small: put it on the device(s) once for every evaluation.
-    test_batches = [jax.device_put(b, sharded) for b in
-                    data.as_numpy(data.eval_dataset(test_split, batch_size=config.eval_batch_size))]
+    test_batches = device_eval_batches(test_split, config.eval_batch_size, sharded)
     if config.precise_bn:
         stats_fn = make_batch_stats_fn(model)
         pick = np.random.default_rng(config.seed).permutation(len(train_split))[:config.precise_bn]
@@ -283,9 +302,9 @@ def train_and_evaluate(
             train_split, batch_size=config.batch_size, seed=config.seed, augment=config.augment,
             epochs=config.epochs, start_step=start_step, clean_epochs=config.clean_epochs)))
 
-    log(console.table_header())
     run_start = time.perf_counter()
     with _sigint_flag() as interrupted:
+        log(console.table_header())
         for epoch in range(start_step // steps, config.epochs):
             epoch_start = time.perf_counter()
             first = start_step - epoch * steps if epoch == start_step // steps else 0
@@ -312,12 +331,7 @@ def train_and_evaluate(
             if config.precise_bn:
                 state = state.replace(
                     batch_stats=precise_batch_stats(stats_fn, state, calibration, config.eval_batch_size))
-            test_totals = zero_totals()
-            del test_totals["nonfinite_step"]
-            test_totals = jax.device_put(test_totals, replicated)
-            for batch in test_batches:
-                test_totals = accumulate(test_totals, p_eval_step(state, batch))
-            test_loss, test_acc = summarize(jax.device_get(test_totals))
+            test_loss, test_acc = evaluate(p_eval_step, state, test_batches)
             row = {
                 "epoch": epoch + 1,
                 "lr": float(schedule(int(state.step) - 1)),

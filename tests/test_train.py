@@ -1,0 +1,136 @@
+"""Train and eval steps, the run loop, checkpoints, resume, determinism."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from s7jax import checkpoint, runfiles
+from s7jax.config import default_config
+from s7jax.errors import Interrupted, NonFiniteLossError
+from s7jax.train import (eval_step, initial_state, learning_rate_schedule, train_and_evaluate,
+                         train_step)
+
+QUICK = dict(epochs=2, train_subset=512, test_subset=256, batch_size=64, eval_batch_size=128,
+             precise_bn=256)
+
+
+def fixed_batch(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image": jnp.asarray(rng.normal(size=(n, 28, 28, 1)), jnp.float32),
+            "label": jnp.asarray(rng.integers(0, 10, n), jnp.int32),
+            "mask": jnp.ones((n,), bool)}
+
+
+def fresh_state(**overrides):
+    config = default_config("model6", **overrides)
+    return initial_state(config, learning_rate_schedule(config, 10))
+
+
+def test_train_steps_lower_the_loss_on_a_fixed_batch():
+    state, key = fresh_state(lr=0.05)
+    batch = fixed_batch()
+    step = jax.jit(train_step)
+    losses = []
+    for _ in range(5):
+        state, metrics = step(state, batch, key)
+        losses.append(float(metrics["loss"]) / int(metrics["count"]))
+    assert losses[-1] < losses[0]
+    assert int(state.step) == 5
+
+
+def test_eval_step_is_pure():
+    state, _ = fresh_state()
+    batch = fixed_batch()
+    before = jax.tree.map(np.asarray, (state.params, state.batch_stats))
+    a, b = eval_step(state, batch), eval_step(state, batch)
+    assert jax.tree.map(np.array_equal, a, b) == jax.tree.map(lambda _: True, a)
+    after = jax.tree.map(np.asarray, (state.params, state.batch_stats))
+    assert all(jax.tree_util.tree_leaves(jax.tree.map(np.array_equal, before, after)))
+    assert int(a["count"]) == 64
+
+
+def test_eval_step_ignores_masked_examples():
+    state, _ = fresh_state()
+    batch = fixed_batch()
+    half = dict(batch, mask=jnp.arange(64) < 32)
+    first = {k: v[:32] for k, v in batch.items()}
+    np.testing.assert_allclose(eval_step(state, half)["loss"], eval_step(state, first)["loss"], rtol=1e-5)
+    assert int(eval_step(state, half)["count"]) == 32
+
+
+def strip_seconds(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tfds_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("ref")
+    history = train_and_evaluate(default_config("model6", **QUICK), workdir, data_dir=tfds_dir,
+                                 show_progress=False, log=lambda _: None)
+    return workdir, history
+
+
+def test_run_writes_metrics_config_and_checkpoints(reference_run):
+    workdir, history = reference_run
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert runfiles.read_metrics(workdir) == history
+    for row in history:
+        assert tuple(row) == runfiles.METRIC_KEYS
+        assert 0 <= row["test_acc"] <= 100 and row["test_loss"] > 0
+    assert runfiles.read_config(workdir) == default_config("model6", **QUICK)
+    assert checkpoint.latest_step(runfiles.checkpoint_dir(workdir)) == 2 * 512 // 64
+
+
+def test_same_seed_gives_identical_metrics(reference_run, tfds_dir, tmp_path):
+    _, history = reference_run
+    again = train_and_evaluate(default_config("model6", **QUICK), tmp_path, data_dir=tfds_dir,
+                               show_progress=False, log=lambda _: None)
+    assert strip_seconds(again) == strip_seconds(history)
+
+
+def test_checkpoint_round_trip(reference_run):
+    workdir, history = reference_run
+    config = runfiles.read_config(workdir)
+    template, _ = initial_state(config, learning_rate_schedule(config, 8))
+    state, record = checkpoint.restore(runfiles.checkpoint_dir(workdir), template)
+    assert record["epoch"] == 2 and strip_seconds(record["history"]) == strip_seconds(history)
+    assert int(state.step) == 16
+    leaves = jax.tree_util.tree_leaves((state.params, state.batch_stats, state.opt_state))
+    assert len(leaves) == len(jax.tree_util.tree_leaves(
+        (template.params, template.batch_stats, template.opt_state)))
+    assert not np.allclose(state.params["conv1"]["kernel"], template.params["conv1"]["kernel"])
+
+
+def test_interrupt_then_resume_equals_uninterrupted(reference_run, tfds_dir, tmp_path):
+    """Ctrl-C (a real SIGINT) mid-epoch saves a checkpoint; resuming finishes
+    with exactly the uninterrupted run's metrics."""
+    _, history = reference_run
+    config = default_config("model6", **QUICK)
+
+    def interrupt_once(line, sent=[]):  # noqa: B006  (state across calls)
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        train_and_evaluate(config, tmp_path, data_dir=tfds_dir, show_progress=False, log=interrupt_once)
+    assert checkpoint.latest_step(runfiles.checkpoint_dir(tmp_path)) == 1
+    resumed = train_and_evaluate(config, tmp_path, resume=True, data_dir=tfds_dir,
+                                 show_progress=False, log=lambda _: None)
+    assert strip_seconds(resumed) == strip_seconds(history)
+    assert strip_seconds(runfiles.read_metrics(tmp_path)) == strip_seconds(history)
+
+
+def test_nonfinite_loss_stops_with_epoch_and_step(tfds_dir, tmp_path):
+    config = default_config("model6", **dict(QUICK, lr=1e30, schedule="constant", precise_bn=0))
+    with pytest.raises(NonFiniteLossError) as err:
+        train_and_evaluate(config, tmp_path, data_dir=tfds_dir, show_progress=False,
+                           log=lambda _: None)
+    assert err.value.epoch == 1 and 0 <= err.value.step < 8
+    assert checkpoint.latest_step(runfiles.checkpoint_dir(tmp_path)) is None  # nothing bad saved
