@@ -95,7 +95,7 @@ def config_from_args(args: argparse.Namespace, **overrides):
     from s7jax.config import default_config
 
     given = {k: getattr(args, k) for k in _CONFIG_FLAGS if getattr(args, k) is not None}
-    given.update(seed=args.seed, allow_long=args.allow_long, **overrides)
+    given.update({"seed": args.seed, "allow_long": args.allow_long, **overrides})
     config = default_config(args.model, **given)
     augment = NO_AUGMENT if args.no_augment else config.augment
     strengths = {k: getattr(args, k) for k in ("degrees", "brightness", "contrast")

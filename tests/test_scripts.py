@@ -1,0 +1,116 @@
+"""The command-line scripts, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from s7jax import data, runfiles
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = ["--epochs", "2", "--train-subset", "512", "--test-subset", "256", "--batch-size", "64",
+         "--eval-batch-size", "128", "--no-progress"]
+
+
+def run(script, *args, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *map(str, args)],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=600)
+
+
+def assert_clean_error(result, code, pattern):
+    assert result.returncode == code, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert re.search(pattern, lines[-1]), lines[-1]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tfds_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("cli") / "run"
+    result = run("train.py", "--model", "model6", *QUICK, "--workdir", workdir, "--data-dir", tfds_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result
+
+
+def test_train_script_prints_summary_table_and_final_line(cli_run):
+    _, result = cli_run
+    out = result.stdout
+    assert "backend cpu" in out and "mesh {'data': 1}" in out
+    assert re.search(r"conv7\s+Conv 3x3\s+\(1, 1, 10\)\s+910\s+40", out)  # per-layer summary with RF
+    assert re.search(r"^total\s+7,664$", out, re.M)
+    assert "epoch         lr  train loss  train acc  test loss  test acc  seconds" in out
+    assert re.search(r"^\s+2\s+\S+\s+\d", out, re.M)
+    assert re.search(r"best test acc [\d.]+% \(epoch \d\), last [\d.]+% \(epoch 2\)", out)
+
+
+def test_train_script_writes_every_artifact(cli_run):
+    workdir, _ = cli_run
+    rows = runfiles.read_metrics(workdir)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(tuple(r) == runfiles.METRIC_KEYS for r in rows)
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["config"]["model"] == "model6" and config["config"]["train_subset"] == 512
+    assert {"jax", "flax", "optax", "tensorflow_datasets", "devices"} <= set(config["environment"])
+    assert (workdir / "curves.png").stat().st_size > 10_000
+    steps = sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == ["16"] or steps == ["8", "16"]
+
+
+def test_evaluate_reproduces_the_last_metrics(cli_run, tfds_dir, tmp_path):
+    workdir, _ = cli_run
+    last = runfiles.read_metrics(workdir)[-1]
+    gallery = tmp_path / "wrong.png"
+    result = run("evaluate.py", "--checkpoint", workdir, "--data-dir", tfds_dir,
+                 "--misclassified", gallery)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"test loss {last['test_loss']:.4f}, test acc {last['test_acc']:.2f}%" in result.stdout
+    assert gallery.stat().st_size > 1_000
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["--model", "model9"], r"unknown model 'model9'; choose one of: model1, model2, .*model6"),
+    (["--epochs", "16"], r"--epochs must be in 1\.\.15.*--allow-long"),
+    (["--lr", "-0.1"], r"--lr must be positive"),
+    (["--batch-size", "0"], r"--batch-size must be positive"),
+    (["--frobnicate"], r"unrecognized arguments: --frobnicate"),
+    (["--epochs", "two"], r"invalid int value: 'two'"),
+])
+def test_bad_flags_give_one_line_and_exit_2(args, pattern):
+    assert_clean_error(run("train.py", *args), 2, pattern)
+
+
+def test_unwritable_workdir(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert_clean_error(run("train.py", "--workdir", blocker / "run"), 2, r"workdir .* is not writable")
+
+
+def test_missing_data_file(tmp_path):
+    manual = tmp_path / "mnist"
+    shutil.copytree(data.default_manual_dir(), manual)
+    (manual / "t10k-images-idx3-ubyte.gz").unlink()
+    result = run("train.py", "--workdir", tmp_path / "run", "--data-dir", tmp_path / "tfds",
+                 "--manual-dir", manual)
+    assert_clean_error(result, 2, r"missing MNIST file .*t10k-images-idx3-ubyte.gz")
+
+
+def test_nan_loss_exits_3_naming_epoch_and_step(tfds_dir, tmp_path):
+    result = run("train.py", *QUICK, "--lr", "1e30", "--schedule", "constant",
+                 "--workdir", tmp_path / "run", "--data-dir", tfds_dir)
+    assert_clean_error(result, 3, r"non-finite loss in epoch 1 at step \d+")
+
+
+def test_resume_needs_a_run_directory(tmp_path):
+    assert_clean_error(run("train.py", "--resume", tmp_path), 2, r"no config.json there")
+
+
+def test_evaluate_without_a_run(tmp_path):
+    assert_clean_error(run("evaluate.py", "--checkpoint", tmp_path), 2, r"no run's config.json")
