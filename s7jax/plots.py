@@ -40,35 +40,29 @@ def curves(history: Sequence[dict[str, Any]], path, title: str = "") -> Path:
     return _save(fig, path)
 
 
-def seeds(runs: dict[int, Sequence[dict[str, Any]]], path, title: str = "") -> Path:
-    """Test accuracy per epoch, one line per seed, with the 99.4% line."""
+def _test_accuracy(runs: dict[Any, Sequence[dict[str, Any]]], path, ylim, title="") -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
-    for seed, history in sorted(runs.items()):
+    for label, history in runs.items():
         ax.plot([r["epoch"] for r in history], [r["test_acc"] for r in history], "o-", ms=3,
-                label=f"seed {seed}")
+                label=label)
     ax.axhline(TARGET, color="black", ls="--", lw=1, label=f"{TARGET}%")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(98.8, 99.8)
+    ax.set_ylim(*ylim)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title)
     return _save(fig, path)
 
 
+def seeds(runs: dict[int, Sequence[dict[str, Any]]], path, title: str = "") -> Path:
+    """Test accuracy per epoch, one line per seed, with the 99.4% line."""
+    return _test_accuracy({f"seed {s}": h for s, h in sorted(runs.items())}, path, (98.8, 99.8), title)
+
+
 def models(runs: dict[str, Sequence[dict[str, Any]]], path) -> Path:
     """Test accuracy per epoch of several models on one axis."""
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, history in runs.items():
-        ax.plot([r["epoch"] for r in history], [r["test_acc"] for r in history], "o-", ms=3,
-                label=name)
-    ax.axhline(TARGET, color="black", ls="--", lw=1, label=f"{TARGET}%")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(98.0, 99.8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _test_accuracy(runs, path, (98.0, 99.8), "test accuracy per epoch")
 
 
 def digit_grid(images: np.ndarray, titles: Sequence[str], path, columns: int,

@@ -70,7 +70,7 @@ def recipe(config: dict) -> str:
     return ", ".join(parts)
 
 
-def results_section(results_dir: Path) -> str:
+def results_section(results_dir: Path, write_plots: bool = True) -> str:
     import json
 
     from s7jax import plots, results, runfiles
@@ -109,7 +109,8 @@ def results_section(results_dir: Path) -> str:
                   f"three epochs ({per_seed}).",
                   "", "![model6 test accuracy per seed](results/model6/seeds.png)"]
     if histories:
-        plots.models(histories, results_dir / "models.png")
+        if write_plots:
+            plots.models(histories, results_dir / "models.png")
         lines += ["", "![test accuracy per epoch, every model](results/models.png)"]
     for name, (target, next_step) in STEPS.items():
         if name not in models:
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
     with exit_on_known_errors():
         readme = Path(args.readme)
         text = readme.read_text()
-        new = replace_between(text, BEGIN, END, results_section(Path(args.results)))
+        new = replace_between(text, BEGIN, END, results_section(Path(args.results), not args.check))
         new = replace_between(new, PERF_BEGIN, PERF_END, performance_section(Path(args.results)))
         if args.check:
             if new != text:

@@ -1,0 +1,142 @@
+"""Tables of ``scripts/bench.py``'s results: s7jax against the PyTorch original.
+
+``scripts/bench.py`` writes ``results/bench-<cpu|gpu>.json``; :func:`rows`
+turns one such result into table rows, :func:`text_table` prints them
+aligned (the bench's own output) and :func:`performance_markdown` makes the
+README's Performance section from several files::
+
+    from s7jax.benchreport import performance_markdown
+    print(performance_markdown(sorted(Path("results").glob("bench-*.json"))))
+
+The speed-up column is s7jax's rate over PyTorch's (images per second, or
+PyTorch's seconds over s7jax's): above 1, s7jax is faster.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from collections.abc import Iterable
+from typing import Any
+
+Row = tuple[str, str, str, str]  # quantity, s7jax, PyTorch, speed-up
+HEADER: Row = ("model6, batch 128", "s7jax", "PyTorch", "speed-up")
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _ratio(num: float | None, den: float | None) -> str:
+    if not num or not den:
+        return ""
+    return f"{num / den:.2f}x"
+
+
+def _mib(kib: float | None) -> str:
+    return "-" if kib is None else f"{kib / 1024:,.0f} MiB"
+
+
+def rows(result: dict[str, Any]) -> list[Row]:
+    """The table of one bench result (a dict as ``scripts/bench.py`` writes it)."""
+    j = result.get("s7jax") or {}
+    t = result.get("pytorch") or {}
+    out: list[Row] = []
+
+    def rate(label: str, jv, tv):
+        out.append((label, _num(jv, ",.0f"), _num(tv, ",.0f"), _ratio(jv, tv)))
+
+    def seconds(label: str, jv, tv, ratio: bool = True):
+        out.append((label, _num(jv, ".2f"), _num(tv, ".2f"), _ratio(tv, jv) if ratio else ""))
+
+    seconds("compile train step / first step (s)", j.get("compile_train_step_s"),
+            t.get("first_step_s"), ratio=False)
+    rate("train step, fixed batch (img/s)", j.get("step_images_per_s"), t.get("step_images_per_s"))
+    epochs = [("tfds", "tf.data pipeline"), ("device", "on-device pipeline")]
+    for key, label in epochs:
+        e = j.get(f"epoch_{key}") or {}
+        tt = t.get("epoch") or {}
+        rate(f"training epoch, {label} (img/s)", e.get("images_per_s"), tt.get("images_per_s"))
+        seconds(f"training epoch, {label} (s)", e.get("seconds"), tt.get("seconds"))
+    for key, label in epochs:
+        seconds(f"set-up to first batch, {label} (s)", (j.get(f"epoch_{key}") or {}).get("setup_s"),
+                None, ratio=False)
+    if j.get("precise_bn"):
+        seconds(f"BN re-estimation, {j['precise_bn']['images']:,} images (s)",
+                j["precise_bn"]["seconds"], None, ratio=False)
+    seconds("evaluation of the test set (s)", (j.get("eval") or {}).get("seconds"),
+            (t.get("eval") or {}).get("seconds"))
+    out.append(("peak memory, main process", _mib(j.get("maxrss_kib")), _mib(t.get("maxrss_kib")), ""))
+    if t.get("maxrss_children_kib"):
+        out.append(("peak memory, largest loader worker", "-", _mib(t.get("maxrss_children_kib")), ""))
+    if j.get("device_peak_bytes") or t.get("device_peak_bytes"):
+        out.append(("peak accelerator memory",
+                    _mib(j["device_peak_bytes"] / 1024 if j.get("device_peak_bytes") else None),
+                    _mib(t["device_peak_bytes"] / 1024 if t.get("device_peak_bytes") else None), ""))
+    return out
+
+
+def _notes(result: dict[str, Any]) -> list[str]:
+    m = result.get("machine", {})
+    v = result.get("versions", {})
+    s = result.get("settings", {})
+    device = m.get("accelerator") or m.get("cpu_model") or "CPU"
+    lines = [
+        f"{result.get('device', '?').upper()}: {device}, {m.get('cpu_count', '?')} CPU cores; "
+        f"JAX {v.get('jax', '?')}, "
+        f"PyTorch {(v.get('torch') or 'not installed') if result.get('pytorch') else 'not run'}; "
+        f"{result.get('date', '?')[:10]}; `{result.get('command', '')}`",
+    ]
+    if s:
+        lines.append(
+            f"{s.get('train_images', '?'):,} training and {s.get('test_images', '?'):,} test images; "
+            f"step rate over {s.get('steps', '?')} steps; PyTorch: DataLoader with "
+            f"{s.get('torch_workers', '?')} workers, eval batch {s.get('torch_eval_batch_size', '?')}; "
+            f"s7jax eval batch {s.get('eval_batch_size', '?')}, test set kept on the device.")
+    if result.get("pytorch_skipped"):
+        lines.append(f"PyTorch side skipped: {result['pytorch_skipped']}.")
+    load = m.get("loadavg_before")
+    if load and load[0] > 0.5:
+        lines.append(f"Load average before the run: {load[0]:.2f} (other work on the machine).")
+    if result.get("quick"):
+        lines.append("QUICK run (--quick): tiny counts, not a measurement.")
+    return lines
+
+
+def text_table(result: dict[str, Any]) -> str:
+    """The result as an aligned plain-text table with its notes."""
+    table = [HEADER, *rows(result)]
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+    align = [str.ljust, str.rjust, str.rjust, str.rjust]
+    lines = ["  ".join(a(c, w) for a, c, w in zip(align, r, widths)) for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines + [""] + _notes(result))
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    table = [HEADER, *rows(result)]
+    lines = ["| " + " | ".join(r) + " |" for r in table]
+    lines.insert(1, "|---|---:|---:|---:|")
+    return "\n".join(lines)
+
+
+def performance_markdown(paths: Iterable[str | Path], include_quick: bool = False) -> str:
+    """Markdown for the README's Performance section: one table per bench
+    result file (``results/bench-cpu.json``, ``results/bench-gpu.json``),
+    each under a line naming the machine. Files from ``--quick`` runs are
+    left out unless ``include_quick``. Empty string when nothing is left."""
+    sections = []
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        if result.get("quick") and not include_quick:
+            continue
+        notes = _notes(result)
+        heading = f"**{result.get('device', '?').upper()}** ({Path(path).name})"
+        body = "\n\n".join([heading, markdown_table(result), "\n".join(f"- {n}" for n in notes)])
+        sections.append(body)
+    if not sections:
+        return ""
+    intro = ("Speed-up is s7jax's rate over PyTorch's (images/s, or PyTorch's seconds over "
+             "s7jax's): above 1, s7jax is faster. Both sides ran in the same `scripts/bench.py` "
+             "run on the same machine, each in its own process.")
+    return "\n\n".join([intro, *sections]) + "\n"

@@ -1,0 +1,58 @@
+"""Settings: defaults, validation, JSON round trip, results summaries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from s7jax import results, runfiles
+from s7jax.config import DEFAULTS, Config, default_config, validate
+from s7jax.errors import ConfigError
+
+
+@pytest.mark.parametrize("model", list(DEFAULTS))
+def test_every_model_has_a_valid_default_recipe_that_round_trips(model):
+    config = default_config(model)
+    assert config.model == model and config.epochs == 15
+    assert Config.from_json(json.loads(config.dumps())) == config
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(epochs=0), "--epochs must be in 1..15"),
+    (dict(epochs=16), "--allow-long"),
+    (dict(lr=0.0), "--lr must be positive"),
+    (dict(batch_size=-1), "--batch-size must be positive"),
+    (dict(optimizer="rmsprop"), "--optimizer must be sgd or adam"),
+    (dict(schedule="step"), "--schedule must be constant or onecycle"),
+    (dict(clean_epochs=20), "--clean-epochs must be in 0..15"),
+])
+def test_invalid_settings_raise_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")) as err:
+        default_config("model6", **overrides)
+    assert "\n" not in str(err.value)
+
+
+def test_long_runs_need_allow_long():
+    assert validate(Config(epochs=20, allow_long=True)).epochs == 20
+
+
+def test_unknown_keys_in_a_config_file_are_rejected():
+    with pytest.raises(ConfigError, match="unknown config keys: colour"):
+        Config.from_json({"colour": "blue"})
+
+
+def test_summary_of_seeds(tmp_path):
+    accs = {0: [99.0, 99.45, 99.41, 99.50], 1: [98.9, 99.38, 99.44, 99.47]}
+    for seed, values in accs.items():
+        run = tmp_path / "model6" / f"seed-{seed}"
+        run.mkdir(parents=True)
+        runfiles.write_config(run, default_config("model6", seed=seed))
+        runfiles.write_metrics(run, [dict(epoch=i + 1, lr=0.1, train_loss=0.1, train_acc=99.0,
+                                          test_loss=0.02, test_acc=a, seconds=1.0)
+                                     for i, a in enumerate(values)])
+    summary = results.summarize(tmp_path)["models"]["model6"]
+    assert summary["seeds"]["0"]["last3"] == [99.45, 99.41, 99.50]
+    assert summary["seeds"]["1"]["min"] == 99.38
+    assert summary["min"] == 99.38 and summary["seeds_holding_target"] == 1
+    assert summary["mean"] == pytest.approx(((99.45 + 99.41 + 99.50) / 3 + (99.38 + 99.44 + 99.47) / 3) / 2)
