@@ -84,7 +84,11 @@ def default_config(model: str = "model6", **overrides: Any) -> Config:
     """The recipe for ``model`` with ``overrides`` applied, validated."""
     if model not in MODELS:
         raise ConfigError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)}")
-    return validate(Config(model=model, **{**DEFAULTS[model], **overrides}))
+    recipe = dict(DEFAULTS[model])
+    if "epochs" in overrides and "clean_epochs" not in overrides:
+        # A shorter run keeps the recipe's clean tail, at most the whole run.
+        recipe["clean_epochs"] = min(recipe.get("clean_epochs", 0), overrides["epochs"])
+    return validate(Config(model=model, **{**recipe, **overrides}))
 
 
 def validate(config: Config) -> Config:

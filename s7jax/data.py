@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,7 +102,9 @@ def prepare_mnist(data_dir=None, manual_dir=None):
     if not builder.is_prepared():
         manual_dir = Path(manual_dir) if manual_dir is not None else default_manual_dir()
         verify_mnist_files(manual_dir)
+        print(f"preparing TFDS mnist in {builder.data_dir} from {manual_dir} (once)", file=sys.stderr)
         config = tfds.download.DownloadConfig(manual_dir=str(manual_dir), try_download_gcs=False)
+        tfds.disable_progress_bar()  # a dozen nested bars for a 20-second job
         builder.download_and_prepare(download_config=config)
     return builder
 

@@ -36,7 +36,7 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch size") -> None:
     n = mesh.devices.size
     if batch_size % n:
-        raise ConfigError(f"the {what} ({batch_size}) must divide by the number of devices ({n})")
+        raise ConfigError(f"the {what} ({batch_size}) must be divisible by the number of devices ({n})")
 
 
 def describe(mesh: Mesh) -> str:

@@ -211,6 +211,25 @@ def precise_batch_stats(stats_fn: Callable, state: TrainState, images: jax.Array
 # --------------------------------------------------------------------------
 
 
+def calibration_images(split: data.Split, n: int, seed: int) -> np.ndarray:
+    """``n`` clean, normalised training images (a fixed random subset) for
+    re-estimating the BN statistics."""
+    pick = np.sort(np.random.default_rng(seed).permutation(len(split))[:n])
+    return ((split.images[pick] / 255.0 - data.MEAN) / data.STD).astype(np.float32)
+
+
+def training_batches(config: Config, split: data.Split, start_step: int, sharding, replicated):
+    """The run's training batches from ``start_step`` on, on the device(s):
+    from tf.data on the host, or made on the device (``config.pipeline``)."""
+    common = dict(batch_size=config.batch_size, seed=config.seed, augment=config.augment,
+                  epochs=config.epochs, clean_epochs=config.clean_epochs)
+    if config.pipeline == "device":
+        return data.DeviceTrainData(split, sharding=sharding, replicated=replicated,
+                                    **common).batches(start_step)
+    return (jax.device_put(b, sharding)
+            for b in data.as_numpy(data.train_dataset(split, start_step=start_step, **common)))
+
+
 @contextlib.contextmanager
 def _sigint_flag():
     """Turn Ctrl-C into a flag checked between steps, so a donated state is
@@ -289,18 +308,8 @@ def train_and_evaluate(
     test_batches = device_eval_batches(test_split, config.eval_batch_size, sharded)
     if config.precise_bn:
         stats_fn = make_batch_stats_fn(model)
-        pick = np.random.default_rng(config.seed).permutation(len(train_split))[:config.precise_bn]
-        calibration = jax.device_put(
-            ((train_split.images[np.sort(pick)] / 255.0 - data.MEAN) / data.STD).astype(np.float32))
-    if config.pipeline == "device":
-        batches = data.DeviceTrainData(
-            train_split, batch_size=config.batch_size, seed=config.seed, augment=config.augment,
-            epochs=config.epochs, clean_epochs=config.clean_epochs, sharding=sharded,
-            replicated=replicated).batches(start_step)
-    else:
-        batches = (jax.device_put(b, sharded) for b in data.as_numpy(data.train_dataset(
-            train_split, batch_size=config.batch_size, seed=config.seed, augment=config.augment,
-            epochs=config.epochs, start_step=start_step, clean_epochs=config.clean_epochs)))
+        calibration = jax.device_put(calibration_images(train_split, config.precise_bn, config.seed))
+    batches = training_batches(config, train_split, start_step, sharded, replicated)
 
     run_start = time.perf_counter()
     with _sigint_flag() as interrupted:

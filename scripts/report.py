@@ -98,6 +98,9 @@ def results_section(results_dir: Path, write_plots: bool = True) -> str:
                      f"{first['epochs']} | {first['seconds_per_epoch']:.0f} | {first['device']} | "
                      f"{m['n_seeds']} |")
         histories[name] = runfiles.read_metrics(results.seed_dirs(results_dir, name)[0])
+    lines += ["", "Seconds per epoch are the median of each model's first seed, measured while "
+              "other jobs shared this 2-core machine; the Performance section has a quiet "
+              "measurement."]
     if "model6" in models:
         m = models["model6"]
         per_seed = ", ".join(f"seed {s}: {' / '.join(f'{a:.2f}' for a in v['last3'])}"
