@@ -114,3 +114,9 @@ def test_resume_needs_a_run_directory(tmp_path):
 
 def test_evaluate_without_a_run(tmp_path):
     assert_clean_error(run("evaluate.py", "--checkpoint", tmp_path), 2, r"no run's config.json")
+
+
+def test_readme_results_and_performance_are_generated_from_results():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), "--check"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
