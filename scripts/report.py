@@ -10,7 +10,6 @@ Every number comes from the committed files: ``results/<model>/seed-*/``
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
