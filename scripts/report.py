@@ -97,6 +97,10 @@ def results_section(results_dir: Path, write_plots: bool = True) -> str:
                      f"{first['epochs']} | {first['seconds_per_epoch']:.0f} | {first['device']} | "
                      f"{m['n_seeds']} |")
         histories[name] = runfiles.read_metrics(results.seed_dirs(results_dir, name)[0])
+    missing = [name for name in MODELS if name not in models]
+    if missing:
+        lines += ["", f"Not run yet: {', '.join(missing)} (`python scripts/sweep.py --model NAME "
+                  "--seeds 1` adds one; model1 takes about 10 minutes an epoch on a 2-core CPU)."]
     lines += ["", "Seconds per epoch are the median of each model's first seed, measured while "
               "other jobs shared this 2-core machine; the Performance section has a quiet "
               "measurement."]
