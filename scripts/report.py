@@ -100,7 +100,7 @@ def results_section(results_dir: Path, write_plots: bool = True) -> str:
     missing = [name for name in MODELS if name not in models]
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)} (`python scripts/sweep.py --model NAME "
-                  "--seeds 1` adds one; model1 takes about 10 minutes an epoch on a 2-core CPU)."]
+                  "--seeds 1` adds one)."]
     lines += ["", "Seconds per epoch are the median of each model's first seed, measured while "
               "other jobs shared this 2-core machine; the Performance section has a quiet "
               "measurement."]
