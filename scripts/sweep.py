@@ -45,13 +45,12 @@ def main(argv=None) -> int:
         for seed in range(args.seeds):
             config = config_from_args(args, seed=seed)
             workdir = prepare_workdir(results_dir / config.model / f"seed-{seed}")
-            done = len(runfiles.read_metrics(workdir)) >= config.epochs
-            if done and runfiles.config_path(workdir).is_file() and runfiles.read_config(workdir) == config:
+            same = (runfiles.config_path(workdir).is_file()
+                    and runfiles.read_config(workdir) == config)
+            if same and len(runfiles.read_metrics(workdir)) >= config.epochs:
                 print(f"seed {seed}: complete, skipped")
                 continue
-            resume = (runfiles.config_path(workdir).is_file()
-                      and runfiles.read_config(workdir) == config
-                      and checkpoint.latest_step(runfiles.checkpoint_dir(workdir)) is not None)
+            resume = same and checkpoint.latest_step(runfiles.checkpoint_dir(workdir)) is not None
             print(f"\n== {config.model} seed {seed} -> {workdir}")
             train_and_evaluate(config, workdir, resume=resume, data_dir=args.data_dir,
                                manual_dir=args.manual_dir, show_progress=not args.no_progress)
