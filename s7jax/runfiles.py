@@ -79,3 +79,21 @@ def read_metrics(workdir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# Wall-clock seconds vary from run to run; every other figure must repeat.
+TIMING_KEYS = ("seconds",)
+
+
+def metric_differences(expected: list[dict[str, Any]], actual: list[dict[str, Any]]) -> list[str]:
+    """Every way ``actual`` differs from ``expected`` (a run's metrics rows),
+    timings aside, as one line each; empty when the run repeated exactly."""
+    lines = []
+    if len(expected) != len(actual):
+        lines.append(f"{len(actual)} epochs, expected {len(expected)}")
+    for want, got in zip(expected, actual):
+        for key in sorted((set(want) | set(got)) - set(TIMING_KEYS)):
+            if want.get(key) != got.get(key):
+                lines.append(f"epoch {want.get('epoch')}: {key} {got.get(key)!r}, "
+                             f"expected {want.get(key)!r}")
+    return lines

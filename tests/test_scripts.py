@@ -120,3 +120,33 @@ def test_readme_results_and_performance_are_generated_from_results():
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), "--check"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_reproduce_repeats_a_recorded_run_exactly(cli_run, tfds_dir, tmp_path):
+    workdir, _ = cli_run
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    for name in ("config.json", "metrics.jsonl"):  # what results/ commits of a run
+        shutil.copy(workdir / name, recorded / name)
+    result = run("reproduce.py", recorded, "--workdir", tmp_path / "repeat", "--data-dir", tfds_dir,
+                 "--no-progress")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    verdict = json.loads((recorded / "reproduce.json").read_text())
+    assert verdict["reproduced"] and verdict["differences"] == []
+    assert verdict["epochs_compared"] == 2
+    assert runfiles.read_metrics(tmp_path / "repeat")[-1]["test_acc"] == \
+        runfiles.read_metrics(recorded)[-1]["test_acc"]
+
+
+def test_metric_differences_name_every_changed_figure_but_seconds():
+    rows = [{"epoch": 1, "test_acc": 99.1, "train_loss": 0.5, "seconds": 40.0},
+            {"epoch": 2, "test_acc": 99.2, "train_loss": 0.4, "seconds": 41.0}]
+    same_but_slower = [dict(r, seconds=r["seconds"] + 7) for r in rows]
+    assert runfiles.metric_differences(rows, same_but_slower) == []
+    changed = [rows[0], dict(rows[1], test_acc=99.21)]
+    assert runfiles.metric_differences(rows, changed) == ["epoch 2: test_acc 99.21, expected 99.2"]
+    assert runfiles.metric_differences(rows, rows[:1]) == ["1 epochs, expected 2"]
+
+
+def test_reproduce_needs_a_recorded_run(tmp_path):
+    assert_clean_error(run("reproduce.py", tmp_path), 2, r"no config.json there")
