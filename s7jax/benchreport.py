@@ -1,4 +1,5 @@
-"""Tables of ``scripts/bench.py``'s results: s7jax against the PyTorch original.
+"""Tables of the benchmarks' results: ``scripts/bench.py`` (s7jax against the
+PyTorch original) and ``scripts/bench_step.py`` (the train step's speed choices).
 
 ``scripts/bench.py`` writes ``results/bench-<cpu|gpu>.json``; :func:`rows`
 turns one such result into table rows, :func:`text_table` prints them
@@ -140,3 +141,14 @@ def performance_markdown(paths: Iterable[str | Path], include_quick: bool = Fals
              "s7jax's): above 1, s7jax is faster. Both sides ran in the same `scripts/bench.py` "
              "run on the same machine, each in its own process.")
     return "\n\n".join([intro, *sections]) + "\n"
+
+
+def step_table(result: dict) -> str:
+    """``scripts/bench_step.py``'s result (``results/step-*.json``) as a Markdown table."""
+    lines = ["| model6 train step, batch 128 | ms / step | vs s7jax | images/s | compile (s) "
+             "| same state |", "|---|---:|---:|---:|---:|---|"]
+    for name, r in result["variants"].items():
+        lines.append(f"| {name} | {r['median_ms_per_step']:.1f} | {r['ratio_to_s7jax']:.2f}x | "
+                     f"{r['images_per_s']:,.0f} | {r['compile_s']:.1f} | "
+                     f"{'yes' if r['same_state_as_s7jax'] else 'no'} |")
+    return "\n".join(lines)

@@ -39,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from s7jax.benchreport import step_table  # noqa: E402
 from s7jax.cli import OneLineErrorParser, exit_on_known_errors  # noqa: E402
 
 BATCH_SIZE = 128
@@ -192,17 +193,6 @@ def main(args: argparse.Namespace) -> int:
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
     return 0
-
-
-def step_table(result: dict) -> str:
-    """The result as a Markdown table (also used by ``scripts/report.py``)."""
-    lines = ["| model6 train step, batch 128 | ms / step | vs s7jax | images/s | compile (s) "
-             "| same state |", "|---|---:|---:|---:|---:|---|"]
-    for name, r in result["variants"].items():
-        lines.append(f"| {name} | {r['median_ms_per_step']:.1f} | {r['ratio_to_s7jax']:.2f}x | "
-                     f"{r['images_per_s']:,.0f} | {r['compile_s']:.1f} | "
-                     f"{'yes' if r['same_state_as_s7jax'] else 'no'} |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -16,35 +16,36 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from s7jax.cli import OneLineErrorParser, exit_on_known_errors  # noqa: E402
+from s7jax.config import MAX_EPOCHS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # What each step of the study tried, and what the next one changes (the
-# original notebooks' Target / Analysis, in words; the numbers are filled in).
+# original notebooks' Target and the plan of the next step, in words; every
+# figure in the Results and Analysis is read from the run files).
 STEPS = {
     "model1": ("A heavy baseline: seven plain convolutions and two pools, 6.4M parameters, "
                "to see what the layout reaches with capacity to spare.",
-               "Far more parameters than MNIST needs; the next step keeps the layout and "
-               "cuts the channels to a few dozen."),
+               "The next step keeps the layout and cuts the channels to a few dozen."),
     "model2": ("The same layout with 8-28 channels (21,798 parameters), no normalisation.",
-               "Without normalisation the small network trains slowly; the next step adds "
-               "batch normalisation after convs 1-5."),
+               "The next step adds batch normalisation after convs 1-5."),
     "model3": ("Batch normalisation after each of convs 1-5 (17,354 parameters).",
-               "BN speeds training; the gap between train and test accuracy calls for "
-               "regularisation: the next step adds dropout after each block."),
+               "The next step adds dropout after each pool, against the train/test gap."),
     "model4": ("drop(0.3) after each pool, channels trimmed (14,450 parameters).",
-               "Heavy dropout after the pools costs capacity; the next step spreads a lighter "
-               "drop(0.2) over every convolution and adds augmentation."),
+               "The next step spreads a lighter drop(0.2) over every BN convolution and adds "
+               "augmentation."),
     "model5": ("drop(0.2) after every BN convolution, rotation and mild brightness/contrast "
                "augmentation (12,122 parameters).",
-               "The last step squeezes under 8,000 parameters: bias-free convolutions before "
-               "BN, drop(0.1), no activation after conv 6."),
+               "The next step squeezes under 8,000 parameters: bias-free convolutions before "
+               "BN, drop(0.1), no activation after conv 6, and the recipe that holds 99.4%."),
     "model6": ("Under 8,000 parameters (7,664): bias-free convs 1-5, drop(0.1), "
-               "rotation +/-7 deg and brightness/contrast x[0.8, 1.2].",
-               "The target is to hold 99.4% in each of the last three epochs on every seed."),
+               "rotation +/-7 deg and brightness/contrast x[0.8, 1.2]; hold 99.4% in each of "
+               "the last three epochs on every seed.",
+               ""),
 }
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+BOUND = "no conv weight gradient"  # scripts/bench_step.py's lower bound, not a real step
 PERF_BEGIN, PERF_END = "<!-- performance:begin -->", "<!-- performance:end -->"
 
 
@@ -118,6 +119,7 @@ def results_section(results_dir: Path, write_plots: bool = True) -> str:
         if write_plots:
             plots.models(histories, results_dir / "models.png")
         lines += ["", "![test accuracy per epoch, every model](results/models.png)"]
+    previous = None
     for name, (target, next_step) in STEPS.items():
         if name not in models:
             continue
@@ -125,29 +127,120 @@ def results_section(results_dir: Path, write_plots: bool = True) -> str:
         run = results.seed_dirs(results_dir, name)[0]
         config = json.loads(runfiles.config_path(run).read_text())
         history = runfiles.read_metrics(run)
-        last = history[-1]
-        gap = last["train_acc"] - last["test_acc"]
-        command = (f"python scripts/sweep.py --model {name} --seeds {m['n_seeds']}")
-        lines += ["", f"### {name}", "",
-                  f"**Target.** {target}", "",
-                  f"**Results.** Recipe: {recipe(config)}. Over {len(history)} epochs "
-                  f"(`{command}`): best test accuracy {max(r['test_acc'] for r in history):.2f}% "
-                  f"(seed {run.name.split('-')[1]}), last epoch {last['test_acc']:.2f}% test vs "
-                  f"{last['train_acc']:.2f}% train, last-3 mean {m['mean']:.2f}%.", "",
-                  f"**Analysis.** The last epoch's train accuracy is {abs(gap):.2f} points "
-                  f"{'above' if gap > 0 else 'below'} its test accuracy "
-                  f"({'the model fits the training set better than it generalises' if gap > 0 else 'augmentation and dropout make training harder than the clean test set'}). "
-                  f"{next_step}"]
+        epochs = config["config"]["epochs"]
+        command = f"python scripts/sweep.py --model {name} --seeds {m['n_seeds']}"
+        if epochs != MAX_EPOCHS:
+            command += f" --epochs {epochs}"
+        lines += ["", f"### {name}", "", f"**Target.** {target}", "",
+                  f"**Results.** Recipe: {recipe(config)}. {results_sentence(history, m, run, command)}"]
+        if epochs != MAX_EPOCHS:
+            lines[-1] += (f" Trained for {epochs} of the study's {MAX_EPOCHS} epochs only: an epoch "
+                          f"took {m['seeds'][run.name.split('-')[1]]['seconds_per_epoch']:.0f} s on "
+                          f"this 2-core CPU, so its figures are early-training figures, not "
+                          f"comparable with the 15-epoch runs.")
+        lines += ["", f"**Analysis.** {analysis(name, history, m, previous, regularisers(config))} {next_step}".rstrip()]
+        previous = (name, history, m)
+    reproductions = sorted(results_dir.glob("*/seed-*/reproduce.json"))
+    if reproductions:
+        lines += ["", "### Reproducibility", ""]
+        for path in reproductions:
+            v = json.loads(path.read_text())
+            rel = path.relative_to(results_dir.parent)
+            outcome = ("repeated every figure (all but the seconds) exactly" if v["reproduced"]
+                       else f"differed in {len(v['differences'])} figures")
+            lines.append(f"- `{v['command']}` re-trained `{rel.parent}` from its `config.json` "
+                         f"({v['date']}): its {v['epochs_compared']} epochs {outcome} "
+                         f"(`{rel}`).")
     return "\n".join(lines)
 
 
-def performance_section(results_dir: Path) -> str:
-    paths = sorted(results_dir.glob("bench-*.json"))
-    if not paths:
-        return "No benchmark results committed yet: run `python scripts/bench.py`."
-    from s7jax.benchreport import performance_markdown
+def regularisers(config: dict) -> dict[str, bool]:
+    """Which regularisers shaped the run's training batches (its train accuracy)."""
+    from s7jax.models import get_model
 
-    return performance_markdown(paths)
+    c = config["config"]
+    a = c["augment"]
+    return {"dropout": bool(getattr(get_model(c["model"]), "dropout_rate", 0.0)),
+            "augmentation": bool(a["degrees"] or a["brightness"] or a["contrast"])
+            and c["clean_epochs"] < c["epochs"]}
+
+
+def first_epoch_at(history: list[dict], accuracy: float) -> int | None:
+    return next((r["epoch"] for r in history if r["test_acc"] >= accuracy), None)
+
+
+def results_sentence(history: list[dict], m: dict, run: Path, command: str) -> str:
+    last = history[-1]
+    seeds = f" (seed {run.name.split('-')[1]})" if m["n_seeds"] > 1 else ""
+    return (f"Over {len(history)} epochs (`{command}`): best test accuracy "
+            f"{max(r['test_acc'] for r in history):.2f}%{seeds}, last epoch "
+            f"{last['test_acc']:.2f}% test vs {last['train_acc']:.2f}% train, last-3 mean "
+            f"{m['mean']:.2f}%.")
+
+
+def analysis(name: str, history: list[dict], m: dict, previous, regularisers: dict) -> str:
+    """What the numbers of this step say, next to the step before."""
+    last = history[-1]
+    gap = last["train_acc"] - last["test_acc"]
+    tail = [r["test_acc"] for r in history[-5:]]
+    parts = [f"Epoch 1 reached {history[0]['test_acc']:.2f}% test accuracy."]
+    reach = [(a, first_epoch_at(history, a)) for a in (99.0, 99.4)]
+    parts.append(" ".join(f"{a:.1f}% first in epoch {e}." if e else f"Never {a:.1f}%." for a, e in reach))
+    parts.append(f"Over the last {len(tail)} epochs test accuracy stayed within "
+                 f"{min(tail):.2f}-{max(tail):.2f}%.")
+    if gap > 0:
+        parts.append(f"Train accuracy ends {gap:.2f} points above test accuracy: the model fits "
+                     "its training set better than it generalises.")
+    else:
+        harder = " and ".join(x for x, on in (("dropout", regularisers["dropout"]),
+                                             ("augmentation", regularisers["augmentation"])) if on)
+        parts.append(f"Train accuracy (measured with {harder or 'no regularisation'} on) ends "
+                     f"{-gap:.2f} points below test accuracy: there is no overfitting left to "
+                     "fight.")
+    if previous is not None:
+        prev_name, prev_history, prev_m = previous
+        delta = m["mean"] - prev_m["mean"]
+        comparable = len(prev_history) == len(history)
+        parts.append(f"Against {prev_name}: last-3 mean {delta:+.2f} points"
+                     + ("" if comparable else f" (but {prev_name} ran {len(prev_history)} epochs)")
+                     + ".")
+    if name == "model6":
+        parts.append(f"{m['seeds_holding_target']} of {m['n_seeds']} seeds hold >= 99.4% in each "
+                     f"of the last three epochs (lowest {m['min']:.2f}%).")
+    return " ".join(parts)
+
+
+def performance_section(results_dir: Path) -> str:
+    import json
+
+    from s7jax.benchreport import performance_markdown, step_table
+
+    paths = sorted(results_dir.glob("bench-*.json"))
+    text = (performance_markdown(paths) if paths
+            else "No benchmark results committed yet: run `python scripts/bench.py`.\n")
+    for path in sorted(results_dir.glob("step-*.json")):
+        result = json.loads(path.read_text())
+        v = result["variants"]
+        same = [n for n in v if n != "s7jax" and v[n]["same_state_as_s7jax"]]
+        faster = [n for n in v if n not in same + ["s7jax", BOUND] and v[n]["ratio_to_s7jax"] < 1]
+        notes = ["Above 1x, the variant is slower than s7jax's step. \"Same state\": its "
+                 f"parameters and BatchNorm statistics after {result['steps']} steps equal "
+                 "s7jax's bit for bit, so switching between the two keeps every committed run "
+                 "repeatable" + (f" ({', '.join(same)})" if same else "") + "."]
+        if faster:
+            notes.append(f"Faster but not bit-identical, so not adopted: {', '.join(faster)} "
+                         "(every committed run would have to be trained again).")
+        if BOUND in v:
+            notes.append(f"With no weight gradient at all, the step takes "
+                         f"{v[BOUND]['ratio_to_s7jax']:.2f}x s7jax's time: the convolutions' "
+                         "weight gradient is the largest cost left, and any faster formulation "
+                         "sums in another order, changing the rounding.")
+        text += "\n".join([
+            "", f"**The train step's speed choices** ({path.name}: `{result['command']}`, "
+            f"{result['backend']}, {result['cpu_count']} cores, {result['date']}; median of "
+            f"{result['rounds']} rounds of {result['steps']} steps, ratios within this run)", "",
+            step_table(result), "", " ".join(notes), ""])
+    return text
 
 
 def replace_between(text: str, begin: str, end: str, body: str) -> str:

@@ -150,3 +150,23 @@ def test_metric_differences_name_every_changed_figure_but_seconds():
 
 def test_reproduce_needs_a_recorded_run(tmp_path):
     assert_clean_error(run("reproduce.py", tmp_path), 2, r"no config.json there")
+
+
+def test_bench_step_times_every_variant_and_checks_bit_identity(tmp_path):
+    out = tmp_path / "step.json"
+    # With XLA's optimisations on, as users run it: bit-identity is a property
+    # of the compiled step.
+    result = run("bench_step.py", "--steps", "4", "--rounds", "1", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    v = json.loads(out.read_text())["variants"]
+    assert v["s7jax"]["ratio_to_s7jax"] == 1.0
+    assert all(r["median_ms_per_step"] > 0 for r in v.values())
+    # The reshape max-pool computes Flax's pooling bit for bit; dropping the
+    # weight gradient must change the state.
+    assert v["nn.max_pool"]["same_state_as_s7jax"]
+    assert not v["no conv weight gradient"]["same_state_as_s7jax"]
+    assert "| s7jax | " in result.stdout
+
+
+def test_bench_step_rejects_a_step_count_it_cannot_split(tmp_path):
+    assert_clean_error(run("bench_step.py", "--steps", "3"), 2, r"--steps must be a positive multiple of 4")
