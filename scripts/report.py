@@ -134,10 +134,12 @@ def results_section(results_dir: Path, write_plots: bool = True) -> str:
         lines += ["", f"### {name}", "", f"**Target.** {target}", "",
                   f"**Results.** Recipe: {recipe(config)}. {results_sentence(history, m, run, command)}"]
         if epochs != MAX_EPOCHS:
-            lines[-1] += (f" Trained for {epochs} of the study's {MAX_EPOCHS} epochs only: an epoch "
-                          f"took {m['seeds'][run.name.split('-')[1]]['seconds_per_epoch']:.0f} s on "
-                          f"this 2-core CPU, so its figures are early-training figures, not "
-                          f"comparable with the 15-epoch runs.")
+            env = config["environment"]
+            lines[-1] += (f" Trained for {plural(epochs, 'epoch')} of the study's {MAX_EPOCHS} only, "
+                          f"for want of time: an epoch took "
+                          f"{m['seeds'][run.name.split('-')[1]]['seconds_per_epoch']:.0f} s on "
+                          f"{env['backend']} ({env['cpu_count']} cores), so these are early-training "
+                          f"figures, not comparable with the {MAX_EPOCHS}-epoch runs.")
         lines += ["", f"**Analysis.** {analysis(name, history, m, previous, regularisers(config))} {next_step}".rstrip()]
         previous = (name, history, m)
     reproductions = sorted(results_dir.glob("*/seed-*/reproduce.json"))
@@ -165,6 +167,10 @@ def regularisers(config: dict) -> dict[str, bool]:
             and c["clean_epochs"] < c["epochs"]}
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def first_epoch_at(history: list[dict], accuracy: float) -> int | None:
     return next((r["epoch"] for r in history if r["test_acc"] >= accuracy), None)
 
@@ -172,10 +178,10 @@ def first_epoch_at(history: list[dict], accuracy: float) -> int | None:
 def results_sentence(history: list[dict], m: dict, run: Path, command: str) -> str:
     last = history[-1]
     seeds = f" (seed {run.name.split('-')[1]})" if m["n_seeds"] > 1 else ""
-    return (f"Over {len(history)} epochs (`{command}`): best test accuracy "
+    return (f"Over {plural(len(history), 'epoch')} (`{command}`): best test accuracy "
             f"{max(r['test_acc'] for r in history):.2f}%{seeds}, last epoch "
-            f"{last['test_acc']:.2f}% test vs {last['train_acc']:.2f}% train, last-3 mean "
-            f"{m['mean']:.2f}%.")
+            f"{last['test_acc']:.2f}% test vs {last['train_acc']:.2f}% train"
+            + (f", last-3 mean {m['mean']:.2f}%." if len(history) >= 3 else "."))
 
 
 def analysis(name: str, history: list[dict], m: dict, previous, regularisers: dict) -> str:
@@ -186,8 +192,9 @@ def analysis(name: str, history: list[dict], m: dict, previous, regularisers: di
     parts = [f"Epoch 1 reached {history[0]['test_acc']:.2f}% test accuracy."]
     reach = [(a, first_epoch_at(history, a)) for a in (99.0, 99.4)]
     parts.append(" ".join(f"{a:.1f}% first in epoch {e}." if e else f"Never {a:.1f}%." for a, e in reach))
-    parts.append(f"Over the last {len(tail)} epochs test accuracy stayed within "
-                 f"{min(tail):.2f}-{max(tail):.2f}%.")
+    if len(tail) > 1:
+        parts.append(f"Over the last {len(tail)} epochs test accuracy stayed within "
+                     f"{min(tail):.2f}-{max(tail):.2f}%.")
     if gap > 0:
         parts.append(f"Train accuracy ends {gap:.2f} points above test accuracy: the model fits "
                      "its training set better than it generalises.")
@@ -202,7 +209,7 @@ def analysis(name: str, history: list[dict], m: dict, previous, regularisers: di
         delta = m["mean"] - prev_m["mean"]
         comparable = len(prev_history) == len(history)
         parts.append(f"Against {prev_name}: last-3 mean {delta:+.2f} points"
-                     + ("" if comparable else f" (but {prev_name} ran {len(prev_history)} epochs)")
+                     + ("" if comparable else f" (but {prev_name} ran {plural(len(prev_history), 'epoch')})")
                      + ".")
     if name == "model6":
         parts.append(f"{m['seeds_holding_target']} of {m['n_seeds']} seeds hold >= 99.4% in each "
