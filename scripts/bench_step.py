@@ -182,7 +182,7 @@ def main(args: argparse.Namespace) -> int:
         r["same_state_as_s7jax"] = r["state_sha256"] == results["s7jax"]["state_sha256"]
 
     out = {
-        "command": "python scripts/bench_step.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python scripts/bench_step.py", *sys.argv[1:]]),
         "date": datetime.date.today().isoformat(),
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,

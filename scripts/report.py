@@ -232,8 +232,9 @@ def performance_section(results_dir: Path) -> str:
         faster = [n for n in v if n not in same + ["s7jax", BOUND] and v[n]["ratio_to_s7jax"] < 1]
         notes = ["Above 1x, the variant is slower than s7jax's step. \"Same state\": its "
                  f"parameters and BatchNorm statistics after {result['steps']} steps equal "
-                 "s7jax's bit for bit, so switching between the two keeps every committed run "
-                 "repeatable" + (f" ({', '.join(same)})" if same else "") + "."]
+                 "s7jax's bit for bit, so switching to it would keep every committed run "
+                 "repeatable" + (f" ({', '.join(same)})." if same else
+                                 "; no variant here does.")]
         if faster:
             notes.append(f"Faster but not bit-identical, so not adopted: {', '.join(faster)} "
                          "(every committed run would have to be trained again).")
@@ -243,7 +244,7 @@ def performance_section(results_dir: Path) -> str:
                          "weight gradient is the largest cost left, and any faster formulation "
                          "sums in another order, changing the rounding.")
         text += "\n".join([
-            "", f"**The train step's speed choices** ({path.name}: `{result['command']}`, "
+            "", f"**The train step's speed choices** ({path.name}: `{result['command'].strip()}`, "
             f"{result['backend']}, {result['cpu_count']} cores, {result['date']}; median of "
             f"{result['rounds']} rounds of {result['steps']} steps, ratios within this run)", "",
             step_table(result), "", " ".join(notes), ""])
