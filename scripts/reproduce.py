@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     with exit_on_known_errors():
         from s7jax import runfiles
+        from s7jax.config import Config
         from s7jax.errors import ConfigError
         from s7jax.train import train_and_evaluate
 
@@ -48,7 +49,8 @@ def main(argv=None) -> int:
         expected = runfiles.read_metrics(run)
         if not expected:
             raise ConfigError(f"{run}: no metrics.jsonl rows to compare with")
-        config = runfiles.read_config(run)
+        recorded = json.loads(runfiles.config_path(run).read_text())  # one read: config + environment
+        config = Config.from_json(recorded["config"])
         workdir = prepare_workdir(Path(args.workdir or f"runs/reproduce-{config.model}-seed-"
                                        f"{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"))
         if runfiles.read_metrics(workdir):
@@ -58,7 +60,6 @@ def main(argv=None) -> int:
         actual = train_and_evaluate(config, workdir, data_dir=args.data_dir,
                                     manual_dir=args.manual_dir, show_progress=not args.no_progress)
         differences = runfiles.metric_differences(expected, actual)
-        recorded = json.loads(runfiles.config_path(run).read_text())["environment"]
         verdict = {
             "command": "python scripts/reproduce.py " + shlex.join(sys.argv[1:] if argv is None else argv),
             "date": time.strftime("%Y-%m-%d"),
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
             "epochs_compared": min(len(expected), len(actual)),
             "compared": [k for k in runfiles.METRIC_KEYS if k not in runfiles.TIMING_KEYS],
             "differences": differences,
-            "recorded_environment": recorded,
+            "recorded_environment": recorded["environment"],
             "repeat_environment": runfiles.environment(),
         }
         (run / "reproduce.json").write_text(json.dumps(verdict, indent=2) + "\n")
