@@ -79,12 +79,15 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precise-bn", type=int,
                    help="re-estimate BatchNorm statistics on N clean training images each epoch (0: off)")
     g.add_argument("--eval-batch-size", type=int, help="evaluation batch size")
+    g.add_argument("--steps-per-call", type=int,
+                   help="train steps per compiled call (faster on CPU; rounds differently from 1)")
     g.add_argument("--allow-long", action="store_true", help="allow more than 15 epochs")
 
 
 _CONFIG_FLAGS = ("epochs", "batch_size", "train_subset", "test_subset", "clean_epochs", "pipeline",
                  "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
-                 "warmup_fraction", "final_lr_fraction", "precise_bn", "eval_batch_size")
+                 "warmup_fraction", "final_lr_fraction", "precise_bn", "eval_batch_size",
+                 "steps_per_call")
 
 
 def config_from_args(args: argparse.Namespace, **overrides):

@@ -41,6 +41,9 @@ class Config:
     test_subset: int | None = None
     eval_batch_size: int = 1000
     pipeline: str = "tfds"  # tfds (tf.data on the host) | device (JAX, on the accelerator)
+    # Train steps per compiled call: more is faster on CPU but rounds
+    # differently from 1, the setting every run under results/ was trained with.
+    steps_per_call: int = 1
     allow_long: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -120,6 +123,7 @@ def validate(config: Config) -> Config:
         (c.test_subset is None or c.test_subset > 0,
          f"--test-subset must be positive, got {c.test_subset}"),
         (c.pipeline in ("tfds", "device"), f"--pipeline must be tfds or device, got {c.pipeline!r}"),
+        (c.steps_per_call > 0, f"--steps-per-call must be positive, got {c.steps_per_call}"),
         (min(c.augment.degrees, c.augment.brightness, c.augment.contrast) >= 0
          and c.augment.brightness < 1 and c.augment.contrast < 1,
          "augmentation strengths must be >= 0 (brightness and contrast < 1)"),

@@ -122,6 +122,19 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainSt
     return state, metrics
 
 
+def train_steps(state: TrainState, batches: tuple[Batch, ...], key: jax.Array
+                ) -> tuple[TrainState, Metrics]:
+    """``len(batches)`` train steps in one call, metrics summed. One batch
+    compiles to exactly ``train_step``; with several, each call dispatches
+    once and XLA schedules and fuses across the steps: faster on CPU, the same
+    maths with different float rounding (``Config.steps_per_call``)."""
+    state, totals = train_step(state, batches[0], key)
+    for batch in batches[1:]:
+        state, metrics = train_step(state, batch, key)
+        totals = combine_metrics(totals, metrics)
+    return state, totals
+
+
 def eval_step(state: TrainState, batch: Batch) -> Metrics:
     """Metric sums over the unmasked examples, with the running BN statistics."""
     log_probs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
@@ -129,13 +142,16 @@ def eval_step(state: TrainState, batch: Batch) -> Metrics:
     return metric_sums(log_probs, batch["label"], batch["mask"])
 
 
-@jax.jit
-def accumulate(totals: Metrics, metrics: Metrics) -> Metrics:
+def combine_metrics(totals: Metrics, metrics: Metrics) -> Metrics:
+    """Metric sums of two spans of steps; the first non-finite step wins."""
     out = {k: totals[k] + metrics[k] for k in ("loss", "correct", "count")}
     if "nonfinite_step" in totals:
         first = totals["nonfinite_step"]
         out["nonfinite_step"] = jnp.where(first >= 0, first, metrics["nonfinite_step"])
     return out
+
+
+accumulate = jax.jit(combine_metrics)
 
 
 def zero_totals() -> dict[str, np.ndarray]:
@@ -303,7 +319,7 @@ def train_and_evaluate(
         return history
 
     state = jax.device_put(state, replicated)
-    p_train_step = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+    p_train_steps = jax.jit(train_steps, donate_argnums=0, out_shardings=(replicated, replicated))
     p_eval_step = jax.jit(eval_step, out_shardings=replicated)
     test_batches = device_eval_batches(test_split, config.eval_batch_size, sharded)
     if config.precise_bn:
@@ -320,13 +336,18 @@ def train_and_evaluate(
             totals = jax.device_put(partial if partial else zero_totals(), replicated)
             partial = None
             with console.progress_bar(epoch + 1, config.epochs, steps, first, show_progress) as bar:
-                for i in range(first, steps):
-                    batch = next(batches)
-                    state, metrics = p_train_step(state, batch, dropout_key)
+                done = first  # steps of this epoch behind us
+                while done < steps:
+                    n = min(config.steps_per_call, steps - done)
+                    group = tuple(next(batches) for _ in range(n))
+                    state, metrics = p_train_steps(state, group, dropout_key)
                     totals = accumulate(totals, metrics)
-                    bar.update()
-                    last = i == steps - 1
-                    if interrupted["set"] or last or (i + 1) % 50 == 0:
+                    bar.update(n)
+                    done += n
+                    last = done == steps
+                    # Fetch every 50 steps: a look at the loss without
+                    # stalling the device on every step.
+                    if interrupted["set"] or last or done // 50 > (done - n) // 50:
                         host = jax.device_get(totals)
                         if host["nonfinite_step"] >= 0:
                             raise NonFiniteLossError(epoch + 1, int(host["nonfinite_step"]))

@@ -8,8 +8,9 @@ subprocess (so that their peak memory is their own):
 * s7jax (model6, its default recipe, batch 128): the train step's compile
   time; the jitted step alone on a fixed batch (images/s, clocks read after
   ``block_until_ready``); one full training epoch end to end, input pipeline
-  and steps, with the tf.data pipeline (``data.train_dataset``) and with the
-  on-device one (``data.DeviceTrainData``); the evaluation of the 10k test
+  and steps, with the tf.data pipeline (``data.train_dataset``), with it and
+  4 steps per compiled call (``--steps-per-call 4``), and with the on-device
+  pipeline (``data.DeviceTrainData``); the evaluation of the 10k test
   images; peak resident memory (``getrusage`` maxrss).
 * PyTorch (the original recipe): model6 from ``s7jax.torch_reference``,
   RandomRotation(7) + ColorJitter(brightness=0.2, contrast=0.2) + ToTensor +
@@ -55,6 +56,7 @@ BATCH_SIZE = 128
 EVAL_BATCH_SIZE = 1000  # s7jax's default (Config.eval_batch_size)
 TORCH_EVAL_BATCH_SIZE = 128  # the original notebooks used the training loader's settings
 TORCH_WORKERS = 2
+STEPS_PER_CALL = 4  # the grouped epoch's --steps-per-call
 FULL = dict(steps=100, warmup=5, epochs_measured=1, train_images=None, test_images=None)
 QUICK = dict(steps=3, warmup=1, epochs_measured=1, train_images=1024, test_images=1000)
 
@@ -186,18 +188,35 @@ def run_s7jax(spec: dict) -> dict:
     out["step_images_per_s"] = spec["steps"] * batch_size / seconds
     log(f"s7jax: step rate {out['step_images_per_s']:,.0f} img/s ({spec['steps']} steps)")
 
-    def timed_epochs(batches, label: str, setup_s: float) -> dict:
+    # Several steps per compiled call (Config.steps_per_call), compiled
+    # untimed for every group size an epoch uses.
+    grouped = jax.jit(train.train_steps, donate_argnums=0, out_shardings=(replicated, replicated))
+    t = time.perf_counter()
+    for n in {min(STEPS_PER_CALL, steps), steps % STEPS_PER_CALL} - {0}:
+        state, _ = grouped(state, (fixed,) * n, dropout_key)
+    jax.block_until_ready(state)
+    out["compile_train_steps_s"] = time.perf_counter() - t
+
+    def timed_epochs(batches, label: str, setup_s: float, per_call: int = 1) -> dict:
         """Train ``epochs`` epochs as ``train_and_evaluate`` does (metrics
-        accumulated on the device, fetched every 50 steps and at the end)."""
+        accumulated on the device, fetched every 50 steps and at the end),
+        ``per_call`` steps per compiled call."""
         nonlocal state
         per_epoch = []
         for epoch in range(epochs):
             t = time.perf_counter()
             totals = jax.device_put(train.zero_totals(), replicated)
-            for i in range(steps):
-                state, metrics = step(state, next(batches), dropout_key)
+            done = 0
+            while done < steps:
+                n = min(per_call, steps - done)
+                if per_call == 1:
+                    state, metrics = step(state, next(batches), dropout_key)
+                else:
+                    state, metrics = grouped(state, tuple(next(batches) for _ in range(n)),
+                                             dropout_key)
                 totals = train.accumulate(totals, metrics)
-                if (i + 1) % 50 == 0 or i == steps - 1:
+                done += n
+                if done // 50 > (done - n) // 50 or done == steps:
                     host = jax.device_get(totals)
             jax.block_until_ready(state)
             per_epoch.append(time.perf_counter() - t)
@@ -224,6 +243,16 @@ def run_s7jax(spec: dict) -> dict:
         train_split, batch_size=batch_size, seed=0, augment=config.augment, epochs=epochs)))
     first = first_ready(it)
     out["epoch_tfds"] = timed_epochs(chain(first, it), "tf.data", time.perf_counter() - t)
+
+    # The same, STEPS_PER_CALL steps per call.
+    state = fresh_state()
+    t = time.perf_counter()
+    it = (jax.device_put(b, sharded) for b in data.as_numpy(data.train_dataset(
+        train_split, batch_size=batch_size, seed=0, augment=config.augment, epochs=epochs)))
+    first = first_ready(it)
+    out["epoch_tfds_grouped"] = timed_epochs(chain(first, it), f"tf.data, {STEPS_PER_CALL} steps/call",
+                                             time.perf_counter() - t, STEPS_PER_CALL)
+    out["steps_per_call"] = STEPS_PER_CALL
 
     # The training split on the device, batched and augmented there.
     state = fresh_state()
@@ -509,6 +538,8 @@ def ratios(j: dict, t: dict | None) -> dict:
     out = {"step": j["step_images_per_s"] / t["step_images_per_s"],
            "epoch_tfds": j["epoch_tfds"]["images_per_s"] / t["epoch"]["images_per_s"],
            "epoch_device": j["epoch_device"]["images_per_s"] / t["epoch"]["images_per_s"],
+           "epoch_tfds_grouped": (j["epoch_tfds_grouped"]["images_per_s"]
+                                  / t["epoch"]["images_per_s"]),
            "eval": j["eval"]["images_per_s"] / t["eval"]["images_per_s"]}
     return {k: round(v, 3) for k, v in out.items()}
 

@@ -15,7 +15,11 @@ time swapped for the stock alternative or removed:
 * ``jax.random.bernoulli dropout``: the stock mask instead of the hashed one;
 * ``no conv weight gradient``: zero weight gradients for every convolution,
   a bound on what a faster weight gradient could save (not a valid step);
-* ``4 steps per jit call``: four steps unrolled in one compiled call.
+* ``4 steps per jit call``: four steps in one compiled call
+  (``train.train_steps``, ``--steps-per-call 4``);
+* ``4 steps per jit call, fenced``: the same with an optimisation barrier
+  around each step, to see whether forbidding fusion across steps keeps
+  the single step's rounding.
 
 Variants run in turn, ``--rounds`` times, each round in a new order; the
 table gives each variant's median step time and its ratio to s7jax's step in
@@ -106,6 +110,7 @@ def variants():
         "jax.random.bernoulli dropout": lambda: patched(ops, "keep_mask", bernoulli),
         "no conv weight gradient": lambda: patched(ops, "_conv_stride1", no_weight_grad),
         f"{STEPS_PER_CALL} steps per jit call": contextlib.nullcontext,
+        f"{STEPS_PER_CALL} steps per jit call, fenced": contextlib.nullcontext,
     }
 
 
@@ -131,16 +136,22 @@ def main(args: argparse.Namespace) -> int:
     host_state, key = train.initial_state(config, schedule)
     host_state = jax.device_get(host_state)
 
-    def several(state, stacked, key):
-        for i in range(STEPS_PER_CALL):
-            state, _ = train.train_step(state, jax.tree.map(lambda x: x[i], stacked), key)
+    def several(state, stacked, key, fenced=False):
+        group = tuple(jax.tree.map(lambda x: x[i], stacked) for i in range(STEPS_PER_CALL))
+        if not fenced:
+            return train.train_steps(state, group, key)[0]
+        # Barriers around each step keep XLA from fusing across steps.
+        fence = jax.lax.optimization_barrier
+        for batch in group:
+            state = fence(train.train_step(state, fence(batch), key)[0])
         return state
 
     runners, results = {}, {}
     for name, context in variants().items():
-        multi = name.endswith("per jit call")
+        multi = "per jit call" in name
         # A new function object per variant: jit's trace cache is keyed on it.
-        fn = (lambda s, b, k: several(s, b, k)) if multi else (lambda s, b, k: train.train_step(s, b, k)[0])
+        fn = ((lambda s, b, k, f=name.endswith("fenced"): several(s, b, k, f)) if multi
+              else (lambda s, b, k: train.train_step(s, b, k)[0]))
         with context():
             step = jax.jit(fn, donate_argnums=0)
             state = jax.device_put(host_state)

@@ -255,8 +255,13 @@ def performance_section(results_dir: Path) -> str:
                  "repeatable" + (f" ({', '.join(same)})." if same else
                                  "; no variant here does.")]
         if faster:
-            notes.append(f"Faster but not bit-identical, so not adopted: {', '.join(faster)} "
-                         "(every committed run would have to be trained again).")
+            notes.append(f"Faster but not bit-identical, so not the default: {', '.join(faster)} "
+                         "(every committed run would have to be trained again); several steps "
+                         "per call is there to choose with `--steps-per-call`.")
+        fenced = [n for n in v if n.endswith(", fenced") and n not in same]
+        if fenced:
+            notes.append("Optimisation barriers around each step do not keep the single step's "
+                         f"rounding either ({', '.join(fenced)}).")
         if BOUND in v:
             notes.append(f"With no weight gradient at all, the step takes "
                          f"{v[BOUND]['ratio_to_s7jax']:.2f}x s7jax's time: the convolutions' "

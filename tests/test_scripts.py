@@ -80,6 +80,7 @@ def test_evaluate_reproduces_the_last_metrics(cli_run, tfds_dir, tmp_path):
     (["--epochs", "16"], r"--epochs must be in 1\.\.15.*--allow-long"),
     (["--lr", "-0.1"], r"--lr must be positive"),
     (["--batch-size", "0"], r"--batch-size must be positive"),
+    (["--steps-per-call", "0"], r"--steps-per-call must be positive"),
     (["--frobnicate"], r"unrecognized arguments: --frobnicate"),
     (["--epochs", "two"], r"invalid int value: 'two'"),
 ])

@@ -14,7 +14,7 @@ from s7jax import checkpoint, runfiles
 from s7jax.config import default_config
 from s7jax.errors import Interrupted, NonFiniteLossError
 from s7jax.train import (eval_step, initial_state, learning_rate_schedule, train_and_evaluate,
-                         train_step)
+                         train_step, train_steps)
 
 QUICK = dict(epochs=2, train_subset=512, test_subset=256, batch_size=64, eval_batch_size=128,
              precise_bn=256)
@@ -42,6 +42,34 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch():
         losses.append(float(metrics["loss"]) / int(metrics["count"]))
     assert losses[-1] < losses[0]
     assert int(state.step) == 5
+
+
+def test_one_step_per_call_compiles_to_exactly_train_step():
+    """What keeps every committed run repeatable: with one batch, the
+    several-steps function is the same program as the single step."""
+    state, key = fresh_state()
+    batch = fixed_batch(8)
+    single = jax.jit(train_step, donate_argnums=0).lower(state, batch, key).as_text()
+    grouped = jax.jit(train_steps, donate_argnums=0).lower(state, (batch,), key).as_text()
+    assert grouped.replace("@jit_train_steps", "@jit_train_step", 1) == single
+
+
+def test_several_steps_per_call_equal_single_steps_up_to_rounding():
+    state, key = fresh_state(lr=0.05)
+    batches = tuple(fixed_batch(seed=s) for s in range(3))
+    one = jax.jit(train_step)
+    a, sums = state, []
+    for batch in batches:
+        a, metrics = one(a, batch, key)
+        sums.append(metrics)
+    b, totals = jax.jit(train_steps)(state, batches, key)
+    assert int(b.step) == int(a.step) == 3
+    for x, y in zip(jax.tree.leaves((a.params, a.batch_stats)), jax.tree.leaves((b.params, b.batch_stats))):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+    assert int(totals["count"]) == 3 * 64
+    assert int(totals["correct"]) == sum(int(m["correct"]) for m in sums)
+    np.testing.assert_allclose(totals["loss"], sum(float(m["loss"]) for m in sums), rtol=1e-5)
+    assert int(totals["nonfinite_step"]) == -1
 
 
 def test_eval_step_is_pure():
@@ -125,6 +153,20 @@ def test_interrupt_then_resume_equals_uninterrupted(reference_run, tfds_dir, tmp
                                  show_progress=False, log=lambda _: None)
     assert strip_seconds(resumed) == strip_seconds(history)
     assert strip_seconds(runfiles.read_metrics(tmp_path)) == strip_seconds(history)
+
+
+def test_several_steps_per_call_train_the_same_run(reference_run, tfds_dir, tmp_path):
+    """3 steps per call over 8-step epochs (3 + 3 + 2): every step taken
+    once, the same figures up to float rounding."""
+    _, history = reference_run
+    config = default_config("model6", **QUICK, steps_per_call=3)
+    grouped = train_and_evaluate(config, tmp_path, data_dir=tfds_dir, show_progress=False,
+                                 log=lambda _: None)
+    assert checkpoint.latest_step(runfiles.checkpoint_dir(tmp_path)) == 16
+    for a, b in zip(grouped, history):
+        np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-3)
+        np.testing.assert_allclose(a["test_loss"], b["test_loss"], rtol=1e-3)
+        assert abs(a["test_acc"] - b["test_acc"]) <= 1.0  # at most 2 of 256 test images
 
 
 def test_nonfinite_loss_stops_with_epoch_and_step(tfds_dir, tmp_path):
