@@ -53,7 +53,8 @@ def rows(result: dict[str, Any]) -> list[Row]:
     seconds("compile train step / first step (s)", j.get("compile_train_step_s"),
             t.get("first_step_s"), ratio=False)
     rate("train step, fixed batch (img/s)", j.get("step_images_per_s"), t.get("step_images_per_s"))
-    epochs = [("tfds", "tf.data pipeline"), ("device", "on-device pipeline")]
+    pipelines = [("tfds", "tf.data pipeline"), ("device", "on-device pipeline")]
+    epochs = list(pipelines)
     if j.get("epoch_tfds_grouped"):
         epochs.insert(1, ("tfds_grouped", f"tf.data pipeline, {j['steps_per_call']} steps per call"))
     for key, label in epochs:
@@ -61,9 +62,7 @@ def rows(result: dict[str, Any]) -> list[Row]:
         tt = t.get("epoch") or {}
         rate(f"training epoch, {label} (img/s)", e.get("images_per_s"), tt.get("images_per_s"))
         seconds(f"training epoch, {label} (s)", e.get("seconds"), tt.get("seconds"))
-    for key, label in epochs:
-        if key == "tfds_grouped":
-            continue  # the same pipeline as "tfds"
+    for key, label in pipelines:
         seconds(f"set-up to first batch, {label} (s)", (j.get(f"epoch_{key}") or {}).get("setup_s"),
                 None, ratio=False)
     if j.get("precise_bn"):

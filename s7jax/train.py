@@ -154,6 +154,22 @@ def combine_metrics(totals: Metrics, metrics: Metrics) -> Metrics:
 accumulate = jax.jit(combine_metrics)
 
 
+FETCH_EVERY = 50  # steps between looks at the metrics: often enough, without stalling the device
+
+
+def epoch_calls(first: int, steps: int, per_call: int):
+    """The compiled calls that cover an epoch's steps ``first .. steps - 1``:
+    ``(steps in the call, is it the epoch's last, fetch the metrics after it)``,
+    in groups of ``per_call``, fetching when a group reaches or crosses a
+    multiple of ``FETCH_EVERY`` and after the last."""
+    done = first
+    while done < steps:
+        n = min(per_call, steps - done)
+        done += n
+        last = done == steps
+        yield n, last, last or done // FETCH_EVERY > (done - n) // FETCH_EVERY
+
+
 def zero_totals() -> dict[str, np.ndarray]:
     return {"loss": np.float32(0), "correct": np.int32(0), "count": np.int32(0),
             "nonfinite_step": np.int32(-1)}
@@ -336,18 +352,12 @@ def train_and_evaluate(
             totals = jax.device_put(partial if partial else zero_totals(), replicated)
             partial = None
             with console.progress_bar(epoch + 1, config.epochs, steps, first, show_progress) as bar:
-                done = first  # steps of this epoch behind us
-                while done < steps:
-                    n = min(config.steps_per_call, steps - done)
+                for n, last, fetch in epoch_calls(first, steps, config.steps_per_call):
                     group = tuple(next(batches) for _ in range(n))
                     state, metrics = p_train_steps(state, group, dropout_key)
                     totals = accumulate(totals, metrics)
                     bar.update(n)
-                    done += n
-                    last = done == steps
-                    # Fetch every 50 steps: a look at the loss without
-                    # stalling the device on every step.
-                    if interrupted["set"] or last or done // 50 > (done - n) // 50:
+                    if interrupted["set"] or fetch:
                         host = jax.device_get(totals)
                         if host["nonfinite_step"] >= 0:
                             raise NonFiniteLossError(epoch + 1, int(host["nonfinite_step"]))

@@ -192,7 +192,7 @@ def run_s7jax(spec: dict) -> dict:
     # untimed for every group size an epoch uses.
     grouped = jax.jit(train.train_steps, donate_argnums=0, out_shardings=(replicated, replicated))
     t = time.perf_counter()
-    for n in {min(STEPS_PER_CALL, steps), steps % STEPS_PER_CALL} - {0}:
+    for n in {n for n, _, _ in train.epoch_calls(0, steps, STEPS_PER_CALL)}:
         state, _ = grouped(state, (fixed,) * n, dropout_key)
     jax.block_until_ready(state)
     out["compile_train_steps_s"] = time.perf_counter() - t
@@ -206,17 +206,14 @@ def run_s7jax(spec: dict) -> dict:
         for epoch in range(epochs):
             t = time.perf_counter()
             totals = jax.device_put(train.zero_totals(), replicated)
-            done = 0
-            while done < steps:
-                n = min(per_call, steps - done)
+            for n, _, fetch in train.epoch_calls(0, steps, per_call):
                 if per_call == 1:
                     state, metrics = step(state, next(batches), dropout_key)
                 else:
                     state, metrics = grouped(state, tuple(next(batches) for _ in range(n)),
                                              dropout_key)
                 totals = train.accumulate(totals, metrics)
-                done += n
-                if done // 50 > (done - n) // 50 or done == steps:
+                if fetch:
                     host = jax.device_get(totals)
             jax.block_until_ready(state)
             per_epoch.append(time.perf_counter() - t)
@@ -236,19 +233,21 @@ def run_s7jax(spec: dict) -> dict:
         yield first
         yield from rest
 
-    # tf.data on the host, batches put on the device one by one.
+    def tfds_batches():
+        """tf.data on the host, batches put on the device one by one."""
+        return (jax.device_put(b, sharded) for b in data.as_numpy(data.train_dataset(
+            train_split, batch_size=batch_size, seed=0, augment=config.augment, epochs=epochs)))
+
     state = fresh_state()
     t = time.perf_counter()
-    it = (jax.device_put(b, sharded) for b in data.as_numpy(data.train_dataset(
-        train_split, batch_size=batch_size, seed=0, augment=config.augment, epochs=epochs)))
+    it = tfds_batches()
     first = first_ready(it)
     out["epoch_tfds"] = timed_epochs(chain(first, it), "tf.data", time.perf_counter() - t)
 
     # The same, STEPS_PER_CALL steps per call.
     state = fresh_state()
     t = time.perf_counter()
-    it = (jax.device_put(b, sharded) for b in data.as_numpy(data.train_dataset(
-        train_split, batch_size=batch_size, seed=0, augment=config.augment, epochs=epochs)))
+    it = tfds_batches()
     first = first_ready(it)
     out["epoch_tfds_grouped"] = timed_epochs(chain(first, it), f"tf.data, {STEPS_PER_CALL} steps/call",
                                              time.perf_counter() - t, STEPS_PER_CALL)

@@ -89,21 +89,25 @@ def results_section(results_dir: Path, write_plots: bool = True) -> str:
     lines += ["| model | parameters | best test acc | last-3 test acc (min / mean) | epochs | "
               "s / epoch | device | seeds |",
               "|---|---:|---:|---:|---:|---:|---|---:|"]
+    # Each model's first seed: its run folder, config.json and metrics, read once.
+    first_runs = {}
+    for name in models:
+        run = results.seed_dirs(results_dir, name)[0]
+        first_runs[name] = (run, json.loads(runfiles.config_path(run).read_text()),
+                            runfiles.read_metrics(run))
     histories = {}
     for name in MODELS:
         if name not in models:
             continue
         m = models[name]
+        run, config, histories[name] = first_runs[name]
         first = next(iter(m["seeds"].values()))
         params = count_params(jax.eval_shape(lambda n=name: init_variables(
             get_model(n), jax.random.key(0, impl="rbg"))))
         best = max(s["best"] for s in m["seeds"].values())
-        run = results.seed_dirs(results_dir, name)[0]
-        env = json.loads(runfiles.config_path(run).read_text())["environment"]
         lines.append(f"| {name} | {params:,} | {best:.2f} | {m['min']:.2f} / {m['mean']:.2f} | "
-                     f"{first['epochs']} | {first['seconds_per_epoch']:.0f} | {device(env)} | "
-                     f"{m['n_seeds']} |")
-        histories[name] = runfiles.read_metrics(run)
+                     f"{first['epochs']} | {first['seconds_per_epoch']:.0f} | "
+                     f"{device(config['environment'])} | {m['n_seeds']} |")
     missing = [name for name in MODELS if name not in models]
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)} (`python scripts/sweep.py --model NAME "
@@ -130,9 +134,7 @@ def results_section(results_dir: Path, write_plots: bool = True) -> str:
         if name not in models:
             continue
         m = models[name]
-        run = results.seed_dirs(results_dir, name)[0]
-        config = json.loads(runfiles.config_path(run).read_text())
-        history = runfiles.read_metrics(run)
+        run, config, history = first_runs[name]
         epochs = config["config"]["epochs"]
         command = f"python scripts/sweep.py --model {name} --seeds {m['n_seeds']}"
         if epochs != MAX_EPOCHS:
@@ -140,11 +142,10 @@ def results_section(results_dir: Path, write_plots: bool = True) -> str:
         lines += ["", f"### {name}", "", f"**Target.** {target}", "",
                   f"**Results.** Recipe: {recipe(config)}. {results_sentence(history, m, run, command)}"]
         if epochs != MAX_EPOCHS:
-            env = config["environment"]
             lines[-1] += (f" Trained for {plural(epochs, 'epoch')} of the study's {MAX_EPOCHS} only, "
                           f"for want of time: an epoch took "
                           f"{m['seeds'][run.name.split('-')[1]]['seconds_per_epoch']:.0f} s on "
-                          f"{env['backend']} ({env['cpu_count']} cores), so these are early-training "
+                          f"{device(config['environment'])}, so these are early-training "
                           f"figures, not comparable with the {MAX_EPOCHS}-epoch runs.")
         lines += ["", f"**Analysis.** {analysis(name, history, m, previous, regularisers(config))} {next_step}".rstrip()]
         previous = (name, history, m)

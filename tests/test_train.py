@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 
@@ -13,8 +14,8 @@ import pytest
 from s7jax import checkpoint, runfiles
 from s7jax.config import default_config
 from s7jax.errors import Interrupted, NonFiniteLossError
-from s7jax.train import (eval_step, initial_state, learning_rate_schedule, train_and_evaluate,
-                         train_step, train_steps)
+from s7jax.train import (epoch_calls, eval_step, initial_state, learning_rate_schedule,
+                         train_and_evaluate, train_step, train_steps)
 
 QUICK = dict(epochs=2, train_subset=512, test_subset=256, batch_size=64, eval_batch_size=128,
              precise_bn=256)
@@ -70,6 +71,17 @@ def test_several_steps_per_call_equal_single_steps_up_to_rounding():
     assert int(totals["correct"]) == sum(int(m["correct"]) for m in sums)
     np.testing.assert_allclose(totals["loss"], sum(float(m["loss"]) for m in sums), rtol=1e-5)
     assert int(totals["nonfinite_step"]) == -1
+
+
+def test_epoch_calls_cover_each_step_once_and_fetch_at_every_fifty_and_the_end():
+    assert list(epoch_calls(0, 8, 3)) == [(3, False, False), (3, False, False), (2, True, True)]
+    calls = list(epoch_calls(45, 110, 4))  # a resumed epoch: steps 45..109
+    ends = list(itertools.accumulate((n for n, _, _ in calls), initial=45))[1:]
+    assert ends[-1] == 110
+    assert [e for e, (_, _, fetch) in zip(ends, calls) if fetch] == [53, 101, 110]
+    assert [last for _, last, _ in calls] == [False] * (len(calls) - 1) + [True]
+    one_by_one = list(epoch_calls(0, 120, 1))
+    assert [i + 1 for i, (_, _, fetch) in enumerate(one_by_one) if fetch] == [50, 100, 120]
 
 
 def test_eval_step_is_pure():
