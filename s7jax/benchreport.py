@@ -54,22 +54,31 @@ def rows(result: dict[str, Any]) -> list[Row]:
             t.get("first_step_s"), ratio=False)
     rate("train step, fixed batch (img/s)", j.get("step_images_per_s"), t.get("step_images_per_s"))
     pipelines = [("tfds", "tf.data pipeline"), ("device", "on-device pipeline")]
-    epochs = list(pipelines)
-    if j.get("epoch_tfds_grouped"):
-        epochs.insert(1, ("tfds_grouped", f"tf.data pipeline, {j['steps_per_call']} steps per call"))
+    epochs = [("tfds", "tf.data pipeline"),
+              ("tfds_grouped", f"tf.data pipeline, {j.get('steps_per_call')} steps per call"),
+              ("device", "on-device pipeline"),
+              ("scan", "on-device, one call per epoch")]
     for key, label in epochs:
-        e = j.get(f"epoch_{key}") or {}
+        e = j.get(f"epoch_{key}")
+        if not e:  # not measured in this run (older files, or no TensorFlow)
+            continue
         tt = t.get("epoch") or {}
         rate(f"training epoch, {label} (img/s)", e.get("images_per_s"), tt.get("images_per_s"))
         seconds(f"training epoch, {label} (s)", e.get("seconds"), tt.get("seconds"))
     for key, label in pipelines:
-        seconds(f"set-up to first batch, {label} (s)", (j.get(f"epoch_{key}") or {}).get("setup_s"),
-                None, ratio=False)
+        if j.get(f"epoch_{key}"):
+            seconds(f"set-up to first batch, {label} (s)", j[f"epoch_{key}"].get("setup_s"), None,
+                    ratio=False)
+    if j.get("compile_epoch_scan_s"):
+        seconds("compile one-call epoch (s)", j["compile_epoch_scan_s"], None, ratio=False)
     if j.get("precise_bn"):
         seconds(f"BN re-estimation, {j['precise_bn']['images']:,} images (s)",
                 j["precise_bn"]["seconds"], None, ratio=False)
     seconds("evaluation of the test set (s)", (j.get("eval") or {}).get("seconds"),
             (t.get("eval") or {}).get("seconds"))
+    if j.get("eval_one_call"):
+        seconds("evaluation of the test set, one call (s)", j["eval_one_call"]["seconds"],
+                (t.get("eval") or {}).get("seconds"))
     out.append(("peak memory, main process", _mib(j.get("maxrss_kib")), _mib(t.get("maxrss_kib")), ""))
     if t.get("maxrss_children_kib"):
         out.append(("peak memory, largest loader worker", "-", _mib(t.get("maxrss_children_kib")), ""))
@@ -99,6 +108,8 @@ def _notes(result: dict[str, Any]) -> list[str]:
             f"s7jax eval batch {s.get('eval_batch_size', '?')}, test set kept on the device.")
     if result.get("pytorch_skipped"):
         lines.append(f"PyTorch side skipped: {result['pytorch_skipped']}.")
+    if (result.get("s7jax") or {}).get("tfds_skipped"):
+        lines.append(f"tf.data rows skipped: {result['s7jax']['tfds_skipped']}.")
     load = m.get("loadavg_before")
     if load and load[0] > 0.5:
         lines.append(f"Load average before the run: {load[0]:.2f} (other work on the machine).")

@@ -12,6 +12,7 @@ import contextlib
 import sys
 from pathlib import Path
 
+from s7jax.config import DATA_SOURCES, PIPELINES
 from s7jax.errors import ConfigError, RunError
 
 
@@ -62,8 +63,16 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--brightness", type=float, help="brightness factor range 1 +/- x (0 disables)")
     g.add_argument("--contrast", type=float, help="contrast factor range 1 +/- x (0 disables)")
     g.add_argument("--clean-epochs", type=int, help="train the last N epochs without augmentation")
-    g.add_argument("--pipeline", choices=["tfds", "device"],
-                   help="tf.data on the host, or data and augmentation on the accelerator")
+    g.add_argument("--pipeline", choices=PIPELINES,
+                   help="tfds: tf.data on the host, one call per step; device: data and "
+                        "augmentation on the accelerator, one call per step; scan: on the "
+                        "accelerator, one compiled call per epoch (train, BN re-estimation, "
+                        "evaluation). auto (default): scan on GPU/TPU, where per-step dispatch "
+                        "would set the pace; tfds on CPU (device without TensorFlow), where a "
+                        "rolled scan runs slower and every recorded run used tfds")
+    g.add_argument("--data-source", choices=DATA_SOURCES,
+                   help="tfds, or idx (the official files read with numpy, no TensorFlow); "
+                        "auto (default): tfds where it is installed")
     g.add_argument("--data-dir", help="TFDS data_dir (default: TFDS's, honouring TFDS_DATA_DIR)")
     g.add_argument("--manual-dir", help="folder with the four official MNIST files and SHA256SUMS")
     g = p.add_argument_group("optimisation")
@@ -85,6 +94,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 _CONFIG_FLAGS = ("epochs", "batch_size", "train_subset", "test_subset", "clean_epochs", "pipeline",
+                 "data_source",
                  "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
                  "warmup_fraction", "final_lr_fraction", "precise_bn", "eval_batch_size",
                  "steps_per_call")

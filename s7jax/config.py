@@ -16,6 +16,8 @@ from s7jax.errors import ConfigError
 from s7jax.models import MODELS
 
 MAX_EPOCHS = 15  # the study's rule: every result within 15 epochs
+PIPELINES = ("auto", "tfds", "device", "scan")
+DATA_SOURCES = ("auto", "tfds", "idx")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +42,14 @@ class Config:
     train_subset: int | None = None
     test_subset: int | None = None
     eval_batch_size: int = 1000
-    pipeline: str = "tfds"  # tfds (tf.data on the host) | device (JAX, on the accelerator)
+    # Where MNIST comes from: tfds | idx (the official files read with numpy) |
+    # auto (TFDS where it imports). A run records what auto resolved to.
+    data_source: str = "auto"
+    # How batches reach the step: tfds (tf.data on the host) | device (made on
+    # the accelerator, one call per step) | scan (made on the accelerator, a
+    # whole epoch per compiled call) | auto (scan on GPU/TPU; on CPU, tfds, or
+    # device without TensorFlow). See s7jax.train.
+    pipeline: str = "auto"
     # Train steps per compiled call: more is faster on CPU but rounds
     # differently from 1, the setting every run under results/ was trained with.
     steps_per_call: int = 1
@@ -122,7 +131,9 @@ def validate(config: Config) -> Config:
          f"--train-subset must be positive, got {c.train_subset}"),
         (c.test_subset is None or c.test_subset > 0,
          f"--test-subset must be positive, got {c.test_subset}"),
-        (c.pipeline in ("tfds", "device"), f"--pipeline must be tfds or device, got {c.pipeline!r}"),
+        (c.pipeline in PIPELINES, f"--pipeline must be one of {', '.join(PIPELINES)}, got {c.pipeline!r}"),
+        (c.data_source in DATA_SOURCES,
+         f"--data-source must be one of {', '.join(DATA_SOURCES)}, got {c.data_source!r}"),
         (c.steps_per_call > 0, f"--steps-per-call must be positive, got {c.steps_per_call}"),
         (min(c.augment.degrees, c.augment.brightness, c.augment.contrast) >= 0
          and c.augment.brightness < 1 and c.augment.contrast < 1,

@@ -1,32 +1,48 @@
-"""MNIST through TensorFlow Datasets, offline, and the tf.data pipelines.
+"""MNIST from its four official files, and the input pipelines.
 
-The first call prepares TFDS's ``mnist`` (in TFDS's own ``data_dir``, which
-honours ``TFDS_DATA_DIR``) from the four official files that the repository
-keeps in ``data/mnist/``, through TFDS's manual-download mechanism, so no
-network is needed. The files are checked against ``SHA256SUMS`` before TFDS
-sees them: given a missing file, TFDS would try to download it and take
-minutes to fail.
+Two sources give the same 70,000 images (tested as matched sets; each keeps
+its own order):
 
-The training pipeline is a pure function of (seed, epoch, step): the epoch's
-permutation and each batch's augmentation come from stateless random ops keyed
-on those numbers. So the same seed gives the same batches, and a run resumed
-at any step sees exactly the batches the uninterrupted run would have seen.
+* TensorFlow Datasets' ``mnist``, prepared offline on first use (in TFDS's own
+  ``data_dir``, which honours ``TFDS_DATA_DIR``) from the official files the
+  repository keeps in ``data/mnist/``, through TFDS's manual-download
+  mechanism, so no network is needed. The default wherever TFDS is installed.
+* The same files read with numpy (:func:`read_idx`), where TensorFlow is not
+  installed: a Colab TPU runtime or a GPU machine without it.
+
+Either way the files are checked against ``SHA256SUMS`` first: given a missing
+file, TFDS would try to download it and take minutes to fail.
+
+Three pipelines feed training, each a pure function of (seed, step), so the
+same seed gives the same batches and a run resumed at any step sees exactly
+the batches the uninterrupted run would have seen:
+
+* :func:`train_dataset`: tf.data on the host (TensorFlow's stateless random
+  ops keyed on the seed, epoch and step);
+* :class:`DeviceTrainData`: the split resident on the accelerator, batched
+  and augmented there in JAX, one jitted call per batch (:meth:`batches`) or
+  folded into a compiled epoch (:meth:`scan`), with the same batches;
+* evaluation batches (:func:`eval_batches`) are plain numpy on every path.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
+import gzip
 import hashlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
-from s7jax.augment import AugmentConfig, augment_tf
-from s7jax.errors import DataError
+from s7jax.augment import AugmentConfig, augment_jax, augment_tf
+from s7jax.errors import ConfigError, DataError
 from s7jax.tf_cpu import tensorflow
 
 MEAN, STD = 0.1307, 0.3081  # training-set pixel statistics after scaling to [0, 1]
@@ -37,6 +53,13 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte.gz",
     "t10k-labels-idx1-ubyte.gz",
 )
+# Split -> (images file, labels file, examples).
+IDX_SPLITS = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60_000),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 10_000),
+}
+IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801  # IDX: uint8 data, 3 or 1 dimensions
+SOURCES = ("auto", "tfds", "idx")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +110,66 @@ def verify_mnist_files(manual_dir: str | os.PathLike) -> None:
             raise DataError(f"corrupt MNIST file {path} (SHA-256 mismatch): {fix}")
 
 
+def _idx_payload(path: Path, magic: int, dims: tuple[int, ...], fix: str) -> np.ndarray:
+    """The uint8 array of one gzip IDX file, after checking its magic number,
+    its header's sizes against ``dims`` and its length."""
+    try:
+        raw = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"corrupt MNIST file {path} (not a complete gzip file: {e}): {fix}") from None
+    header_len = 4 * (1 + len(dims))
+    if len(raw) < header_len:
+        raise DataError(f"corrupt MNIST file {path} (shorter than its IDX header): {fix}")
+    header = np.frombuffer(raw[:header_len], dtype=">u4")
+    if int(header[0]) != magic:
+        raise DataError(f"corrupt MNIST file {path} (IDX magic number {int(header[0]):#010x}, "
+                        f"expected {magic:#010x}): {fix}")
+    if tuple(int(d) for d in header[1:]) != dims:
+        raise DataError(f"corrupt MNIST file {path} (IDX sizes {tuple(int(d) for d in header[1:])}, "
+                        f"expected {dims}): {fix}")
+    if len(raw) != header_len + int(np.prod(dims)):
+        raise DataError(f"corrupt MNIST file {path} ({len(raw) - header_len} data bytes, "
+                        f"expected {int(np.prod(dims))}): {fix}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(dims)
+
+
+def read_idx(manual_dir=None) -> dict[str, "Split"]:
+    """``{"train": Split, "test": Split}`` straight from the four official
+    files with numpy, in the files' own order: no TensorFlow involved."""
+    manual_dir = Path(manual_dir) if manual_dir is not None else default_manual_dir()
+    verify_mnist_files(manual_dir)
+    fix = f"restore the official MNIST files in {manual_dir}"
+    splits = {}
+    for name, (images_file, labels_file, n) in IDX_SPLITS.items():
+        images = _idx_payload(manual_dir / images_file, IMAGES_MAGIC, (n, 28, 28), fix)
+        labels = _idx_payload(manual_dir / labels_file, LABELS_MAGIC, (n,), fix)
+        if labels.max() > 9:
+            raise DataError(f"corrupt MNIST file {manual_dir / labels_file} "
+                            f"(label {labels.max()} outside 0-9): {fix}")
+        splits[name] = Split(images[..., None].copy(), labels.astype(np.int32))
+    return splits
+
+
+def tfds_available() -> bool:
+    """Whether TensorFlow and TensorFlow Datasets import here."""
+    try:
+        tensorflow()
+        import tensorflow_datasets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_source(source: str) -> str:
+    """``tfds`` or ``idx`` for ``source`` (``auto``: TFDS where it imports)."""
+    if source == "auto":
+        return "tfds" if tfds_available() else "idx"
+    if source == "tfds" and not tfds_available():
+        raise ConfigError("--data-source tfds needs tensorflow and tensorflow-datasets, which do "
+                          "not import here; use --data-source idx")
+    return source
+
+
 def _mnist_builder(data_dir):
     import tensorflow_datasets as tfds
 
@@ -109,10 +192,13 @@ def prepare_mnist(data_dir=None, manual_dir=None):
     return builder
 
 
-def load_mnist(data_dir=None, manual_dir=None) -> dict[str, Split]:
-    """``{"train": Split, "test": Split}`` read through TFDS into host memory
-    (47 MB + 8 MB: small enough to hold, which makes every epoch's shuffle a
-    cheap index permutation)."""
+def load_mnist(data_dir=None, manual_dir=None, source: str = "auto") -> dict[str, Split]:
+    """``{"train": Split, "test": Split}`` in host memory (47 MB + 8 MB: small
+    enough to hold, which makes every epoch's shuffle a cheap index
+    permutation), through TFDS or from the IDX files (``source``, see
+    :func:`resolve_source`)."""
+    if resolve_source(source) == "idx":
+        return read_idx(manual_dir)
     builder = prepare_mnist(data_dir, manual_dir)
     splits = {}
     for name in ("train", "test"):
@@ -124,9 +210,10 @@ def load_mnist(data_dir=None, manual_dir=None) -> dict[str, Split]:
     return splits
 
 
-def normalize_tf(images_uint8):
-    tf = tensorflow()
-    return (tf.cast(images_uint8, tf.float32) / 255.0 - MEAN) / STD
+def normalize(images_uint8):
+    """uint8 pixels -> float32 ``(x / 255 - MEAN) / STD``, in float32 throughout
+    (numpy or JAX arrays; the same figures as the tf.data pipeline's)."""
+    return (images_uint8.astype(np.float32) / np.float32(255.0) - np.float32(MEAN)) / np.float32(STD)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -182,75 +269,95 @@ def train_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def eval_dataset(split: Split, *, batch_size: int):
-    """Normalised batches ``{"image", "label", "mask"}`` covering every example
-    exactly once: the last batch is padded to full size and its padding masked
-    out, so the eval step compiles once and counts nothing twice."""
-    tf = tensorflow()
+def eval_batches(split: Split, *, batch_size: int) -> dict[str, np.ndarray]:
+    """The whole split as normalised batches, stacked: ``image (n, B, 28, 28,
+    1)``, ``label (n, B)``, ``mask (n, B)``. Every example is counted exactly
+    once: the last batch is padded to full size and its padding masked out, so
+    the eval step compiles once and counts nothing twice."""
     n = len(split)
-    padded = -(-n // batch_size) * batch_size
-    pad = padded - n
+    batches = -(-n // batch_size)
+    pad = batches * batch_size - n
     images = np.concatenate([split.images, np.zeros((pad, *split.images.shape[1:]), np.uint8)])
     labels = np.concatenate([split.labels, np.zeros((pad,), np.int32)])
-    mask = np.arange(padded) < n
-    ds = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels, "mask": mask})
-    ds = ds.batch(batch_size).map(lambda b: {**b, "image": normalize_tf(b["image"])})
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return {"image": normalize(images).reshape(batches, batch_size, *images.shape[1:]),
+            "label": labels.reshape(batches, batch_size),
+            "mask": (np.arange(batches * batch_size) < n).reshape(batches, batch_size)}
 
 
 def as_numpy(ds) -> Iterator[dict[str, np.ndarray]]:
     return ds.as_numpy_iterator()
 
 
+@struct.dataclass
 class DeviceTrainData:
     """The training split resident on the accelerator(s), batched and
     augmented there in JAX: no host pipeline, no host-to-device copies.
 
-    Like :func:`train_dataset`, each batch is a pure function of (seed, step):
-    the epoch's permutation comes from ``fold_in(shuffle_key, epoch)`` and the
-    augmentation from ``fold_in(augment_key, step)``. The two pipelines sample
-    the same distributions with different random streams.
+    A pytree (``flax.struct``), so it passes into jitted functions as an
+    argument: the arrays as traced inputs, never baked into a program as
+    constants. Like :func:`train_dataset`, each batch is a pure function of
+    (seed, step): the epoch's permutation comes from ``fold_in(shuffle_key,
+    epoch)`` and the augmentation from ``fold_in(augment_key, step)``. The two
+    pipelines sample the same distributions with different random streams.
     """
 
-    def __init__(self, split: Split, *, batch_size: int, seed: int, augment: AugmentConfig,
-                 epochs: int, clean_epochs: int = 0, sharding=None, replicated=None):
-        import jax
+    images: jax.Array  # uint8 (N, 28, 28, 1)
+    labels: jax.Array  # int32 (N,)
+    shuffle_key: jax.Array
+    augment_key: jax.Array
+    batch_size: int = struct.field(pytree_node=False)
+    epochs: int = struct.field(pytree_node=False)
+    first_clean_step: int = struct.field(pytree_node=False)
+    augment: AugmentConfig = struct.field(pytree_node=False)
 
-        self.steps = steps_per_epoch(len(split), batch_size)
-        self.batch_size, self.epochs = batch_size, epochs
-        self.images = jax.device_put(split.images, replicated)
-        self.labels = jax.device_put(split.labels, replicated)
-        key = jax.random.key(seed, impl="rbg")
-        self.shuffle_key, self.augment_key = jax.random.split(key)
-        first_clean_step = (epochs - clean_epochs) * self.steps
-        self._batch = jax.jit(functools.partial(
-            _device_batch, batch_size=batch_size, augment=augment,
-            first_clean_step=first_clean_step), out_shardings=sharding)
-        self._permutation = jax.jit(
-            lambda key, epoch: jax.random.permutation(jax.random.fold_in(key, epoch), len(split)),
-            out_shardings=replicated)
+    @classmethod
+    def create(cls, split: Split, *, batch_size: int, seed: int, augment: AugmentConfig,
+               epochs: int, clean_epochs: int = 0, replicated=None) -> "DeviceTrainData":
+        steps = steps_per_epoch(len(split), batch_size)
+        shuffle_key, augment_key = jax.random.split(jax.random.key(seed, impl="rbg"))
+        return cls(images=jax.device_put(split.images, replicated),
+                   labels=jax.device_put(split.labels, replicated),
+                   shuffle_key=shuffle_key, augment_key=augment_key, batch_size=batch_size,
+                   epochs=epochs, first_clean_step=(epochs - clean_epochs) * steps,
+                   augment=augment)
 
-    def batches(self, start_step: int = 0):
-        """Batches from global step ``start_step`` to the end of the run."""
+    @property
+    def steps(self) -> int:
+        """Batches per epoch (the remainder dropped, as :func:`steps_per_epoch`)."""
+        return self.images.shape[0] // self.batch_size
+
+    def order(self, epoch) -> jax.Array:
+        """The epoch's permutation of the split."""
+        return jax.random.permutation(jax.random.fold_in(self.shuffle_key, epoch),
+                                      self.images.shape[0])
+
+    def batch(self, order: jax.Array, step) -> dict[str, jax.Array]:
+        """Global step ``step``'s batch, given its epoch's ``order`` (jit-able)."""
+        i = step % self.steps
+        idx = jax.lax.dynamic_slice_in_dim(order, i * self.batch_size, self.batch_size)
+        batch = self.images[idx].astype(jnp.float32) / 255.0
+        if self.augment.enabled:
+            key = jax.random.fold_in(self.augment_key, step)
+            batch = jax.lax.cond(step < self.first_clean_step,
+                                 lambda b: augment_jax(b, key, self.augment), lambda b: b, batch)
+        return {"image": (batch - MEAN) / STD, "label": self.labels[idx]}
+
+    def batches(self, start_step: int = 0, sharding=None) -> Iterator[dict[str, jax.Array]]:
+        """Batches from global step ``start_step`` to the end of the run, one
+        jitted call each, laid out as ``sharding``."""
+        permutation = jax.jit(DeviceTrainData.order)
+        make = jax.jit(DeviceTrainData.batch, out_shardings=sharding)
         order = None
         for step in range(start_step, self.epochs * self.steps):
-            epoch, i = divmod(step, self.steps)
-            if order is None or i == 0:
-                order = self._permutation(self.shuffle_key, epoch)
-            yield self._batch(self.images, self.labels, order, self.augment_key, step, i)
+            if order is None or step % self.steps == 0:
+                order = permutation(self, step // self.steps)
+            yield make(self, order, step)
 
-
-def _device_batch(images, labels, order, augment_key, step, i, *, batch_size, augment,
-                  first_clean_step):
-    import jax
-    import jax.numpy as jnp
-
-    from s7jax.augment import augment_jax
-
-    idx = jax.lax.dynamic_slice_in_dim(order, i * batch_size, batch_size)
-    batch = images[idx].astype(jnp.float32) / 255.0
-    if augment.enabled:
-        key = jax.random.fold_in(augment_key, step)
-        batch = jax.lax.cond(step < first_clean_step, lambda b: augment_jax(b, key, augment),
-                             lambda b: b, batch)
-    return {"image": (batch - MEAN) / STD, "label": labels[idx]}
+    def scan(self, fn: Callable[[Any, dict[str, jax.Array]], tuple[Any, Any]], carry: Any,
+             epoch, first: int = 0) -> tuple[Any, Any]:
+        """``lax.scan`` of ``fn(carry, batch) -> (carry, y)`` over the batches
+        of steps ``first .. steps - 1`` of ``epoch``, inside whatever program
+        calls it: the batches are exactly those :meth:`batches` yields."""
+        order = self.order(epoch)
+        steps = jnp.arange(first, self.steps) + epoch * self.steps
+        return jax.lax.scan(lambda c, step: fn(c, self.batch(order, step)), carry, steps)

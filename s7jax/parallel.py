@@ -33,6 +33,11 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def stacked_batch_sharded(mesh: Mesh) -> NamedSharding:
+    """Stacked batches ``(n, B, ...)``: each batch split across ``data``."""
+    return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
 def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch size") -> None:
     n = mesh.devices.size
     if batch_size % n:

@@ -33,16 +33,21 @@ def checkpoint_dir(workdir: Path) -> Path:
 
 def environment() -> dict[str, Any]:
     """Versions and devices, recorded with every run so results can be traced."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import flax
     import jax
     import optax
-    import tensorflow_datasets as tfds
 
+    try:  # read from the package metadata: recording it must not import TensorFlow
+        tfds_version = version("tensorflow-datasets")
+    except PackageNotFoundError:
+        tfds_version = None
     return {
         "jax": jax.__version__,
         "flax": flax.__version__,
         "optax": optax.__version__,
-        "tensorflow_datasets": tfds.__version__,
+        "tensorflow_datasets": tfds_version,
         "python": platform.python_version(),
         "backend": jax.default_backend(),
         "devices": [str(d.device_kind) for d in jax.devices()],

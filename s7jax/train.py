@@ -1,160 +1,64 @@
-"""Training and evaluation: pure, jit-compiled steps and the epoch loop.
+"""A training run: data, state, the epoch loop, metrics, checkpoints.
 
-``train_step`` and ``eval_step`` are pure functions of their arguments,
-compiled once by ``jax.jit``; the same code runs on CPU, GPU and TPU, and on
-several devices at once when the batch is sharded over a mesh (see
-``s7jax.parallel``). ``train_and_evaluate`` is the whole run: data, state,
-the epoch loop, metrics, checkpoints.
+``train_and_evaluate`` drives the pure steps of ``s7jax.steps`` in one of
+two loops, chosen by ``Config.pipeline`` (``auto``: by the backend):
+
+* **step by step** (``tfds``, ``device``): one compiled call per train step
+  (or per ``--steps-per-call`` steps), the batches from tf.data on the host
+  or made on the device; a progress bar that moves with the steps; Ctrl-C
+  honoured between steps. The CPU default (``tfds`` where TensorFlow Datasets
+  is installed, else ``device``): on XLA:CPU a rolled ``lax.scan`` of the
+  step runs slower than the same steps dispatched one by one, and every run
+  under ``results/`` was trained this way, bit for bit repeatable.
+* **an epoch per call** (``scan``): the epoch's steps (``lax.scan`` over
+  batches gathered and augmented on the device), the BN re-estimation and
+  the evaluation of the test set in one compiled program: one dispatch and
+  one small fetch per epoch. The GPU and TPU default, where a model6 step is
+  a fraction of a millisecond and Python dispatch would set the pace.
+
+Both write the same files (``s7jax.runfiles``), the same table, and a
+checkpoint after every epoch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from flax.training import train_state
 
 from s7jax import checkpoint, console, data, parallel, runfiles
 from s7jax.config import Config
-from s7jax.errors import Interrupted, NonFiniteLossError
-from s7jax.models import get_model, init_variables
-
-# Keys of the "rbg" generator (XLA's RngBitGenerator): on CPU, threefry's
-# hash makes the model's init take ~20 s to compile and the train step ~3x
-# longer to compile, and its dropout masks cost ~30% of a model6 step.
-PRNG_IMPL = "rbg"
-
-Batch = dict[str, jax.Array]
-Metrics = dict[str, jax.Array]
-
-
-class TrainState(train_state.TrainState):
-    """Flax's TrainState plus the BatchNorm running statistics."""
-
-    batch_stats: Any
-
-
-# --------------------------------------------------------------------------
-# State and optimiser
-# --------------------------------------------------------------------------
-
-
-def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
-    if config.schedule == "constant":
-        return optax.constant_schedule(config.lr)
-    div_factor = 25.0  # start at peak / 25, as PyTorch's OneCycleLR
-    return optax.cosine_onecycle_schedule(
-        transition_steps=config.epochs * steps_per_epoch,
-        peak_value=config.lr,
-        pct_start=config.warmup_fraction,
-        div_factor=div_factor,
-        final_div_factor=1.0 / (div_factor * config.final_lr_fraction),
-    )
-
-
-def make_optimizer(config: Config, schedule: optax.Schedule) -> optax.GradientTransformation:
-    if config.optimizer == "adam":
-        return optax.adamw(schedule, weight_decay=config.weight_decay)
-    sgd = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
-    if config.weight_decay:
-        # PyTorch's SGD weight_decay: the decay joins the gradient before momentum.
-        return optax.chain(optax.add_decayed_weights(config.weight_decay), sgd)
-    return sgd
-
-
-def create_train_state(model: nn.Module, key: jax.Array, tx: optax.GradientTransformation) -> TrainState:
-    variables = init_variables(model, key)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                             batch_stats=variables.get("batch_stats", {}), tx=tx)
-
-
-def initial_state(config: Config, schedule: optax.Schedule) -> tuple[TrainState, jax.Array]:
-    """The freshly initialised state of a run, and its base dropout key: both
-    functions of ``config.seed`` alone."""
-    init_key, dropout_key = jax.random.split(jax.random.key(config.seed, impl=PRNG_IMPL))
-    model = get_model(config.model)
-    return create_train_state(model, init_key, make_optimizer(config, schedule)), dropout_key
-
-
-# --------------------------------------------------------------------------
-# Steps
-# --------------------------------------------------------------------------
-
-
-def metric_sums(log_probs: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> Metrics:
-    """Sums (not means) so that epoch figures are exact over any batching."""
-    nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
-    correct = jnp.argmax(log_probs, axis=-1) == labels
-    weight = jnp.ones_like(nll) if mask is None else mask.astype(nll.dtype)
-    return {
-        "loss": jnp.sum(nll * weight),
-        "correct": jnp.sum(correct * weight).astype(jnp.int32),
-        "count": jnp.sum(weight).astype(jnp.int32),
-    }
-
-
-def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
-    """One SGD step on the mean NLL. Dropout draws from ``fold_in(key, step)``,
-    so the randomness is a function of the step alone (resumable, reproducible)."""
-    dropout_key = jax.random.fold_in(key, state.step)
-
-    def loss_fn(params):
-        log_probs, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-            mutable=["batch_stats"], rngs={"dropout": dropout_key})
-        nll = -jnp.take_along_axis(log_probs, batch["label"][:, None], axis=1)
-        return jnp.mean(nll), (log_probs, updates)
-
-    (loss, (log_probs, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads,
-                                  batch_stats=updates.get("batch_stats", state.batch_stats))
-    metrics = metric_sums(log_probs, batch["label"])
-    # The step of a non-finite loss (-1 if finite), to name it in the error.
-    metrics["nonfinite_step"] = jnp.where(jnp.isfinite(loss), -1, state.step - 1).astype(jnp.int32)
-    return state, metrics
-
-
-def train_steps(state: TrainState, batches: tuple[Batch, ...], key: jax.Array
-                ) -> tuple[TrainState, Metrics]:
-    """``len(batches)`` train steps in one call, metrics summed. One batch
-    compiles to exactly ``train_step``; with several, each call dispatches
-    once and XLA schedules and fuses across the steps: faster on CPU, the same
-    maths with different float rounding (``Config.steps_per_call``)."""
-    state, totals = train_step(state, batches[0], key)
-    for batch in batches[1:]:
-        state, metrics = train_step(state, batch, key)
-        totals = combine_metrics(totals, metrics)
-    return state, totals
-
-
-def eval_step(state: TrainState, batch: Batch) -> Metrics:
-    """Metric sums over the unmasked examples, with the running BN statistics."""
-    log_probs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                               batch["image"], train=False)
-    return metric_sums(log_probs, batch["label"], batch["mask"])
-
-
-def combine_metrics(totals: Metrics, metrics: Metrics) -> Metrics:
-    """Metric sums of two spans of steps; the first non-finite step wins."""
-    out = {k: totals[k] + metrics[k] for k in ("loss", "correct", "count")}
-    if "nonfinite_step" in totals:
-        first = totals["nonfinite_step"]
-        out["nonfinite_step"] = jnp.where(first >= 0, first, metrics["nonfinite_step"])
-    return out
-
-
-accumulate = jax.jit(combine_metrics)
-
+from s7jax.errors import ConfigError, Interrupted, NonFiniteLossError
+from s7jax.models import get_model
+from s7jax.steps import (Batch, TrainState, accumulate, combine_metrics, epoch_program, eval_step, initial_state, learning_rate_schedule, make_batch_stats_fn, precise_batch_stats, summarize, train_steps, zero_totals)
 
 FETCH_EVERY = 50  # steps between looks at the metrics: often enough, without stalling the device
+
+
+def resolve(config: Config, backend: str | None = None) -> Config:
+    """``config`` with its ``auto`` settings decided for this machine, as the
+    run records them in ``config.json`` (so that a repeat takes the same path):
+    the data source is TFDS where it imports, else the IDX files; the pipeline
+    is ``scan`` on an accelerator and, on a CPU, ``tfds`` (``device`` without
+    TensorFlow)."""
+    backend = backend or jax.default_backend()
+    source = data.resolve_source(config.data_source)
+    pipeline = config.pipeline
+    if pipeline == "auto":
+        pipeline = "scan" if backend != "cpu" else ("tfds" if source == "tfds" else "device")
+    elif pipeline == "tfds" and not data.tfds_available():
+        raise ConfigError("--pipeline tfds needs tensorflow and tensorflow-datasets, which do not "
+                          "import here; use --pipeline device or scan")
+    if pipeline == "scan" and config.steps_per_call != 1:
+        raise ConfigError("--steps-per-call applies to --pipeline tfds or device; "
+                          "--pipeline scan runs a whole epoch per call")
+    return dataclasses.replace(config, data_source=source, pipeline=pipeline)
 
 
 def epoch_calls(first: int, steps: int, per_call: int):
@@ -170,21 +74,11 @@ def epoch_calls(first: int, steps: int, per_call: int):
         yield n, last, last or done // FETCH_EVERY > (done - n) // FETCH_EVERY
 
 
-def zero_totals() -> dict[str, np.ndarray]:
-    return {"loss": np.float32(0), "correct": np.int32(0), "count": np.int32(0),
-            "nonfinite_step": np.int32(-1)}
-
-
-def summarize(totals: dict[str, Any]) -> tuple[float, float]:
-    """(mean loss, accuracy in percent) from metric sums."""
-    count = max(int(totals["count"]), 1)
-    return float(totals["loss"]) / count, 100.0 * int(totals["correct"]) / count
-
-
 def device_eval_batches(split: data.Split, batch_size: int, sharding=None) -> list[Batch]:
     """The test set is small: put it on the device(s) once for every evaluation."""
-    return [jax.device_put(b, sharding)
-            for b in data.as_numpy(data.eval_dataset(split, batch_size=batch_size))]
+    stacked = data.eval_batches(split, batch_size=batch_size)
+    return [jax.device_put({k: v[i] for k, v in stacked.items()}, sharding)
+            for i in range(len(stacked["label"]))]
 
 
 def evaluate(eval_fn: Callable, state: TrainState, batches: list[Batch]) -> tuple[float, float]:
@@ -195,54 +89,6 @@ def evaluate(eval_fn: Callable, state: TrainState, batches: list[Batch]) -> tupl
     return summarize(jax.device_get(totals))
 
 
-# --------------------------------------------------------------------------
-# BatchNorm re-estimation ("precise BN")
-# --------------------------------------------------------------------------
-
-
-def make_batch_stats_fn(model: nn.Module) -> Callable:
-    """A jitted ``(variables, images) -> batch_stats`` giving each BN layer the
-    exact mean and variance of this batch, with dropout off.
-
-    Training collects running statistics on augmented images with dropout on,
-    while evaluation sees clean images with dropout off; re-estimating them on
-    clean training images closes that gap. Setting momentum 0 makes the
-    "running" average the batch's own statistics.
-    """
-    fields = {"bn_momentum": 0.0}
-    if hasattr(model, "dropout_rate"):
-        fields["dropout_rate"] = 0.0
-    probe = model.clone(**fields)
-
-    @jax.jit
-    def batch_stats(variables, images):
-        _, updates = probe.apply(variables, images, train=True, mutable=["batch_stats"])
-        return updates["batch_stats"]
-
-    return batch_stats
-
-
-def precise_batch_stats(stats_fn: Callable, state: TrainState, images: jax.Array,
-                        chunk: int) -> Any:
-    """Population BN statistics over ``images`` (normalised), in chunks:
-    the mean of the chunk means, and E[x^2] - E[x]^2 for the variance."""
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    chunks = [stats_fn(variables, images[i:i + chunk]) for i in range(0, len(images), chunk)]
-
-    def combine(*layers):
-        mean = sum(layer["mean"] for layer in layers) / len(layers)
-        second = sum(layer["var"] + layer["mean"] ** 2 for layer in layers) / len(layers)
-        return {"mean": mean, "var": second - mean ** 2}
-
-    is_layer = lambda x: isinstance(x, dict) and set(x) == {"mean", "var"}  # noqa: E731
-    return jax.tree.map(combine, *chunks, is_leaf=is_layer)
-
-
-# --------------------------------------------------------------------------
-# The run
-# --------------------------------------------------------------------------
-
-
 def calibration_images(split: data.Split, n: int, seed: int) -> np.ndarray:
     """``n`` clean, normalised training images (a fixed random subset) for
     re-estimating the BN statistics."""
@@ -250,16 +96,20 @@ def calibration_images(split: data.Split, n: int, seed: int) -> np.ndarray:
     return ((split.images[pick] / 255.0 - data.MEAN) / data.STD).astype(np.float32)
 
 
+def device_train_data(config: Config, split: data.Split, replicated) -> data.DeviceTrainData:
+    return data.DeviceTrainData.create(
+        split, batch_size=config.batch_size, seed=config.seed, augment=config.augment,
+        epochs=config.epochs, clean_epochs=config.clean_epochs, replicated=replicated)
+
+
 def training_batches(config: Config, split: data.Split, start_step: int, sharding, replicated):
     """The run's training batches from ``start_step`` on, on the device(s):
     from tf.data on the host, or made on the device (``config.pipeline``)."""
-    common = dict(batch_size=config.batch_size, seed=config.seed, augment=config.augment,
-                  epochs=config.epochs, clean_epochs=config.clean_epochs)
     if config.pipeline == "device":
-        return data.DeviceTrainData(split, sharding=sharding, replicated=replicated,
-                                    **common).batches(start_step)
-    return (jax.device_put(b, sharding)
-            for b in data.as_numpy(data.train_dataset(split, start_step=start_step, **common)))
+        return device_train_data(config, split, replicated).batches(start_step, sharding)
+    return (jax.device_put(b, sharding) for b in data.as_numpy(data.train_dataset(
+        split, start_step=start_step, batch_size=config.batch_size, seed=config.seed,
+        augment=config.augment, epochs=config.epochs, clean_epochs=config.clean_epochs)))
 
 
 @contextlib.contextmanager
@@ -287,6 +137,18 @@ def _record(epoch: int, history: list, partial: dict | None) -> dict:
     return {"epoch": epoch, "history": history, "partial": partial}
 
 
+def _check_finite(host: dict, epoch: int) -> None:
+    if host["nonfinite_step"] >= 0:
+        raise NonFiniteLossError(epoch + 1, int(host["nonfinite_step"]))
+
+
+def _describe_source(config: Config, data_dir, manual_dir) -> str:
+    if config.data_source == "tfds":
+        return f"MNIST through TFDS (data_dir {data_dir or 'TFDS default'})"
+    return (f"MNIST from the IDX files in {manual_dir or data.default_manual_dir()} "
+            f"(numpy; {'TensorFlow Datasets not installed' if not data.tfds_available() else 'by choice'})")
+
+
 def train_and_evaluate(
     config: Config,
     workdir: str | Path,
@@ -301,15 +163,18 @@ def train_and_evaluate(
     """Train ``config.model`` and evaluate it after every epoch; return the
     per-epoch metrics (also appended to ``<workdir>/metrics.jsonl``).
 
-    With ``resume``, continue from the latest checkpoint in ``workdir``.
+    ``auto`` settings are resolved first (:func:`resolve`). With ``resume``,
+    continue from the latest checkpoint in ``workdir``.
     """
     workdir = Path(workdir)
+    config = resolve(config)
     mesh = parallel.make_mesh() if mesh is None else mesh
     parallel.check_divisible(config.batch_size, mesh)
     parallel.check_divisible(config.eval_batch_size, mesh, "eval batch size")
     replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
 
-    splits = data.load_mnist(data_dir, manual_dir)
+    log(_describe_source(config, data_dir, manual_dir))
+    splits = data.load_mnist(data_dir, manual_dir, source=config.data_source)
     train_split = splits["train"].subset(config.train_subset)
     test_split = splits["test"].subset(config.test_subset)
     steps = data.steps_per_epoch(len(train_split), config.batch_size)
@@ -335,13 +200,63 @@ def train_and_evaluate(
         return history
 
     state = jax.device_put(state, replicated)
-    p_train_steps = jax.jit(train_steps, donate_argnums=0, out_shardings=(replicated, replicated))
-    p_eval_step = jax.jit(eval_step, out_shardings=replicated)
-    test_batches = device_eval_batches(test_split, config.eval_batch_size, sharded)
-    if config.precise_bn:
-        stats_fn = make_batch_stats_fn(model)
-        calibration = jax.device_put(calibration_images(train_split, config.precise_bn, config.seed))
-    batches = training_batches(config, train_split, start_step, sharded, replicated)
+    stats_fn = make_batch_stats_fn(model) if config.precise_bn else None
+    calibration = (jax.device_put(calibration_images(train_split, config.precise_bn, config.seed),
+                                  replicated) if config.precise_bn else None)
+    log(f"pipeline {config.pipeline}: " + (
+        "one compiled call per epoch (train steps, BN re-estimation, evaluation)"
+        if config.pipeline == "scan" else
+        f"{config.steps_per_call} train step(s) per compiled call, "
+        f"batches {'made on the device' if config.pipeline == 'device' else 'from tf.data'}"))
+
+    if config.pipeline == "scan":
+        source = device_train_data(config, train_split, replicated)
+        test = jax.device_put(data.eval_batches(test_split, batch_size=config.eval_batch_size),
+                              parallel.stacked_batch_sharded(mesh))
+        program = jax.jit(epoch_program(stats_fn, config.eval_batch_size, sharded),
+                          static_argnames="first", donate_argnums=0,
+                          out_shardings=(replicated, replicated, replicated))
+        t = time.perf_counter()
+        whole_epoch = program.lower(state, source, dropout_key, np.int32(0), calibration,
+                                    test).compile()
+        log(f"compiled the epoch program in {time.perf_counter() - t:.1f} s")
+
+        def run_epoch(state, epoch, first, partial, bar, interrupted):
+            args = (state, source, dropout_key, np.int32(epoch), calibration, test)
+            state, train_totals, test_totals = (
+                whole_epoch(*args) if first == 0 else program(*args, first=first))
+            host, test_host = jax.device_get((train_totals, test_totals))
+            if partial:
+                host = combine_metrics(host, partial)  # the interrupted epoch's earlier steps
+            _check_finite(host, epoch)
+            bar.update(steps - first)
+            return state, host, summarize(test_host)
+    else:
+        p_train_steps = jax.jit(train_steps, donate_argnums=0,
+                                out_shardings=(replicated, replicated))
+        p_eval_step = jax.jit(eval_step, out_shardings=replicated)
+        test_batches = device_eval_batches(test_split, config.eval_batch_size, sharded)
+        batches = training_batches(config, train_split, start_step, sharded, replicated)
+
+        def run_epoch(state, epoch, first, partial, bar, interrupted):
+            totals = jax.device_put(partial if partial else zero_totals(), replicated)
+            for n, last, fetch in epoch_calls(first, steps, config.steps_per_call):
+                group = tuple(next(batches) for _ in range(n))
+                state, metrics = p_train_steps(state, group, dropout_key)
+                totals = accumulate(totals, metrics)
+                bar.update(n)
+                if interrupted["set"] or fetch:
+                    host = jax.device_get(totals)
+                    _check_finite(host, epoch)
+                    loss, acc = summarize(host)
+                    bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.2f}")
+                if interrupted["set"] and not last:
+                    checkpoint.save(ckpt_dir, int(state.step), state, _record(epoch, history, host))
+                    raise Interrupted(int(state.step), workdir)
+            if config.precise_bn:
+                state = state.replace(batch_stats=precise_batch_stats(
+                    stats_fn, state, calibration, config.eval_batch_size))
+            return state, host, evaluate(p_eval_step, state, test_batches)
 
     run_start = time.perf_counter()
     with _sigint_flag() as interrupted:
@@ -349,29 +264,11 @@ def train_and_evaluate(
         for epoch in range(start_step // steps, config.epochs):
             epoch_start = time.perf_counter()
             first = start_step - epoch * steps if epoch == start_step // steps else 0
-            totals = jax.device_put(partial if partial else zero_totals(), replicated)
-            partial = None
             with console.progress_bar(epoch + 1, config.epochs, steps, first, show_progress) as bar:
-                for n, last, fetch in epoch_calls(first, steps, config.steps_per_call):
-                    group = tuple(next(batches) for _ in range(n))
-                    state, metrics = p_train_steps(state, group, dropout_key)
-                    totals = accumulate(totals, metrics)
-                    bar.update(n)
-                    if interrupted["set"] or fetch:
-                        host = jax.device_get(totals)
-                        if host["nonfinite_step"] >= 0:
-                            raise NonFiniteLossError(epoch + 1, int(host["nonfinite_step"]))
-                        loss, acc = summarize(host)
-                        bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.2f}")
-                    if interrupted["set"] and not last:
-                        checkpoint.save(ckpt_dir, int(state.step), state,
-                                        _record(epoch, history, host))
-                        raise Interrupted(int(state.step), workdir)
+                state, host, (test_loss, test_acc) = run_epoch(state, epoch, first, partial, bar,
+                                                               interrupted)
+            partial = None
             train_loss, train_acc = summarize(host)
-            if config.precise_bn:
-                state = state.replace(
-                    batch_stats=precise_batch_stats(stats_fn, state, calibration, config.eval_batch_size))
-            test_loss, test_acc = evaluate(p_eval_step, state, test_batches)
             row = {
                 "epoch": epoch + 1,
                 "lr": float(schedule(int(state.step) - 1)),

@@ -124,9 +124,15 @@ def epoch_summary(seconds: list[float], images: int, **extra) -> dict:
 
 def run_s7jax(spec: dict) -> dict:
     t0 = time.perf_counter()
+    import functools
+
     import jax
+    import numpy as np
 
     from s7jax import data, parallel, train
+    from s7jax.steps import (accumulate, eval_step, evaluate_stacked, initial_state,
+                             learning_rate_schedule, make_batch_stats_fn, precise_batch_stats,
+                             summarize, train_epoch, train_step, train_steps, zero_totals)
     from s7jax.config import default_config
     from s7jax.models import get_model
 
@@ -148,24 +154,28 @@ def run_s7jax(spec: dict) -> dict:
     steps = data.steps_per_epoch(len(train_split), batch_size)
     mesh = parallel.make_mesh()
     replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    schedule = train.learning_rate_schedule(config, steps)
+    schedule = learning_rate_schedule(config, steps)
 
     # One initial state, kept on the host: each measurement starts from a
     # fresh device copy of it (the step donates its state), and its static
     # parts (model, optimiser) stay the objects the step was compiled for.
-    host_state, dropout_key = train.initial_state(config, schedule)
+    host_state, dropout_key = initial_state(config, schedule)
     host_state = jax.device_get(host_state)
 
     def fresh_state():
         return jax.device_put(host_state, replicated)
 
     state = fresh_state()
-    # The first batch of the tf.data pipeline serves as the fixed batch.
-    fixed = jax.device_put(next(data.as_numpy(data.train_dataset(
-        train_split, batch_size=batch_size, seed=0, augment=config.augment, epochs=1))), sharded)
+    def device_data():
+        return data.DeviceTrainData.create(train_split, batch_size=batch_size, seed=0,
+                                           augment=config.augment, epochs=epochs,
+                                           replicated=replicated)
+
+    # The first batch of the on-device pipeline serves as the fixed batch.
+    fixed = next(device_data().batches(0, sharded))
 
     # Compile, timed on its own; the compiled step serves every measurement.
-    step_jit = jax.jit(train.train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+    step_jit = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
     t = time.perf_counter()
     lowered = step_jit.lower(state, fixed, dropout_key)
     out["trace_train_step_s"] = time.perf_counter() - t
@@ -174,10 +184,10 @@ def run_s7jax(spec: dict) -> dict:
     log(f"s7jax: train step traced and compiled in {out['compile_train_step_s']:.2f} s")
 
     # Steady-state step rate on the fixed batch.
-    totals = jax.device_put(train.zero_totals(), replicated)
+    totals = jax.device_put(zero_totals(), replicated)
     for _ in range(spec["warmup"]):
         state, metrics = step(state, fixed, dropout_key)
-        totals = train.accumulate(totals, metrics)  # compiles accumulate, untimed
+        totals = accumulate(totals, metrics)  # compiles accumulate, untimed
     jax.block_until_ready((state, totals))
     t = time.perf_counter()
     for _ in range(spec["steps"]):
@@ -190,7 +200,7 @@ def run_s7jax(spec: dict) -> dict:
 
     # Several steps per compiled call (Config.steps_per_call), compiled
     # untimed for every group size an epoch uses.
-    grouped = jax.jit(train.train_steps, donate_argnums=0, out_shardings=(replicated, replicated))
+    grouped = jax.jit(train_steps, donate_argnums=0, out_shardings=(replicated, replicated))
     t = time.perf_counter()
     for n in {n for n, _, _ in train.epoch_calls(0, steps, STEPS_PER_CALL)}:
         state, _ = grouped(state, (fixed,) * n, dropout_key)
@@ -205,19 +215,19 @@ def run_s7jax(spec: dict) -> dict:
         per_epoch = []
         for epoch in range(epochs):
             t = time.perf_counter()
-            totals = jax.device_put(train.zero_totals(), replicated)
+            totals = jax.device_put(zero_totals(), replicated)
             for n, _, fetch in train.epoch_calls(0, steps, per_call):
                 if per_call == 1:
                     state, metrics = step(state, next(batches), dropout_key)
                 else:
                     state, metrics = grouped(state, tuple(next(batches) for _ in range(n)),
                                              dropout_key)
-                totals = train.accumulate(totals, metrics)
+                totals = accumulate(totals, metrics)
                 if fetch:
                     host = jax.device_get(totals)
             jax.block_until_ready(state)
             per_epoch.append(time.perf_counter() - t)
-            loss, acc = train.summarize(host)
+            loss, acc = summarize(host)
             log(f"s7jax: {label} epoch {epoch + 1}: {per_epoch[-1]:.2f} s "
                 f"(train loss {loss:.4f}, acc {acc:.2f}%)")
         return epoch_summary(per_epoch, steps * batch_size, steps=steps, setup_s=setup_s)
@@ -238,39 +248,62 @@ def run_s7jax(spec: dict) -> dict:
         return (jax.device_put(b, sharded) for b in data.as_numpy(data.train_dataset(
             train_split, batch_size=batch_size, seed=0, augment=config.augment, epochs=epochs)))
 
-    state = fresh_state()
-    t = time.perf_counter()
-    it = tfds_batches()
-    first = first_ready(it)
-    out["epoch_tfds"] = timed_epochs(chain(first, it), "tf.data", time.perf_counter() - t)
+    if data.tfds_available():
+        state = fresh_state()
+        t = time.perf_counter()
+        it = tfds_batches()
+        first = first_ready(it)
+        out["epoch_tfds"] = timed_epochs(chain(first, it), "tf.data", time.perf_counter() - t)
 
-    # The same, STEPS_PER_CALL steps per call.
-    state = fresh_state()
-    t = time.perf_counter()
-    it = tfds_batches()
-    first = first_ready(it)
-    out["epoch_tfds_grouped"] = timed_epochs(chain(first, it), f"tf.data, {STEPS_PER_CALL} steps/call",
-                                             time.perf_counter() - t, STEPS_PER_CALL)
-    out["steps_per_call"] = STEPS_PER_CALL
+        # The same, STEPS_PER_CALL steps per call.
+        state = fresh_state()
+        t = time.perf_counter()
+        it = tfds_batches()
+        first = first_ready(it)
+        out["epoch_tfds_grouped"] = timed_epochs(
+            chain(first, it), f"tf.data, {STEPS_PER_CALL} steps/call", time.perf_counter() - t,
+            STEPS_PER_CALL)
+        out["steps_per_call"] = STEPS_PER_CALL
+    else:
+        out["tfds_skipped"] = "TensorFlow / TensorFlow Datasets not installed"
+        log(f"s7jax: tf.data epochs skipped: {out['tfds_skipped']}")
 
     # The training split on the device, batched and augmented there.
     state = fresh_state()
     t = time.perf_counter()
-    it = data.DeviceTrainData(train_split, batch_size=batch_size, seed=0, augment=config.augment,
-                              epochs=epochs, sharding=sharded, replicated=replicated).batches()
+    it = device_data().batches(0, sharded)
     first = first_ready(it)
     out["epoch_device"] = timed_epochs(chain(first, it), "on-device", time.perf_counter() - t)
+
+    # The same batches, a whole epoch of steps per compiled call (lax.scan),
+    # compiled untimed; training only, as the rows above.
+    source = device_data()
+    scan_epoch = jax.jit(functools.partial(train_epoch, batch_sharding=sharded),
+                         donate_argnums=0, out_shardings=(replicated, replicated))
+    state = fresh_state()
+    t = time.perf_counter()
+    scan_epoch = scan_epoch.lower(state, source, dropout_key, np.int32(0)).compile()
+    out["compile_epoch_scan_s"] = time.perf_counter() - t
+    per_epoch = []
+    for epoch in range(epochs):
+        t = time.perf_counter()
+        state, totals = scan_epoch(state, source, dropout_key, np.int32(epoch))
+        loss, acc = summarize(jax.device_get(totals))
+        per_epoch.append(time.perf_counter() - t)
+        log(f"s7jax: one call per epoch, epoch {epoch + 1}: {per_epoch[-1]:.2f} s "
+            f"(train loss {loss:.4f}, acc {acc:.2f}%)")
+    out["epoch_scan"] = epoch_summary(per_epoch, steps * batch_size, steps=steps)
 
     # The recipe's BN re-estimation on clean training images, once per epoch.
     if recipe.precise_bn:
         n = min(recipe.precise_bn, len(train_split))
         images = jax.device_put(((train_split.images[:n] / 255.0 - data.MEAN) / data.STD)
                                 .astype("float32"))
-        stats_fn = train.make_batch_stats_fn(get_model(config.model))
+        stats_fn = make_batch_stats_fn(get_model(config.model))
         times = []
         for _ in range(2):  # the first call compiles
             t = time.perf_counter()
-            jax.block_until_ready(train.precise_batch_stats(stats_fn, state, images,
+            jax.block_until_ready(precise_batch_stats(stats_fn, state, images,
                                                             EVAL_BATCH_SIZE))
             times.append(time.perf_counter() - t)
         out["precise_bn"] = {"images": n, "seconds": times[1], "first_call_s": times[0]}
@@ -280,7 +313,7 @@ def run_s7jax(spec: dict) -> dict:
     t = time.perf_counter()
     test_batches = train.device_eval_batches(test_split, EVAL_BATCH_SIZE, sharded)
     prepare_s = time.perf_counter() - t
-    eval_step = jax.jit(train.eval_step, out_shardings=replicated)
+    eval_step = jax.jit(eval_step, out_shardings=replicated)
     t = time.perf_counter()
     train.evaluate(eval_step, state, test_batches)  # compiles
     first_s = time.perf_counter() - t
@@ -292,6 +325,21 @@ def run_s7jax(spec: dict) -> dict:
                    "prepare_batches_s": prepare_s, "batch_size": EVAL_BATCH_SIZE,
                    "test_loss": loss, "test_acc": acc}
     log(f"s7jax: evaluation of {len(test_split):,} images {seconds:.3f} s (acc {acc:.2f}%)")
+
+    # The same evaluation as one compiled call over the stacked batches (as
+    # the one-call-per-epoch loop runs it).
+    stacked = jax.device_put(data.eval_batches(test_split, batch_size=EVAL_BATCH_SIZE),
+                             parallel.stacked_batch_sharded(mesh))
+    eval_call = jax.jit(evaluate_stacked, out_shardings=replicated)
+    jax.block_until_ready(eval_call(state, stacked))  # compiles
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        jax.block_until_ready(eval_call(state, stacked))
+        times.append(time.perf_counter() - t)
+    out["eval_one_call"] = {"seconds": min(times), "images": len(test_split),
+                            "images_per_s": len(test_split) / min(times)}
+    log(f"s7jax: evaluation as one call {min(times) * 1e3:.1f} ms (best of 5)")
 
     out.update(maxrss())
     device = jax.devices()[0]
@@ -535,11 +583,10 @@ def ratios(j: dict, t: dict | None) -> dict:
     if not t:
         return {}
     out = {"step": j["step_images_per_s"] / t["step_images_per_s"],
-           "epoch_tfds": j["epoch_tfds"]["images_per_s"] / t["epoch"]["images_per_s"],
-           "epoch_device": j["epoch_device"]["images_per_s"] / t["epoch"]["images_per_s"],
-           "epoch_tfds_grouped": (j["epoch_tfds_grouped"]["images_per_s"]
-                                  / t["epoch"]["images_per_s"]),
            "eval": j["eval"]["images_per_s"] / t["eval"]["images_per_s"]}
+    for key in ("epoch_tfds", "epoch_tfds_grouped", "epoch_device", "epoch_scan"):
+        if j.get(key):  # the tf.data epochs are absent where TensorFlow is
+            out[key] = j[key]["images_per_s"] / t["epoch"]["images_per_s"]
     return {k: round(v, 3) for k, v in out.items()}
 
 

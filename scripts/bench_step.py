@@ -16,7 +16,7 @@ time swapped for the stock alternative or removed:
 * ``no conv weight gradient``: zero weight gradients for every convolution,
   a bound on what a faster weight gradient could save (not a valid step);
 * ``4 steps per jit call``: four steps in one compiled call
-  (``train.train_steps``, ``--steps-per-call 4``);
+  (``train_steps``, ``--steps-per-call 4``);
 * ``4 steps per jit call, fenced``: the same with an optimisation barrier
   around each step, to see whether forbidding fusion across steps keeps
   the single step's rounding.
@@ -118,12 +118,12 @@ def main(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
-    from s7jax import train
     from s7jax.config import default_config
     from s7jax.data import MEAN, STD
+    from s7jax.steps import initial_state, learning_rate_schedule, train_step, train_steps
 
     config = default_config("model6")
-    schedule = train.learning_rate_schedule(config, 468)
+    schedule = learning_rate_schedule(config, 468)
     rng = np.random.default_rng(0)
     # MNIST-like: mostly a constant (black) background, so activations tie
     # within pooling windows as they do on real digits.
@@ -133,17 +133,17 @@ def main(args: argparse.Namespace) -> int:
                 "label": rng.integers(0, 10, BATCH_SIZE).astype(np.int32)} for p in pixels]
     batches = jax.device_put(batches)
     stacked = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *batches)
-    host_state, key = train.initial_state(config, schedule)
+    host_state, key = initial_state(config, schedule)
     host_state = jax.device_get(host_state)
 
     def several(state, stacked, key, fenced=False):
         group = tuple(jax.tree.map(lambda x: x[i], stacked) for i in range(STEPS_PER_CALL))
         if not fenced:
-            return train.train_steps(state, group, key)[0]
+            return train_steps(state, group, key)[0]
         # Barriers around each step keep XLA from fusing across steps.
         fence = jax.lax.optimization_barrier
         for batch in group:
-            state = fence(train.train_step(state, fence(batch), key)[0])
+            state = fence(train_step(state, fence(batch), key)[0])
         return state
 
     runners, results = {}, {}
@@ -151,7 +151,7 @@ def main(args: argparse.Namespace) -> int:
         multi = "per jit call" in name
         # A new function object per variant: jit's trace cache is keyed on it.
         fn = ((lambda s, b, k, f=name.endswith("fenced"): several(s, b, k, f)) if multi
-              else (lambda s, b, k: train.train_step(s, b, k)[0]))
+              else (lambda s, b, k: train_step(s, b, k)[0]))
         with context():
             step = jax.jit(fn, donate_argnums=0)
             state = jax.device_put(host_state)

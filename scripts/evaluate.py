@@ -51,8 +51,8 @@ def main(argv=None) -> int:
         import numpy as np
 
         from s7jax import checkpoint, data, plots, runfiles
-        from s7jax.train import (device_eval_batches, eval_step, evaluate, initial_state,
-                                 learning_rate_schedule)
+        from s7jax.steps import eval_step, initial_state, learning_rate_schedule
+        from s7jax.train import device_eval_batches, evaluate
 
         workdir, step = locate(Path(args.checkpoint))
         config = runfiles.read_config(workdir)
@@ -73,8 +73,8 @@ def main(argv=None) -> int:
             apply = jax.jit(lambda s, x: s.apply_fn(
                 {"params": s.params, "batch_stats": s.batch_stats}, x, train=False))
             predictions = np.concatenate([
-                np.asarray(apply(state, b["image"])).argmax(-1)
-                for b in data.as_numpy(data.eval_dataset(test, batch_size=config.eval_batch_size))
+                np.asarray(apply(state, images)).argmax(-1)
+                for images in data.eval_batches(test, batch_size=config.eval_batch_size)["image"]
             ])[:len(test)]
             wrong = np.flatnonzero(predictions != test.labels)
             shown = wrong[:args.max_digits]

@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from s7jax.config import ConfigError
     from s7jax.models import get_model, init_variables
     from s7jax.summary import summary_table
-    from s7jax.train import PRNG_IMPL, train_and_evaluate
+    from s7jax.steps import PRNG_IMPL
+    from s7jax.train import train_and_evaluate
 
     if args.resume:
         workdir = Path(args.resume)

@@ -121,19 +121,19 @@ def test_clean_epochs_are_not_augmented(mnist):
 @pytest.mark.parametrize("batch_size", [1000, 768, 10_000])
 def test_eval_counts_every_test_image_once(mnist, batch_size):
     test = mnist["test"]
-    batches = list(data.as_numpy(data.eval_dataset(test, batch_size=batch_size)))
-    assert all(b["image"].shape[0] == batch_size for b in batches)  # one shape: one compile
-    mask = np.concatenate([b["mask"] for b in batches])
-    labels = np.concatenate([b["label"] for b in batches])[mask]
+    batches = data.eval_batches(test, batch_size=batch_size)
+    assert batches["image"].shape[1:] == (batch_size, 28, 28, 1)  # one shape: one compile
+    mask = batches["mask"].reshape(-1)
+    labels = batches["label"].reshape(-1)[mask]
     assert mask.sum() == 10_000
     np.testing.assert_array_equal(labels, test.labels)
-    first = batches[0]["image"][:5]
+    first = batches["image"][0, :5]
     np.testing.assert_allclose(first, (test.images[:5] / 255.0 - data.MEAN) / data.STD, rtol=1e-5)
 
 
 def test_device_pipeline_is_deterministic_and_resumable(mnist):
     split = small(mnist, 256)
-    make = lambda seed: data.DeviceTrainData(  # noqa: E731
+    make = lambda seed: data.DeviceTrainData.create(  # noqa: E731
         split, batch_size=64, seed=seed, augment=AugmentConfig(), epochs=2)
     full = list(make(0).batches())
     again = list(make(0).batches(5))

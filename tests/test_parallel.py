@@ -123,6 +123,7 @@ def _child(data_dir: str, out_path: str, work: str) -> None:
     import numpy as np
 
     from s7jax import checkpoint, data, ops, parallel, train
+    from s7jax.steps import PRNG_IMPL, eval_step, initial_state, learning_rate_schedule, train_step
     from s7jax.config import default_config
     from s7jax.errors import ConfigError
 
@@ -153,7 +154,7 @@ def _child(data_dir: str, out_path: str, work: str) -> None:
     out["indivisible"] = errors
 
     # -- Random streams under both meshes -------------------------------------
-    key = jax.random.key(config.seed, impl=train.PRNG_IMPL)
+    key = jax.random.key(config.seed, impl=PRNG_IMPL)
     streams = {}
     for n in (DEVICES, 1):
         x = jax.device_put(np.zeros((64, 28, 28, 8), np.float32), shd[n])
@@ -169,10 +170,10 @@ def _child(data_dir: str, out_path: str, work: str) -> None:
     test_split = splits["test"].subset(config.test_subset)
     device_batches = {}
     for n in (DEVICES, 1):
-        pipeline = data.DeviceTrainData(
+        pipeline = data.DeviceTrainData.create(
             train_split, batch_size=config.batch_size, seed=config.seed, augment=config.augment,
-            epochs=config.epochs, clean_epochs=config.clean_epochs, sharding=shd[n],
-            replicated=rep[n]).batches()
+            epochs=config.epochs, clean_epochs=config.clean_epochs,
+            replicated=rep[n]).batches(0, shd[n])
         device_batches[n] = [jax.device_get(next(pipeline)) for _ in range(2)]
     out["device_pipeline_batches_equal"] = all(
         np.array_equal(a[k], b[k]) for a, b in zip(device_batches[DEVICES], device_batches[1])
@@ -180,14 +181,14 @@ def _child(data_dir: str, out_path: str, work: str) -> None:
 
     # -- Single steps, teacher-forced ------------------------------------------
     steps = data.steps_per_epoch(len(train_split), config.batch_size)
-    state, dropout_key = train.initial_state(config, train.learning_rate_schedule(config, steps))
+    state, dropout_key = initial_state(config, learning_rate_schedule(config, steps))
     state = jax.device_get(state)  # on the host: each device_put makes a fresh, donatable copy
     batches = list(data.as_numpy(data.train_dataset(
         train_split, batch_size=config.batch_size, seed=config.seed, augment=config.augment,
         epochs=1)))[:3]
     # Compiled as train_and_evaluate compiles it (donation included, which lets
     # the whole runs below reuse these executables).
-    step_fns = {n: jax.jit(train.train_step, donate_argnums=0, out_shardings=(rep[n], rep[n]))
+    step_fns = {n: jax.jit(train_step, donate_argnums=0, out_shardings=(rep[n], rep[n]))
                 for n in rep}
     step_records = []
     for batch in batches:
@@ -208,7 +209,7 @@ def _child(data_dir: str, out_path: str, work: str) -> None:
         })
         state = new1  # both meshes start the next step from the same state
     out["train_steps"] = step_records
-    eval_fns = {n: jax.jit(train.eval_step, out_shardings=rep[n]) for n in rep}
+    eval_fns = {n: jax.jit(eval_step, out_shardings=rep[n]) for n in rep}
     evals = {n: [jax.device_get(eval_fns[n](jax.device_put(state, rep[n]), b))
                  for b in train.device_eval_batches(test_split, config.eval_batch_size, shd[n])]
              for n in rep}

@@ -14,8 +14,8 @@ import pytest
 from s7jax import checkpoint, runfiles
 from s7jax.config import default_config
 from s7jax.errors import Interrupted, NonFiniteLossError
-from s7jax.train import (epoch_calls, eval_step, initial_state, learning_rate_schedule,
-                         train_and_evaluate, train_step, train_steps)
+from s7jax.steps import eval_step, initial_state, learning_rate_schedule, train_step, train_steps
+from s7jax.train import epoch_calls, resolve, train_and_evaluate
 
 QUICK = dict(epochs=2, train_subset=512, test_subset=256, batch_size=64, eval_batch_size=128,
              precise_bn=256)
@@ -123,7 +123,7 @@ def test_run_writes_metrics_config_and_checkpoints(reference_run):
     for row in history:
         assert tuple(row) == runfiles.METRIC_KEYS
         assert 0 <= row["test_acc"] <= 100 and row["test_loss"] > 0
-    assert runfiles.read_config(workdir) == default_config("model6", **QUICK)
+    assert runfiles.read_config(workdir) == resolve(default_config("model6", **QUICK))
     assert checkpoint.latest_step(runfiles.checkpoint_dir(workdir)) == 2 * 512 // 64
 
 
