@@ -127,6 +127,8 @@ def validate(config: Config) -> Config:
         (0 <= c.clean_epochs <= c.epochs,
          f"--clean-epochs must be in 0..{c.epochs}, got {c.clean_epochs}"),
         (c.precise_bn >= 0, f"--precise-bn must be >= 0, got {c.precise_bn}"),
+        (not c.precise_bn or hasattr(MODELS[c.model], "bn_momentum"),
+         f"--precise-bn re-estimates BatchNorm statistics, and {c.model} has no BatchNorm"),
         (c.train_subset is None or c.train_subset > 0,
          f"--train-subset must be positive, got {c.train_subset}"),
         (c.test_subset is None or c.test_subset > 0,

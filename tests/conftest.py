@@ -17,6 +17,22 @@ import pytest  # noqa: E402
 jax.config.update("jax_disable_most_optimizations", True)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that need TFDS (through the ``tfds_dir`` fixture, or marked) are
+    marked ``tfds``, and skipped where TensorFlow or TFDS does not import (the
+    GPU machine, a TPU runtime): ``pytest -m "not tfds"`` selects the rest."""
+    from s7jax.data import tfds_available
+
+    for item in items:
+        if "tfds_dir" in item.fixturenames:
+            item.add_marker(pytest.mark.tfds)
+    if not tfds_available():
+        skip = pytest.mark.skip(reason="needs tensorflow and tensorflow-datasets")
+        for item in items:
+            if "tfds" in item.keywords:
+                item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
     """A TFDS data_dir with MNIST prepared offline from the repository's files."""

@@ -12,6 +12,8 @@ from s7jax import augment
 from s7jax.augment import AugmentConfig
 from s7jax.tf_cpu import tensorflow
 
+pytestmark = pytest.mark.tfds  # every test here runs the TensorFlow side
+
 tf = tensorflow()
 
 

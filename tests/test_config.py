@@ -26,6 +26,8 @@ def test_every_model_has_a_valid_default_recipe_that_round_trips(model):
     (dict(optimizer="rmsprop"), "--optimizer must be sgd or adam"),
     (dict(schedule="step"), "--schedule must be constant or onecycle"),
     (dict(clean_epochs=20), "--clean-epochs must be in 0..15"),
+    (dict(pipeline="gpu"), "--pipeline must be one of auto, tfds, device, scan"),
+    (dict(data_source="web"), "--data-source must be one of auto, tfds, idx"),
 ])
 def test_invalid_settings_raise_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")) as err:
@@ -56,3 +58,9 @@ def test_summary_of_seeds(tmp_path):
     assert summary["seeds"]["1"]["min"] == 99.38
     assert summary["min"] == 99.38 and summary["seeds_holding_target"] == 1
     assert summary["mean"] == pytest.approx(((99.45 + 99.41 + 99.50) / 3 + (99.38 + 99.44 + 99.47) / 3) / 2)
+
+
+def test_precise_bn_needs_a_model_with_batch_norm():
+    with pytest.raises(ConfigError, match="model1 has no BatchNorm"):
+        default_config("model1", precise_bn=256)
+    assert default_config("model3", precise_bn=256).precise_bn == 256

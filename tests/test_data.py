@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -145,3 +147,70 @@ def test_device_pipeline_is_deterministic_and_resumable(mnist):
     # One epoch is a permutation of the split.
     labels = np.sort(np.concatenate([np.asarray(b["label"]) for b in full[:4]]))
     np.testing.assert_array_equal(labels, np.sort(split.labels))
+
+
+def test_an_epoch_scan_sees_exactly_the_device_pipelines_batches(mnist):
+    """The epoch-per-call loop folds its steps over ``DeviceTrainData.scan``:
+    the same batches, bit for bit, as one call per batch, in both an augmented
+    and a clean epoch, and from a step inside an epoch (a resume)."""
+    source = data.DeviceTrainData.create(small(mnist, 256), batch_size=64, seed=3,
+                                         augment=AugmentConfig(), epochs=2, clean_epochs=1)
+    per_call = list(source.batches())
+    collect = jax.jit(lambda src, epoch, first: src.scan(lambda c, b: (c, b), 0, epoch, first)[1],
+                      static_argnums=2)
+    for epoch, first in ((0, 0), (1, 0), (0, 3)):
+        scanned = collect(source, epoch, first)
+        for i, batch in enumerate(per_call[epoch * 4 + first:(epoch + 1) * 4]):
+            for key in ("image", "label"):
+                np.testing.assert_array_equal(scanned[key][i], batch[key])
+
+
+def _by_content(split):
+    """The split's (image, label) pairs in an order given by their content."""
+    keys = [hashlib.sha256(image.tobytes() + bytes([label])).digest()
+            for image, label in zip(split.images, split.labels)]
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    return split.images[order], split.labels[order]
+
+
+def test_idx_files_read_with_numpy_equal_tfds_as_sets(mnist):
+    """TFDS stores the examples in its own order: compare matched sets."""
+    idx = data.read_idx()
+    for name in ("train", "test"):
+        assert idx[name].images.dtype == np.uint8 and idx[name].labels.dtype == np.int32
+        tfds_images, tfds_labels = _by_content(mnist[name])
+        idx_images, idx_labels = _by_content(idx[name])
+        np.testing.assert_array_equal(idx_images, tfds_images)
+        np.testing.assert_array_equal(idx_labels, tfds_labels)
+
+
+def _replace(manual_copy, name, raw_gz: bytes):
+    """Write ``raw_gz`` as ``name`` with a matching SHA256SUMS line, so only
+    the IDX checks can catch it."""
+    (manual_copy / name).write_bytes(raw_gz)
+    sums = manual_copy / "SHA256SUMS"
+    lines = [line for line in sums.read_text().splitlines() if not line.endswith(name)]
+    sums.write_text("\n".join(lines + [f"{hashlib.sha256(raw_gz).hexdigest()}  {name}"]) + "\n")
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda raw: raw[:len(raw) // 2], r"data bytes, expected 7840000"),
+    (lambda raw: b"\x00\x00\x08\x01" + raw[4:], r"IDX magic number 0x00000801, expected 0x00000803"),
+    (lambda raw: raw[:8], r"shorter than its IDX header"),
+])
+def test_idx_reader_rejects_damaged_files_with_matching_checksums(manual_copy, damage, message):
+    import gzip
+
+    name = "t10k-images-idx3-ubyte.gz"
+    raw = gzip.decompress((manual_copy / name).read_bytes())
+    _replace(manual_copy, name, gzip.compress(damage(raw)))
+    with pytest.raises(DataError, match=message) as err:
+        data.read_idx(manual_copy)
+    assert name in str(err.value) and "\n" not in str(err.value)
+
+
+def test_idx_reader_rejects_a_file_that_is_not_gzip(manual_copy):
+    name = "train-labels-idx1-ubyte.gz"
+    _replace(manual_copy, name, b"not a gzip file")
+    with pytest.raises(DataError, match=f"corrupt MNIST file .*{name} \\(not a complete gzip"):
+        data.read_idx(manual_copy)

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s7jax import checkpoint, runfiles
+from s7jax import checkpoint, console, runfiles
 from s7jax.config import default_config
-from s7jax.errors import Interrupted, NonFiniteLossError
+from s7jax.errors import ConfigError, Interrupted, NonFiniteLossError
 from s7jax.steps import eval_step, initial_state, learning_rate_schedule, train_step, train_steps
 from s7jax.train import epoch_calls, resolve, train_and_evaluate
 
@@ -154,7 +154,7 @@ def test_interrupt_then_resume_equals_uninterrupted(reference_run, tfds_dir, tmp
     config = default_config("model6", **QUICK)
 
     def interrupt_once(line, sent=[]):  # noqa: B006  (state across calls)
-        if not sent:
+        if line == console.table_header() and not sent:  # the loop has begun
             sent.append(True)
             os.kill(os.getpid(), signal.SIGINT)
 
@@ -188,3 +188,66 @@ def test_nonfinite_loss_stops_with_epoch_and_step(tfds_dir, tmp_path):
                            log=lambda _: None)
     assert err.value.epoch == 1 and 0 <= err.value.step < 8
     assert checkpoint.latest_step(runfiles.checkpoint_dir(tmp_path)) is None  # nothing bad saved
+
+
+# --------------------------------------------------------------------------
+# The path per backend, and an epoch per compiled call
+# --------------------------------------------------------------------------
+
+
+def test_auto_settings_resolve_per_backend(monkeypatch):
+    config = default_config("model6")
+    assert (config.pipeline, config.data_source) == ("auto", "auto")
+    for backend in ("gpu", "tpu"):
+        assert resolve(config, backend).pipeline == "scan"
+    assert resolve(config, "cpu").pipeline == "tfds"  # every committed run's path
+    assert resolve(config, "cpu").data_source == "tfds"
+    monkeypatch.setattr("s7jax.data.tfds_available", lambda: False)
+    assert (resolve(config, "cpu").pipeline, resolve(config, "cpu").data_source) == ("device", "idx")
+    with pytest.raises(ConfigError, match="--pipeline tfds needs tensorflow"):
+        resolve(default_config("model6", pipeline="tfds"), "cpu")
+    with pytest.raises(ConfigError, match="--steps-per-call applies to"):
+        resolve(default_config("model6", pipeline="scan", steps_per_call=4), "gpu")
+
+
+@pytest.fixture(scope="module")
+def scan_run(tfds_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("scan")
+    config = default_config("model6", **QUICK, pipeline="scan")
+    history = train_and_evaluate(config, workdir, data_dir=tfds_dir, show_progress=False,
+                                 log=lambda _: None)
+    return workdir, history
+
+
+def test_an_epoch_per_call_trains_what_the_device_pipeline_trains(scan_run, tfds_dir, tmp_path):
+    """Same batches (tested in test_data), same steps: the figures agree up to
+    the float rounding of a differently fused program."""
+    workdir, history = scan_run
+    stepwise = train_and_evaluate(default_config("model6", **QUICK, pipeline="device"), tmp_path,
+                                  data_dir=tfds_dir, show_progress=False, log=lambda _: None)
+    assert runfiles.read_config(workdir).pipeline == "scan"
+    assert checkpoint.latest_step(runfiles.checkpoint_dir(workdir)) == 16
+    for a, b in zip(history, stepwise, strict=True):
+        for key in ("train_loss", "test_loss"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-4)
+        assert abs(a["train_acc"] - b["train_acc"]) <= 100 / 512  # at most one image
+        assert abs(a["test_acc"] - b["test_acc"]) <= 100 / 256
+
+
+def test_an_epoch_per_call_resumes_after_ctrl_c(scan_run, tfds_dir, tmp_path):
+    """Ctrl-C during an epoch call: the epoch finishes, is saved, and a resume
+    ends exactly as the uninterrupted run."""
+    _, history = scan_run
+    config = default_config("model6", **QUICK, pipeline="scan")
+
+    def interrupt_once(line, sent=[]):  # noqa: B006
+        if line == console.table_header() and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        train_and_evaluate(config, tmp_path, data_dir=tfds_dir, show_progress=False, log=interrupt_once)
+    assert checkpoint.latest_step(runfiles.checkpoint_dir(tmp_path)) == 8  # the end of epoch 1
+    resumed = train_and_evaluate(config, tmp_path, resume=True, data_dir=tfds_dir,
+                                 show_progress=False, log=lambda _: None)
+    assert strip_seconds(resumed) == strip_seconds(history)
