@@ -47,6 +47,9 @@ def locate(path: Path) -> tuple[Path, int | None]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     with exit_on_known_errors():
+        from s7jax import compile_cache
+
+        compile_cache.enable()  # a second identical run skips XLA's compiles
         import jax
         import numpy as np
 

@@ -38,6 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     with exit_on_known_errors():
+        from s7jax import compile_cache
+
+        compile_cache.enable()  # a second identical run skips XLA's compiles
         from s7jax import checkpoint, plots, results, runfiles
         from s7jax.train import train_and_evaluate
 

@@ -78,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     with exit_on_known_errors():
+        from s7jax import compile_cache
+
+        compile_cache.enable()  # a second identical run skips XLA's compiles
         return run(args)
 
 

@@ -16,6 +16,12 @@ import pytest  # noqa: E402
 # The tests check properties, not speed: skip XLA's slow optimisation passes.
 jax.config.update("jax_disable_most_optimizations", True)
 
+# Compiled programs persist between test runs, and between the scripts the
+# tests start (s7jax.compile_cache: ~/.cache/s7jax/jax unless overridden).
+from s7jax import compile_cache  # noqa: E402
+
+compile_cache.enable()
+
 
 def pytest_collection_modifyitems(config, items):
     """Tests that need TFDS (through the ``tfds_dir`` fixture, or marked) are

@@ -33,12 +33,32 @@ def test_notebook_is_committed_without_outputs():
         assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
 
 
-def test_install_cell_brings_tensorflow_unless_skipped():
-    # Colab's TPU runtimes have no TensorFlow: the install must bring it.
+@pytest.mark.parametrize("tpu", [True, False])
+def test_install_cell_brings_no_tensorflow_to_a_tpu_runtime(tpu, tmp_path, monkeypatch):
+    """The install cell, run with pip and git recorded instead of executed: on a
+    TPU runtime (libtpu importable) no command names TensorFlow and s7jax comes
+    without its dependencies; elsewhere s7jax comes with them (TFDS included)."""
+    import importlib.util
+    import subprocess
+
     (install,) = [c for c in read_notebook().cells if c.get("id") == "install"]
-    assert "if SKIP_INSTALL:" in install.source
-    for package in ("tensorflow-cpu", "tensorflow-datasets"):
-        assert f'"{package}"' in install.source
+    commands = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check: commands.append(cmd))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+        (object() if tpu else None) if name == "libtpu" else real_find_spec(name, *a)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("S7JAX_MNIST_DIR", "before")  # restored after the test
+    exec(install.source, {"SKIP_INSTALL": False, "REPO_URL": "https://example.invalid/s7jax",
+                          "os": __import__("os")})
+    pips = [cmd for cmd in commands if cmd[1:4] == ["-m", "pip", "install"]]
+    assert commands[0][:2] == ["git", "clone"] and pips
+    if tpu:
+        assert not any("tensorflow" in arg for cmd in pips for arg in cmd)
+        assert "--no-deps" in pips[0] and any("jax[tpu]" in arg for arg in pips[1])
+    else:
+        assert pips == [[*pips[0][:5], "s7jax-repo"]]  # with its dependencies
+    assert __import__("os").environ["S7JAX_MNIST_DIR"].endswith("data/mnist")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,36 @@
+"""A persistent compilation cache: a second identical run skips XLA's compiles.
+
+JAX compiles every program on its first call (model6's train step takes
+seconds to compile on a CPU). :func:`enable` points JAX's persistent cache at
+``$S7JAX_COMPILE_CACHE``, or ``~/.cache/s7jax/jax`` (under
+``$XDG_CACHE_HOME`` where set), so later processes load the compiled
+executables instead: the same executables, so the same numbers.
+``S7JAX_NO_COMPILE_CACHE=1`` turns it off. The scripts and the test suite
+enable it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def default_dir() -> Path:
+    if os.environ.get("S7JAX_COMPILE_CACHE"):
+        return Path(os.environ["S7JAX_COMPILE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "s7jax" / "jax"
+
+
+def enable(directory: str | os.PathLike | None = None) -> Path | None:
+    """Use the persistent cache in ``directory`` (default :func:`default_dir`);
+    None, and no cache, when ``S7JAX_NO_COMPILE_CACHE`` is set."""
+    if os.environ.get("S7JAX_NO_COMPILE_CACHE", "").lower() not in ("", "0", "false", "no"):
+        return None
+    import jax
+
+    path = Path(directory) if directory is not None else default_dir()
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    # Programs that compile in under half a second are not worth a file each.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path
