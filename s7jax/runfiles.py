@@ -31,6 +31,26 @@ def checkpoint_dir(workdir: Path) -> Path:
     return Path(workdir) / "checkpoints"
 
 
+def cpu_identity() -> dict[str, Any] | None:
+    """The host CPU as /proc/cpuinfo names it (Linux; None elsewhere). XLA's
+    CPU kernels can sum in a different order on another CPU model, so a CPU
+    run repeats bit for bit only on the same kind of CPU."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor is enough
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    return {"vendor": fields.get("vendor_id"), "model_name": fields.get("model name"),
+            "family": fields.get("cpu family"), "model": fields.get("model"),
+            "avx512f": "avx512f" in flags, "avx2": "avx2" in flags}
+
+
 def environment() -> dict[str, Any]:
     """Versions and devices, recorded with every run so results can be traced."""
     from importlib.metadata import PackageNotFoundError, version
@@ -53,6 +73,7 @@ def environment() -> dict[str, Any]:
         "devices": [str(d.device_kind) for d in jax.devices()],
         "device_count": jax.device_count(),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_identity(),
     }
 
 

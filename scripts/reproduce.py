@@ -63,6 +63,8 @@ def main(argv=None) -> int:
         actual = train_and_evaluate(config, workdir, data_dir=args.data_dir,
                                     manual_dir=args.manual_dir, show_progress=not args.no_progress)
         differences = runfiles.metric_differences(expected, actual)
+        here = runfiles.environment()
+        recorded_cpu = recorded["environment"].get("cpu")
         verdict = {
             "command": "python scripts/reproduce.py " + shlex.join(sys.argv[1:] if argv is None else argv),
             "date": time.strftime("%Y-%m-%d"),
@@ -71,11 +73,18 @@ def main(argv=None) -> int:
             "compared": [k for k in runfiles.METRIC_KEYS if k not in runfiles.TIMING_KEYS],
             "differences": differences,
             "recorded_environment": recorded["environment"],
-            "repeat_environment": runfiles.environment(),
+            "repeat_environment": here,
+            # None: the recorded run predates the CPU record (config.json).
+            "same_cpu": None if recorded_cpu is None else recorded_cpu == here["cpu"],
         }
         (run / "reproduce.json").write_text(json.dumps(verdict, indent=2) + "\n")
         if differences:
             print(f"NOT reproduced: {len(differences)} differences, first: {differences[0]}")
+            if not verdict["same_cpu"]:
+                print("note: the recorded run's CPU "
+                      + ("is not recorded" if recorded_cpu is None else f"was {recorded_cpu}")
+                      + f"; this one is {here['cpu']}. XLA's CPU kernels may sum in another order "
+                        "on another CPU model, which changes the last bits from the first step on")
             print(f"wrote {run / 'reproduce.json'}")
             return 1
         print(f"reproduced: all {verdict['epochs_compared']} epochs of {run} repeat exactly "

@@ -10,7 +10,8 @@ What the child measures, with the 4-device mesh against a 1-device mesh:
 * single steps: from the *same* state and batch, the library's ``train_step``
   and ``eval_step`` compiled for each mesh, as ``train_and_evaluate`` compiles
   them (teacher-forced for three steps, so each comparison starts equal);
-* whole runs: ``train_and_evaluate`` for two epochs, each mesh from scratch;
+* whole runs: ``train_and_evaluate`` for two epochs, each mesh from scratch,
+  with one call per step and with one call per epoch (``--pipeline scan``);
 * the shardings inside the 4-device run: a training batch, an evaluation
   batch, and the train state saved after each epoch;
 * the random streams: dropout masks and ``rbg`` bits under both meshes, and
@@ -253,6 +254,15 @@ def _child(data_dir: str, out_path: str, work: str) -> None:
         finally:
             jax.device_put, checkpoint.save = real_put, real_save
     out["histories"] = {str(n): h for n, h in histories.items()}
+    # The same runs with an epoch per compiled call (the accelerators' default).
+    scan_config = default_config("model6", **RUN, pipeline="scan")
+    out["scan_histories"] = {}
+    for n in (DEVICES, 1):
+        workdir = work / f"scan{n}"
+        workdir.mkdir()
+        out["scan_histories"][str(n)] = train.train_and_evaluate(
+            scan_config, workdir, mesh=meshes[n], data_dir=data_dir, show_progress=False,
+            log=lambda _: None)
     out["seen"] = seen
     Path(out_path).write_text(json.dumps(out, indent=1))
 
@@ -368,7 +378,8 @@ def test_single_steps_match_one_device(record):
         assert abs(e["correct"][0] - e["correct"][1]) <= 1, e
 
 
-def test_two_epoch_runs_match_one_device(record):
+@pytest.mark.parametrize("runs", ["histories", "scan_histories"])
+def test_two_epoch_runs_match_one_device(record, runs):
     """Tolerance: the single steps agree to float32 rounding (above), but
     training amplifies rounding: a ~1e-6 difference flips a ReLU or a max-pool
     choice somewhere, which changes that unit's gradient outright, and in 16
@@ -380,8 +391,8 @@ def test_two_epoch_runs_match_one_device(record):
     drift ~1.5% in two epochs, hence the lower rate here. The bounds below are
     ~10x and 2x those figures, loose enough for another CPU's rounding; the
     sharp check is test_single_steps_match_one_device, this one checks the
-    whole loop (data, epochs, precise BN, evaluation) on the mesh."""
-    four, one = record["histories"][str(DEVICES)], record["histories"]["1"]
+    whole loop (data, epochs, precise BN, evaluation) on the mesh, both loops."""
+    four, one = record[runs][str(DEVICES)], record[runs]["1"]
     assert [r["epoch"] for r in four] == [r["epoch"] for r in one] == [1, 2]
     for a, b in zip(four, one):
         assert a["lr"] == b["lr"]
