@@ -4,14 +4,24 @@ A checkpoint holds the whole state (parameters, BatchNorm statistics,
 optimizer state, step) and a small JSON record of where the run stood: the
 epoch, the metric sums of a partly done epoch, and the history so far. That is
 all ``--resume`` needs to continue exactly where the run stopped.
+
+Faults end in one line (``s7jax.errors``): a save that fails (a full disk, a
+file where the folder goes) raises WriteError and leaves no half-written
+checkpoint behind; a checkpoint that cannot be read falls back to the one
+before it, and one that does not fit the run's config raises CheckpointError.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import orbax.checkpoint as ocp
+
+from s7jax.errors import CheckpointError, WriteError
 
 KEEP = 2  # the last completed epoch's state and the one before it
 
@@ -24,29 +34,103 @@ def _manager(directory: str | Path) -> ocp.CheckpointManager:
     )
 
 
+def _reason(e: BaseException) -> str:
+    """One short line from an exception of Orbax, TensorStore or the OS."""
+    seen = e
+    while seen is not None:  # an OS error anywhere in the chain says it best
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    code = re.search(r"os_error_code='(\d+)'", str(e))  # TensorStore's way of saying it
+    if code:
+        return os.strerror(int(code.group(1)))
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = (lines[0] if lines else type(e).__name__).split(". See full")[0].rstrip(":. ")
+    if "error while reading array" in text:
+        text = "its array files cannot be read"
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _remove_partial(directory: Path) -> None:
+    """Orbax writes into ``*.orbax-checkpoint-tmp*`` folders, renamed at the end."""
+    if directory.is_dir():
+        for tmp in directory.glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def save(directory: str | Path, step: int, state: Any, record: dict[str, Any]) -> None:
     """Write ``state`` and ``record`` as checkpoint ``step`` (replacing one at that step)."""
+    directory = Path(directory)
+    try:
+        with _manager(directory) as manager:
+            if step in manager.all_steps():
+                manager.delete(step)
+            manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)))
+    except Exception as e:  # noqa: BLE001  (Orbax wraps the OS error in its own types)
+        _remove_partial(directory)
+        raise WriteError(f"could not save checkpoint step {step} in {directory}: "
+                         f"{_reason(e)}") from None
+
+
+def all_steps(directory: str | Path) -> list[int]:
+    if not Path(directory).is_dir():
+        return []
     with _manager(directory) as manager:
-        if step in manager.all_steps():
-            manager.delete(step)
-        manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)))
+        return sorted(manager.all_steps())
 
 
 def latest_step(directory: str | Path) -> int | None:
-    if not Path(directory).is_dir():
-        return None
-    with _manager(directory) as manager:
-        return manager.latest_step()
+    steps = all_steps(directory)
+    return steps[-1] if steps else None
 
 
-def restore(directory: str | Path, abstract_state: Any, step: int | None = None):
-    """``(state, record)`` of checkpoint ``step`` (default: the latest), with
-    arrays laid out like ``abstract_state`` (e.g. from ``jax.eval_shape``)."""
+def _restore_one(directory: Path, abstract_state: Any, step: int):
     with _manager(directory) as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {directory}")
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
     return restored["state"], restored["record"]
+
+
+def restore(directory: str | Path, abstract_state: Any, step: int | None = None,
+            log: Callable[[str], None] | None = None):
+    """``(state, record)`` of checkpoint ``step`` (default: the latest intact
+    one), with arrays laid out like ``abstract_state``.
+
+    Without ``step``, a checkpoint that cannot be read is passed over for the
+    one before it, and ``log`` says so. A checkpoint whose arrays do not fit
+    ``abstract_state`` (another model than the config names) raises
+    CheckpointError, as does a folder with no checkpoint to restore.
+    """
+    directory = Path(directory)
+    try:
+        steps = all_steps(directory) if step is None else [step]
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"cannot read the checkpoints in {directory}: {_reason(e)}") from None
+    if not steps:
+        raise CheckpointError(f"no checkpoint in {directory}")
+    damaged = []
+    for candidate in reversed(steps):
+        try:
+            state, record = _restore_one(directory, abstract_state, candidate)
+        except Exception as e:  # noqa: BLE001
+            reason = _reason(e)
+            if _is_mismatch(reason):
+                raise CheckpointError(
+                    f"checkpoint step {candidate} in {directory} does not fit the model and "
+                    f"optimiser its run's config.json names ({reason})") from None
+            damaged.append((candidate, reason))
+            continue
+        if damaged and log is not None:
+            log(f"checkpoint step {damaged[0][0]} in {directory} is damaged ({damaged[0][1]}); "
+                f"restored step {candidate}, the one before it")
+        return state, record
+    raise CheckpointError(f"no intact checkpoint in {directory} ("
+                          + "; ".join(f"step {s}: {r}" for s, r in damaged) + ")")
+
+
+def _is_mismatch(reason: str) -> bool:
+    """Orbax's words for a tree or shape that differs from the target's."""
+    words = ("shape", "structure", "mismatch", "does not match", "not match", "missing key",
+             "unexpected key", "keys")
+    return any(w in reason.lower() for w in words)

@@ -30,31 +30,22 @@ def exit_on_known_errors():
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
+    except OSError as e:  # a file the scripts write outside the library's own checks
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
 
 
-def prepare_workdir(workdir: Path) -> Path:
-    """Create ``workdir`` and check that it is writable, or raise ConfigError."""
-    workdir = Path(workdir)
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
-    return workdir
-
-
 def add_config_flags(p: argparse.ArgumentParser) -> None:
     """The flags that set a :class:`s7jax.config.Config` (unset ones keep the
     model's default recipe)."""
-    p.add_argument("--model", default="model6", help="model1 .. model6")
+    p.add_argument("--model", help="model1 .. model6 (default model6)")
     p.add_argument("--epochs", type=int, help="epochs to train (1..15 unless --allow-long)")
     p.add_argument("--batch-size", type=int, help="training batch size (global, over all devices)")
-    p.add_argument("--seed", type=int, default=0, help="seed of init, shuffling, augmentation, dropout")
+    p.add_argument("--seed", type=int, help="seed of init, shuffling, augmentation, dropout (default 0)")
     g = p.add_argument_group("data")
     g.add_argument("--train-subset", type=int, help="train on the first N images only (quick runs)")
     g.add_argument("--test-subset", type=int, help="evaluate on the first N test images only")
@@ -108,9 +99,19 @@ def config_from_args(args: argparse.Namespace, **overrides):
     from s7jax.config import default_config
 
     given = {k: getattr(args, k) for k in _CONFIG_FLAGS if getattr(args, k) is not None}
-    given.update({"seed": args.seed, "allow_long": args.allow_long, **overrides})
-    config = default_config(args.model, **given)
+    given.update({"seed": 0 if args.seed is None else args.seed, "allow_long": args.allow_long,
+                  **overrides})
+    model = args.model or "model6"
+    config = default_config(model, **given)
     augment = NO_AUGMENT if args.no_augment else config.augment
     strengths = {k: getattr(args, k) for k in ("degrees", "brightness", "contrast")
                  if getattr(args, k) is not None}
-    return default_config(args.model, **given, augment=dataclasses.replace(augment, **strengths))
+    return default_config(model, **given, augment=dataclasses.replace(augment, **strengths))
+
+
+def config_flags_given(args: argparse.Namespace) -> list[str]:
+    """The config flags set on the command line, as the user typed them."""
+    names = [*_CONFIG_FLAGS, "model", "seed", "degrees", "brightness", "contrast"]
+    flags = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n, None) is not None]
+    flags += [f"--{n.replace('_', '-')}" for n in ("no_augment", "allow_long") if getattr(args, n)]
+    return flags

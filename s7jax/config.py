@@ -17,6 +17,7 @@ from s7jax.models import MODELS
 
 MAX_EPOCHS = 15  # the study's rule: every result within 15 epochs
 PIPELINES = ("auto", "tfds", "device", "scan")
+TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000  # MNIST's splits
 DATA_SOURCES = ("auto", "tfds", "idx")
 
 
@@ -112,8 +113,12 @@ def validate(config: Config) -> Config:
         raise ConfigError(
             f"--epochs must be in 1..{MAX_EPOCHS} (the study's rule), got {c.epochs}; "
             "pass --allow-long to train longer")
+    train_images = c.train_subset or TRAIN_IMAGES
     checks = [
+        (0 <= c.seed < 2**31, f"--seed must be in 0..{2**31 - 1}, got {c.seed}"),
         (c.batch_size > 0, f"--batch-size must be positive, got {c.batch_size}"),
+        (c.batch_size <= train_images,
+         f"--batch-size {c.batch_size} exceeds the {train_images:,} training images"),
         (c.eval_batch_size > 0, f"--eval-batch-size must be positive, got {c.eval_batch_size}"),
         (c.lr > 0, f"--lr must be positive, got {c.lr}"),
         (0 <= c.momentum < 1, f"--momentum must be in [0, 1), got {c.momentum}"),
@@ -129,17 +134,18 @@ def validate(config: Config) -> Config:
         (c.precise_bn >= 0, f"--precise-bn must be >= 0, got {c.precise_bn}"),
         (not c.precise_bn or hasattr(MODELS[c.model], "bn_momentum"),
          f"--precise-bn re-estimates BatchNorm statistics, and {c.model} has no BatchNorm"),
-        (c.train_subset is None or c.train_subset > 0,
-         f"--train-subset must be positive, got {c.train_subset}"),
-        (c.test_subset is None or c.test_subset > 0,
-         f"--test-subset must be positive, got {c.test_subset}"),
+        (c.train_subset is None or 0 < c.train_subset <= TRAIN_IMAGES,
+         f"--train-subset must be in 1..{TRAIN_IMAGES}, got {c.train_subset}"),
+        (c.test_subset is None or 0 < c.test_subset <= TEST_IMAGES,
+         f"--test-subset must be in 1..{TEST_IMAGES}, got {c.test_subset}"),
         (c.pipeline in PIPELINES, f"--pipeline must be one of {', '.join(PIPELINES)}, got {c.pipeline!r}"),
         (c.data_source in DATA_SOURCES,
          f"--data-source must be one of {', '.join(DATA_SOURCES)}, got {c.data_source!r}"),
         (c.steps_per_call > 0, f"--steps-per-call must be positive, got {c.steps_per_call}"),
-        (min(c.augment.degrees, c.augment.brightness, c.augment.contrast) >= 0
+        (0 <= c.augment.degrees <= 180, f"--degrees must be in 0..180, got {c.augment.degrees}"),
+        (min(c.augment.brightness, c.augment.contrast) >= 0
          and c.augment.brightness < 1 and c.augment.contrast < 1,
-         "augmentation strengths must be >= 0 (brightness and contrast < 1)"),
+         "--brightness and --contrast must be in [0, 1)"),
     ]
     for ok, message in checks:
         if not ok:

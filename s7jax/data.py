@@ -31,6 +31,7 @@ import dataclasses
 import gzip
 import hashlib
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -88,10 +89,16 @@ def default_manual_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "data" / "mnist"
 
 
+def _fix(manual_dir: Path) -> str:
+    """What to do about a bad file in ``manual_dir``."""
+    hint = "" if manual_dir != default_manual_dir() else " or pass --manual-dir"
+    return f"restore the official MNIST files in {manual_dir} (see data/mnist/README.md){hint}"
+
+
 def verify_mnist_files(manual_dir: str | os.PathLike) -> None:
     """Raise :class:`DataError` unless all four files exist and match SHA256SUMS."""
     manual_dir = Path(manual_dir)
-    fix = f"restore the official MNIST files in {manual_dir} (see data/mnist/README.md) or pass --manual-dir"
+    fix = _fix(manual_dir)
     sums_file = manual_dir / "SHA256SUMS"
     if not sums_file.is_file():
         raise DataError(f"missing {sums_file}: {fix}")
@@ -138,7 +145,7 @@ def read_idx(manual_dir=None) -> dict[str, "Split"]:
     files with numpy, in the files' own order: no TensorFlow involved."""
     manual_dir = Path(manual_dir) if manual_dir is not None else default_manual_dir()
     verify_mnist_files(manual_dir)
-    fix = f"restore the official MNIST files in {manual_dir}"
+    fix = _fix(manual_dir)
     splits = {}
     for name, (images_file, labels_file, n) in IDX_SPLITS.items():
         images = _idx_payload(manual_dir / images_file, IMAGES_MAGIC, (n, 28, 28), fix)
@@ -170,21 +177,39 @@ def resolve_source(source: str) -> str:
     return source
 
 
+TFDS_MNIST_VERSION = "3.0.1"
+
+
+def _tfds_prepared_dir(data_dir) -> Path:
+    """Where TFDS keeps (or will keep) the prepared ``mnist``: found without
+    importing TensorFlow, so that bad files are reported before it loads."""
+    root = data_dir or os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets"
+    return Path(root) / "mnist" / TFDS_MNIST_VERSION
+
+
 def _mnist_builder(data_dir):
     import tensorflow_datasets as tfds
+    from absl import logging as absl_logging
 
     tensorflow()  # TF configured (accelerators hidden) before TFDS initialises it
+    absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS's warnings are not the user's errors
     return tfds.builder("mnist", data_dir=None if data_dir is None else str(data_dir))
 
 
-def prepare_mnist(data_dir=None, manual_dir=None):
-    """TFDS's ``mnist`` builder, prepared offline from the official files if needed."""
+def prepare_mnist(data_dir=None, manual_dir=None, rebuild: bool = False):
+    """TFDS's ``mnist`` builder, prepared offline from the official files if
+    needed (or ``rebuild``). The files are checked first, checksums and IDX
+    headers, before TensorFlow loads when TFDS has not prepared them yet."""
+    manual_dir = Path(manual_dir) if manual_dir is not None else default_manual_dir()
+    if rebuild or not (_tfds_prepared_dir(data_dir) / "dataset_info.json").is_file():
+        read_idx(manual_dir)  # every check, in a fraction of a second, without TensorFlow
     import tensorflow_datasets as tfds
 
     builder = _mnist_builder(data_dir)
+    if rebuild:
+        shutil.rmtree(builder.data_dir, ignore_errors=True)
+        builder = _mnist_builder(data_dir)
     if not builder.is_prepared():
-        manual_dir = Path(manual_dir) if manual_dir is not None else default_manual_dir()
-        verify_mnist_files(manual_dir)
         print(f"preparing TFDS mnist in {builder.data_dir} from {manual_dir} (once)", file=sys.stderr)
         config = tfds.download.DownloadConfig(manual_dir=str(manual_dir), try_download_gcs=False)
         tfds.disable_progress_bar()  # a dozen nested bars for a 20-second job
@@ -192,14 +217,7 @@ def prepare_mnist(data_dir=None, manual_dir=None):
     return builder
 
 
-def load_mnist(data_dir=None, manual_dir=None, source: str = "auto") -> dict[str, Split]:
-    """``{"train": Split, "test": Split}`` in host memory (47 MB + 8 MB: small
-    enough to hold, which makes every epoch's shuffle a cheap index
-    permutation), through TFDS or from the IDX files (``source``, see
-    :func:`resolve_source`)."""
-    if resolve_source(source) == "idx":
-        return read_idx(manual_dir)
-    builder = prepare_mnist(data_dir, manual_dir)
+def _read_tfds(builder) -> dict[str, "Split"]:
     splits = {}
     for name in ("train", "test"):
         arrays = builder.as_dataset(split=name, batch_size=-1, shuffle_files=False)
@@ -207,7 +225,32 @@ def load_mnist(data_dir=None, manual_dir=None, source: str = "auto") -> dict[str
             images=arrays["image"].numpy().astype(np.uint8),
             labels=arrays["label"].numpy().astype(np.int32),
         )
+        if len(splits[name]) != IDX_SPLITS[name][2]:
+            raise DataError(f"{len(splits[name])} {name} examples, expected {IDX_SPLITS[name][2]}")
     return splits
+
+
+def load_mnist(data_dir=None, manual_dir=None, source: str = "auto") -> dict[str, Split]:
+    """``{"train": Split, "test": Split}`` in host memory (47 MB + 8 MB: small
+    enough to hold, which makes every epoch's shuffle a cheap index
+    permutation), through TFDS or from the IDX files (``source``, see
+    :func:`resolve_source`). A prepared TFDS folder that cannot be read is
+    rebuilt once from the official files, and the run says so."""
+    if resolve_source(source) == "idx":
+        return read_idx(manual_dir)
+    builder = prepare_mnist(data_dir, manual_dir)
+    try:
+        return _read_tfds(builder)
+    except Exception as e:  # noqa: BLE001  (tf.errors.DataLossError and kin, or a short split)
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        print(f"the prepared TFDS mnist in {builder.data_dir} cannot be read ({reason}); "
+              "rebuilding it from the official files", file=sys.stderr)
+    builder = prepare_mnist(data_dir, manual_dir, rebuild=True)
+    try:
+        return _read_tfds(builder)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"the TFDS mnist rebuilt in {builder.data_dir} cannot be read either "
+                        f"({type(e).__name__}); delete that folder and check --manual-dir") from None
 
 
 def normalize(images_uint8):

@@ -23,15 +23,28 @@ class DataError(RunError):
     exit_code = 2
 
 
+class CheckpointError(RunError):
+    """A checkpoint that cannot be read, or does not fit the run's config."""
+
+    exit_code = 2
+
+
+class WriteError(RunError):
+    """A run's file could not be written (a full disk, a file in the way)."""
+
+    exit_code = 2
+
+
 class NonFiniteLossError(RunError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite; nothing of that epoch is saved."""
 
     exit_code = 3
 
-    def __init__(self, epoch: int, step: int):
-        super().__init__(f"non-finite loss in epoch {epoch} at step {step}; "
-                         "the last good checkpoint is kept")
-        self.epoch, self.step = epoch, step
+    def __init__(self, epoch: int, step: int, kept: int | None = None):
+        what = ("no checkpoint was saved before it" if kept is None
+                else f"the last good checkpoint, step {kept}, is kept")
+        super().__init__(f"non-finite loss in epoch {epoch} at step {step}; {what}")
+        self.epoch, self.step, self.kept = epoch, step, kept
 
 
 class Interrupted(RunError):

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from s7jax.config import Config
+from s7jax.errors import ConfigError, WriteError
 
 METRIC_KEYS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
 
@@ -77,24 +79,43 @@ def environment() -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _writing(path: Path):
+    """OSError while writing ``path`` -> one-line WriteError naming it."""
+    try:
+        yield
+    except OSError as e:
+        raise WriteError(f"could not write {path}: {e.strerror or e}") from None
+
+
 def write_config(workdir: Path, config: Config) -> None:
     payload = {"config": config.to_json(), "environment": environment()}
-    config_path(workdir).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    with _writing(config_path(workdir)):
+        config_path(workdir).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def read_config(workdir: Path) -> Config:
-    return Config.from_json(json.loads(config_path(workdir).read_text())["config"])
+    """The run's Config; ConfigError when config.json is missing or unreadable."""
+    path = config_path(workdir)
+    try:
+        return Config.from_json(json.loads(path.read_text())["config"])
+    except FileNotFoundError:
+        raise ConfigError(f"{workdir}: no config.json there (not a run directory)") from None
+    except ConfigError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path} is not a readable run config ({type(e).__name__}: {e})") from None
 
 
 def write_metrics(workdir: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite ``metrics.jsonl`` with ``rows`` (used when a run resumes)."""
-    with open(metrics_path(workdir), "w") as f:
+    with _writing(metrics_path(workdir)), open(metrics_path(workdir), "w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
 
 
 def append_metrics(workdir: Path, row: dict[str, Any]) -> None:
-    with open(metrics_path(workdir), "a") as f:
+    with _writing(metrics_path(workdir)), open(metrics_path(workdir), "a") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())

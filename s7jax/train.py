@@ -32,7 +32,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from s7jax import checkpoint, console, data, parallel, runfiles
+from s7jax import checkpoint, console, data, parallel, rundir, runfiles
 from s7jax.config import Config
 from s7jax.errors import ConfigError, Interrupted, NonFiniteLossError
 from s7jax.models import get_model
@@ -154,6 +154,7 @@ def train_and_evaluate(
     workdir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     mesh=None,
     data_dir: str | None = None,
     manual_dir: str | None = None,
@@ -163,11 +164,19 @@ def train_and_evaluate(
     """Train ``config.model`` and evaluate it after every epoch; return the
     per-epoch metrics (also appended to ``<workdir>/metrics.jsonl``).
 
-    ``auto`` settings are resolved first (:func:`resolve`). With ``resume``,
-    continue from the latest checkpoint in ``workdir``.
+    ``auto`` settings are resolved first (:func:`resolve`). The run holds
+    ``workdir`` while it goes on (``s7jax.rundir.claim``): a folder that holds
+    another run is refused, unless ``resume`` (continue from its latest intact
+    checkpoint) or ``overwrite`` (replace it).
     """
-    workdir = Path(workdir)
     config = resolve(config)
+    with rundir.claim(workdir, resume=resume, overwrite=overwrite) as workdir:
+        return _run(config, workdir, resume=resume, mesh=mesh, data_dir=data_dir,
+                    manual_dir=manual_dir, show_progress=show_progress, log=log)
+
+
+def _run(config: Config, workdir: Path, *, resume: bool, mesh, data_dir, manual_dir,
+         show_progress: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
     mesh = parallel.make_mesh() if mesh is None else mesh
     parallel.check_divisible(config.batch_size, mesh)
     parallel.check_divisible(config.eval_batch_size, mesh, "eval batch size")
@@ -187,7 +196,7 @@ def train_and_evaluate(
     partial = None
     ckpt_dir = runfiles.checkpoint_dir(workdir)
     if resume and checkpoint.latest_step(ckpt_dir) is not None:
-        state, record = checkpoint.restore(ckpt_dir, state)
+        state, record = checkpoint.restore(ckpt_dir, state, log=log)
         history, partial = record["history"], record["partial"]
         runfiles.write_metrics(workdir, history)
         log(f"resumed from step {int(state.step)} (epoch {record['epoch'] + 1})")
@@ -264,9 +273,13 @@ def train_and_evaluate(
         for epoch in range(start_step // steps, config.epochs):
             epoch_start = time.perf_counter()
             first = start_step - epoch * steps if epoch == start_step // steps else 0
-            with console.progress_bar(epoch + 1, config.epochs, steps, first, show_progress) as bar:
-                state, host, (test_loss, test_acc) = run_epoch(state, epoch, first, partial, bar,
-                                                               interrupted)
+            try:
+                with console.progress_bar(epoch + 1, config.epochs, steps, first,
+                                          show_progress) as bar:
+                    state, host, (test_loss, test_acc) = run_epoch(state, epoch, first, partial,
+                                                                   bar, interrupted)
+            except NonFiniteLossError as e:  # say what is kept
+                raise NonFiniteLossError(e.epoch, e.step, checkpoint.latest_step(ckpt_dir)) from None
             partial = None
             train_loss, train_acc = summarize(host)
             row = {
@@ -277,8 +290,10 @@ def train_and_evaluate(
                 "seconds": time.perf_counter() - epoch_start,
             }
             history.append(row)
-            runfiles.append_metrics(workdir, row)
+            # The checkpoint first: a metrics row never names an epoch whose
+            # state was not saved (a resume rewrites the rows from it).
             checkpoint.save(ckpt_dir, int(state.step), state, _record(epoch + 1, history, None))
+            runfiles.append_metrics(workdir, row)
             log(console.table_row(row))
             if interrupted["set"]:
                 raise Interrupted(int(state.step), workdir)

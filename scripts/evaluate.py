@@ -59,15 +59,15 @@ def main(argv=None) -> int:
 
         workdir, step = locate(Path(args.checkpoint))
         config = runfiles.read_config(workdir)
-        splits = data.load_mnist(args.data_dir, args.manual_dir)
+        ckpt_dir = runfiles.checkpoint_dir(workdir)
+        if step is None and checkpoint.latest_step(ckpt_dir) is None:  # before loading any data
+            raise ConfigError(f"no checkpoint in {ckpt_dir}")
+        splits = data.load_mnist(args.data_dir, args.manual_dir, source=config.data_source)
         test = splits["test"].subset(config.test_subset)
         steps = data.steps_per_epoch(len(splits["train"].subset(config.train_subset)),
                                      config.batch_size)
         state, _ = initial_state(config, learning_rate_schedule(config, steps))
-        try:
-            state, record = checkpoint.restore(runfiles.checkpoint_dir(workdir), state, step)
-        except FileNotFoundError as e:
-            raise ConfigError(f"{e}") from None
+        state, record = checkpoint.restore(ckpt_dir, state, step, log=print)
         loss, acc = evaluate(jax.jit(eval_step), state, device_eval_batches(test, config.eval_batch_size))
         print(f"{config.model} step {int(state.step)} (epoch {record['epoch']}): "
               f"test loss {loss:.4f}, test acc {acc:.2f}% on {len(test):,} images")

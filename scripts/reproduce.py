@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from s7jax.cli import OneLineErrorParser, exit_on_known_errors, prepare_workdir  # noqa: E402
+from s7jax.cli import OneLineErrorParser, exit_on_known_errors  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         from s7jax import compile_cache
 
         compile_cache.enable()  # a second identical run skips XLA's compiles
-        from s7jax import runfiles
+        from s7jax import rundir, runfiles
         from s7jax.config import Config
         from s7jax.errors import ConfigError
         from s7jax.train import train_and_evaluate
@@ -54,10 +54,8 @@ def main(argv=None) -> int:
             raise ConfigError(f"{run}: no metrics.jsonl rows to compare with")
         recorded = json.loads(runfiles.config_path(run).read_text())  # one read: config + environment
         config = Config.from_json(recorded["config"])
-        workdir = prepare_workdir(Path(args.workdir or f"runs/reproduce-{config.model}-seed-"
-                                       f"{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"))
-        if runfiles.read_metrics(workdir):
-            raise ConfigError(f"--workdir {workdir} already holds a run; give an empty folder")
+        workdir = Path(args.workdir) if args.workdir else rundir.unique_dir(
+            Path("runs"), f"reproduce-{config.model}-seed-{config.seed}")
         print(f"repeating {run} ({config.model}, seed {config.seed}, {config.epochs} epochs) "
               f"in {workdir}")
         actual = train_and_evaluate(config, workdir, data_dir=args.data_dir,

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from s7jax.cli import (  # noqa: E402
-    OneLineErrorParser, add_config_flags, config_from_args, exit_on_known_errors, prepare_workdir)
+    OneLineErrorParser, add_config_flags, config_from_args, exit_on_known_errors)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,6 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=5, help="train seeds 0 .. SEEDS-1")
     p.add_argument("--results", default="results", help="results folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a seed's folder that holds a run of another config")
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
@@ -42,20 +44,21 @@ def main(argv=None) -> int:
 
         compile_cache.enable()  # a second identical run skips XLA's compiles
         from s7jax import checkpoint, plots, results, runfiles
-        from s7jax.train import train_and_evaluate
+        from s7jax.train import resolve, train_and_evaluate
 
         results_dir = Path(args.results)
         for seed in range(args.seeds):
             config = config_from_args(args, seed=seed)
-            workdir = prepare_workdir(results_dir / config.model / f"seed-{seed}")
+            workdir = results_dir / config.model / f"seed-{seed}"
             same = (runfiles.config_path(workdir).is_file()
-                    and runfiles.read_config(workdir) == config)
+                    and resolve(runfiles.read_config(workdir)) == resolve(config))
             if same and len(runfiles.read_metrics(workdir)) >= config.epochs:
                 print(f"seed {seed}: complete, skipped")
                 continue
             resume = same and checkpoint.latest_step(runfiles.checkpoint_dir(workdir)) is not None
             print(f"\n== {config.model} seed {seed} -> {workdir}")
-            train_and_evaluate(config, workdir, resume=resume, data_dir=args.data_dir,
+            train_and_evaluate(config, workdir, resume=resume, overwrite=args.overwrite and not same,
+                               data_dir=args.data_dir,
                                manual_dir=args.manual_dir, show_progress=not args.no_progress)
         summary = results.write_summary(results_dir)
         model = config_from_args(args).model

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from s7jax.cli import (  # noqa: E402
-    OneLineErrorParser, add_config_flags, config_from_args, exit_on_known_errors, prepare_workdir)
+    OneLineErrorParser, add_config_flags, config_flags_given, config_from_args, exit_on_known_errors)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -30,7 +30,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_config_flags(p)
     p.add_argument("--workdir", help="where the run's files go (default runs/<model>-<timestamp>)")
     p.add_argument("--resume", metavar="WORKDIR",
-                   help="continue the run in WORKDIR from its last checkpoint, with its config")
+                   help="continue the run in WORKDIR from its last intact checkpoint, with its "
+                        "recorded config (config flags are refused)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run that --workdir already holds (its files are deleted)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     p.add_argument("--distributed", action="store_true",
                    help="multi-host (TPU pods): call jax.distributed.initialize() first")
@@ -38,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    from s7jax import parallel, plots, runfiles
+    from s7jax import parallel, plots, rundir, runfiles
     from s7jax.config import ConfigError
     from s7jax.models import get_model, init_variables
     from s7jax.summary import summary_table
@@ -47,13 +50,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume:
         workdir = Path(args.resume)
-        if not runfiles.config_path(workdir).is_file():
-            raise ConfigError(f"--resume {workdir}: no config.json there (not a run directory)")
+        flags = config_flags_given(args)
+        flags += ["--workdir"] * bool(args.workdir) + ["--overwrite"] * args.overwrite
+        if flags:
+            raise ConfigError(f"--resume continues {workdir} as its config.json records it; "
+                              f"drop {', '.join(flags)}, or start a new run with them")
         config = runfiles.read_config(workdir)
     else:
         config = config_from_args(args)
-        workdir = Path(args.workdir or f"runs/{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    prepare_workdir(workdir)
+        workdir = Path(args.workdir) if args.workdir else rundir.unique_dir(Path("runs"), config.model)
 
     if args.distributed:
         import jax
@@ -66,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     model = get_model(config.model)
     print(f"\n{config.model}\n{summary_table(model, init_variables(model, jax.random.key(0, impl=PRNG_IMPL)))}\n")
     print(f"workdir {workdir}")
-    history = train_and_evaluate(config, workdir, resume=bool(args.resume), mesh=mesh,
+    history = train_and_evaluate(config, workdir, resume=bool(args.resume),
+                                 overwrite=args.overwrite, mesh=mesh,
                                  data_dir=args.data_dir, manual_dir=args.manual_dir,
                                  show_progress=not args.no_progress)
     plots.curves(history, workdir / "curves.png", title=f"{config.model}, seed {config.seed}")

@@ -1,0 +1,135 @@
+"""A run folder belongs to one run, written by one process at a time.
+
+:func:`claim` is what every training entry point goes through before it
+writes anything: it creates the folder, takes its lock, and refuses a folder
+that already holds another run (unless the caller resumes it, or overwrites
+it on purpose). The lock is an ``flock`` on ``<workdir>/.lock``, held while
+the run goes on, with the holder's pid written inside: the kernel drops it
+when the process exits, however it exits, so a lock left by a crashed run is
+never in the way (a stale file is simply locked again), and a live holder is
+named in the refusal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from s7jax.errors import ConfigError
+
+LOCK_NAME = ".lock"
+RUN_FILES = ("config.json", "metrics.jsonl", "curves.png")
+
+
+def holds_a_run(workdir: Path) -> list[str]:
+    """What in ``workdir`` belongs to a run (empty when nothing does)."""
+    found = [name for name in ("config.json", "metrics.jsonl") if (workdir / name).is_file()]
+    ckpts = workdir / "checkpoints"
+    if ckpts.is_dir() and any(ckpts.iterdir()):
+        found.append("checkpoints/")
+    return found
+
+
+def unique_dir(parent: Path, stem: str) -> Path:
+    """A new folder ``parent/stem-<timestamp>``, created here: a launch in the
+    same second as another gets ``-2``, ``-3``, ... (``mkdir`` is atomic)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for n in range(1, 1000):
+        path = parent / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise ConfigError(f"no free run folder name under {parent} for {base}")
+
+
+def _lock(workdir: Path):
+    """The open, locked ``.lock`` file of ``workdir``, or ConfigError naming
+    the process that holds it."""
+    path = workdir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise ConfigError(f"workdir {workdir} is in use by {holder}; wait for it to finish, "
+                          "or choose another --workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}, since "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+    return fd
+
+
+@contextlib.contextmanager
+def claim(workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False):
+    """Hold ``workdir`` for one run for the duration of the ``with`` block.
+
+    Creates it if needed and checks that it is writable; takes its lock; and
+    unless ``resume``, refuses a folder that holds a run, or with
+    ``overwrite`` deletes that run's files first. If the block fails before
+    anything was saved (a checkpoint or an epoch's row), a folder made for
+    this run is removed again.
+    """
+    workdir = Path(workdir)
+    # A folder made for this run (absent, or empty as :func:`unique_dir` leaves it)
+    # is removed again if the run fails before its first epoch is recorded.
+    created = not workdir.exists() or (workdir.is_dir() and not any(workdir.iterdir()))
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        fd = _lock(workdir)
+    except OSError as e:
+        raise ConfigError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
+    try:
+        ckpts = workdir / "checkpoints"
+        if ckpts.exists() and not ckpts.is_dir():
+            raise ConfigError(f"{ckpts} is a file where the run's checkpoints folder goes; "
+                              "move it away or choose another --workdir")
+        existing = holds_a_run(workdir)
+        if existing and not resume:
+            if not overwrite:
+                raise ConfigError(
+                    f"workdir {workdir} already holds a run ({', '.join(existing)}); pass "
+                    f"--resume {workdir} to continue it, or --overwrite to replace it")
+            _clear(workdir)
+        yield workdir
+    except BaseException:
+        if created and not _saved_anything(workdir):
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    finally:
+        # The file stays (unlinking it could let two processes lock two
+        # files of one name); closing it releases the lock.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)
+
+
+def _saved_anything(workdir: Path) -> bool:
+    """A checkpoint, or a recorded epoch: what a failed run must not lose."""
+    ckpts = workdir / "checkpoints"
+    if ckpts.is_dir() and any(ckpts.iterdir()):
+        return True
+    try:
+        return bool((workdir / "metrics.jsonl").read_text().strip())
+    except OSError:
+        return False
+
+
+def _clear(workdir: Path) -> None:
+    """Delete a previous run's files (``--overwrite``), nothing else."""
+    try:
+        for name in RUN_FILES:
+            (workdir / name).unlink(missing_ok=True)
+        if (workdir / "checkpoints").is_dir():
+            shutil.rmtree(workdir / "checkpoints")
+    except OSError as e:
+        raise ConfigError(f"--overwrite: could not delete the old run in {workdir}: "
+                          f"{e.strerror or e}") from None

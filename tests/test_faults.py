@@ -1,0 +1,278 @@
+"""Run folders that hold one run, and every fault as one line with nothing
+already saved lost: the folder lock, damaged and mismatched checkpoints,
+write failures (a full disk included), damaged data at every layer."""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from s7jax import checkpoint, data, rundir, runfiles
+from s7jax.config import default_config
+from s7jax.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, WriteError
+from s7jax.train import train_and_evaluate
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = dict(epochs=2, train_subset=256, test_subset=128, batch_size=64, eval_batch_size=128,
+            precise_bn=128)
+TINY_FLAGS = ["--epochs", "2", "--train-subset", "256", "--test-subset", "128", "--batch-size",
+              "64", "--eval-batch-size", "128", "--precise-bn", "128", "--no-progress"]
+quiet = dict(show_progress=False, log=lambda _: None)
+
+
+def script(name, *args, **kwargs):
+    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / name), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def one_line_error(proc, code):
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == code, err[-2000:]
+    assert "Traceback" not in out + err
+    lines = [line for line in err.splitlines() if line.strip()]
+    return lines[-1]
+
+
+# --------------------------------------------------------------------------
+# A run folder belongs to one run
+# --------------------------------------------------------------------------
+
+
+def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "checkpoints" / "8").mkdir(parents=True)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"already holds a run \(config.json, checkpoints/\); "
+                                          r"pass --resume .* or --overwrite"):
+        with rundir.claim(tmp_path):
+            pass
+    assert (tmp_path / "config.json").is_file()  # refused: nothing touched
+    with rundir.claim(tmp_path, resume=True):
+        assert (tmp_path / "checkpoints" / "8").is_dir()
+    with rundir.claim(tmp_path, overwrite=True):
+        assert not (tmp_path / "config.json").exists() and not (tmp_path / "checkpoints").exists()
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # only the run's files go
+
+
+def test_a_file_where_the_checkpoints_folder_goes_is_refused_up_front(tmp_path):
+    (tmp_path / "checkpoints").write_text("not a folder")
+    with pytest.raises(ConfigError, match="is a file where the run's checkpoints folder goes"):
+        with rundir.claim(tmp_path):
+            pass
+
+
+def test_a_live_holder_is_named_and_a_dead_ones_lock_is_taken_over(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[2]);"
+         "from s7jax import rundir\n"
+         "with rundir.claim(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
+         str(tmp_path), str(ROOT)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=rf"in use by process {holder.pid} on "):
+            with rundir.claim(tmp_path):
+                pass
+    finally:
+        holder.kill()  # no clean exit: the kernel drops its lock
+        holder.wait()
+    assert (tmp_path / rundir.LOCK_NAME).is_file()  # the stale lock file is still there
+    with rundir.claim(tmp_path):
+        assert f"process {os.getpid()} " in (tmp_path / rundir.LOCK_NAME).read_text()
+
+
+def test_default_folders_are_unique_within_a_second(tmp_path):
+    made = [rundir.unique_dir(tmp_path, "model6") for _ in range(3)]
+    assert len(set(made)) == 3 and all(p.is_dir() for p in made)
+    assert made[1].name == made[0].name + "-2"
+
+
+@pytest.mark.slow
+def test_two_launches_into_one_folder_one_is_refused(tfds_dir, tmp_path):
+    workdir = tmp_path / "run"
+    procs = [script("train.py", *TINY_FLAGS, "--workdir", workdir, "--data-dir", tfds_dir)
+             for _ in range(2)]
+    results = [(p, *p.communicate(timeout=600)) for p in procs]
+    codes = sorted(p.returncode for p, _, _ in results)
+    assert codes == [0, 2], [err[-1500:] for _, _, err in results]
+    (loser_err,) = [err for p, _, err in results if p.returncode == 2]
+    assert "Traceback" not in loser_err
+    assert ("is in use by process" in loser_err) or ("already holds a run" in loser_err)
+    assert [r["epoch"] for r in runfiles.read_metrics(workdir)] == [1, 2]
+    assert checkpoint.all_steps(runfiles.checkpoint_dir(workdir)) == [4, 8]
+
+
+def test_a_run_that_fails_before_its_first_epoch_leaves_no_folder(tmp_path):
+    empty = tmp_path / "no-mnist"
+    empty.mkdir()
+    workdir = tmp_path / "run"
+    line = one_line_error(script("train.py", *TINY_FLAGS, "--workdir", workdir, "--manual-dir",
+                                 empty, "--data-source", "idx"), 2)
+    assert "missing" in line and not workdir.exists()
+
+
+# --------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished(tfds_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    history = train_and_evaluate(default_config("model6", **TINY), workdir, data_dir=tfds_dir, **quiet)
+    return workdir, history
+
+
+def copy_run(finished, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(finished[0], workdir)
+    return workdir
+
+
+def damage(workdir, step):
+    for f in (runfiles.checkpoint_dir(workdir) / str(step) / "state").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[:10])
+
+
+def strip(history):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def test_resume_passes_over_a_damaged_checkpoint_for_the_one_before(finished, tfds_dir, tmp_path):
+    workdir = copy_run(finished, tmp_path)
+    damage(workdir, 8)
+    said = []
+    history = train_and_evaluate(default_config("model6", **TINY), workdir, resume=True,
+                                 data_dir=tfds_dir, show_progress=False, log=said.append)
+    assert any("checkpoint step 8 in" in s and "is damaged" in s and "restored step 4" in s
+               for s in said), said
+    assert strip(history) == strip(finished[1])  # epoch 2 trained again, the same
+    assert strip(runfiles.read_metrics(workdir)) == strip(finished[1])
+
+
+def test_no_intact_checkpoint_is_one_line(finished, tfds_dir, tmp_path):
+    workdir = copy_run(finished, tmp_path)
+    damage(workdir, 8)
+    damage(workdir, 4)
+    with pytest.raises(CheckpointError, match=r"no intact checkpoint in .*step 8: .*step 4: ") as e:
+        train_and_evaluate(default_config("model6", **TINY), workdir, resume=True,
+                           data_dir=tfds_dir, **quiet)
+    assert "\n" not in str(e.value)
+    assert strip(runfiles.read_metrics(workdir)) == strip(finished[1])  # nothing rewritten
+
+
+def test_a_checkpoint_of_another_model_is_one_line_from_evaluate(finished, tfds_dir, tmp_path):
+    workdir = copy_run(finished, tmp_path)
+    recorded = json.loads((workdir / "config.json").read_text())
+    recorded["config"]["model"] = "model5"
+    (workdir / "config.json").write_text(json.dumps(recorded))
+    line = one_line_error(script("evaluate.py", "--checkpoint", workdir, "--data-dir", tfds_dir), 2)
+    assert "does not fit the model and optimiser" in line and "step 8" in line
+
+
+def test_evaluate_without_checkpoints_says_so(tmp_path):
+    runfiles.write_config(tmp_path, default_config("model6"))
+    line = one_line_error(script("evaluate.py", "--checkpoint", tmp_path), 2)
+    assert line == f"error: no checkpoint in {tmp_path / 'checkpoints'}"
+
+
+def test_resume_refuses_config_flags_rather_than_ignore_them(finished, tmp_path):
+    workdir = copy_run(finished, tmp_path)
+    line = one_line_error(script("train.py", "--resume", workdir, "--lr", "5", "--epochs", "5",
+                                 "--model", "model1"), 2)
+    assert "drop --epochs, --lr, --model" in line
+
+
+# --------------------------------------------------------------------------
+# Write failures
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def full_disk(tmp_path, monkeypatch):
+    """A folder on a 64 KiB tmpfs (config.json fits, a checkpoint does not);
+    where mounting is not allowed, checkpoint writes raise ENOSPC instead."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs",
+                                             str(mount)], capture_output=True).returncode == 0:
+        yield mount
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+        return
+    import orbax.checkpoint as ocp
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", no_space)
+    yield mount
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(full_disk, tfds_dir):
+    workdir = full_disk / "run"
+    with pytest.raises(WriteError, match=r"could not save checkpoint step 4 in .*run/checkpoints: "
+                                         r".*(No space left on device|ENOSPC|space)") as e:
+        train_and_evaluate(default_config("model6", **TINY), workdir, data_dir=tfds_dir, **quiet)
+    assert "\n" not in str(e.value)
+    leftovers = list(runfiles.checkpoint_dir(workdir).glob("*orbax-checkpoint-tmp*"))
+    assert leftovers == []
+    assert runfiles.read_metrics(workdir) == []  # no row for an epoch without its checkpoint
+
+
+# --------------------------------------------------------------------------
+# Data faults, and what is checked before any data loads
+# --------------------------------------------------------------------------
+
+
+def test_damaged_idx_files_are_caught_before_tensorflow_loads(tmp_path):
+    manual = tmp_path / "mnist"
+    shutil.copytree(data.default_manual_dir(), manual)
+    name = "train-images-idx3-ubyte.gz"
+    raw = gzip.compress(gzip.decompress((manual / name).read_bytes())[:1000])
+    (manual / name).chmod(0o644)
+    (manual / name).write_bytes(raw)
+    (manual / "SHA256SUMS").chmod(0o644)
+    sums = [line for line in (manual / "SHA256SUMS").read_text().splitlines() if name not in line]
+    (manual / "SHA256SUMS").write_text("\n".join(sums + [f"{hashlib.sha256(raw).hexdigest()}  {name}"]))
+    with pytest.raises(DataError, match=f"corrupt MNIST file .*{name}"):
+        data.prepare_mnist(data_dir=tmp_path / "tfds", manual_dir=manual)
+    assert not (tmp_path / "tfds").exists()  # TFDS never started
+
+
+@pytest.mark.slow
+def test_a_damaged_tfds_cache_is_rebuilt_from_the_files(tfds_dir, tmp_path, capfd):
+    copy = tmp_path / "tfds"
+    shutil.copytree(tfds_dir, copy)
+    (record,) = sorted((copy / "mnist").rglob("*test.tfrecord*"))[:1]
+    record.write_bytes(record.read_bytes()[: record.stat().st_size // 3])
+    splits = data.load_mnist(data_dir=copy)
+    assert (len(splits["train"]), len(splits["test"])) == (60_000, 10_000)
+    assert "cannot be read" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("flags,pattern", [
+    (["--seed", "-1"], r"--seed must be in 0\.\.2147483647, got -1"),
+    (["--degrees", "400"], r"--degrees must be in 0\.\.180, got 400"),
+    (["--train-subset", "70000"], r"--train-subset must be in 1\.\.60000, got 70000"),
+    (["--batch-size", "70000"], r"--batch-size 70000 exceeds the 60,000 training images"),
+])
+def test_settings_are_checked_before_anything_is_loaded_or_written(flags, pattern, tmp_path):
+    line = one_line_error(script("train.py", *flags, "--workdir", tmp_path / "run"), 2)
+    assert re.search(pattern, line), line
+    assert not (tmp_path / "run").exists()  # refused before the folder was made
+
+
+def test_the_non_finite_message_says_what_is_kept():
+    assert str(NonFiniteLossError(1, 3)).endswith("no checkpoint was saved before it")
+    assert str(NonFiniteLossError(2, 20, kept=16)).endswith(
+        "the last good checkpoint, step 16, is kept")
