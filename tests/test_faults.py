@@ -276,3 +276,16 @@ def test_the_non_finite_message_says_what_is_kept():
     assert str(NonFiniteLossError(1, 3)).endswith("no checkpoint was saved before it")
     assert str(NonFiniteLossError(2, 20, kept=16)).endswith(
         "the last good checkpoint, step 16, is kept")
+
+
+def test_a_data_error_is_exactly_one_line_without_a_needless_hint(tmp_path):
+    """With --manual-dir given, the message does not suggest passing it; and
+    the files are checked before TensorFlow (and its log lines) load."""
+    manual = tmp_path / "mnist"
+    shutil.copytree(data.default_manual_dir(), manual)
+    (manual / "t10k-labels-idx1-ubyte.gz").unlink()
+    proc = script("train.py", *TINY_FLAGS, "--workdir", tmp_path / "run", "--manual-dir", manual,
+                  "--data-source", "tfds", "--data-dir", tmp_path / "tfds")
+    line = one_line_error(proc, 2)
+    assert "missing MNIST file" in line and "--manual-dir" not in line
+    assert not (tmp_path / "tfds").exists() and not (tmp_path / "run").exists()

@@ -188,6 +188,7 @@ def test_nonfinite_loss_stops_with_epoch_and_step(tfds_dir, tmp_path):
                            log=lambda _: None)
     assert err.value.epoch == 1 and 0 <= err.value.step < 8
     assert checkpoint.latest_step(runfiles.checkpoint_dir(tmp_path)) is None  # nothing bad saved
+    assert err.value.kept is None and str(err.value).endswith("no checkpoint was saved before it")
 
 
 # --------------------------------------------------------------------------
