@@ -180,7 +180,7 @@ def _run(config: Config, workdir: Path, *, resume: bool, mesh, data_dir, manual_
     mesh = parallel.make_mesh() if mesh is None else mesh
     parallel.check_divisible(config.batch_size, mesh)
     parallel.check_divisible(config.eval_batch_size, mesh, "eval batch size")
-    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    replicated = parallel.replicated(mesh)
 
     log(_describe_source(config, data_dir, manual_dir))
     splits = data.load_mnist(data_dir, manual_dir, source=config.data_source)
@@ -218,54 +218,9 @@ def _run(config: Config, workdir: Path, *, resume: bool, mesh, data_dir, manual_
         f"{config.steps_per_call} train step(s) per compiled call, "
         f"batches {'made on the device' if config.pipeline == 'device' else 'from tf.data'}"))
 
-    if config.pipeline == "scan":
-        source = device_train_data(config, train_split, replicated)
-        test = jax.device_put(data.eval_batches(test_split, batch_size=config.eval_batch_size),
-                              parallel.stacked_batch_sharded(mesh))
-        program = jax.jit(epoch_program(stats_fn, config.eval_batch_size, sharded),
-                          static_argnames="first", donate_argnums=0,
-                          out_shardings=(replicated, replicated, replicated))
-        t = time.perf_counter()
-        whole_epoch = program.lower(state, source, dropout_key, np.int32(0), calibration,
-                                    test).compile()
-        log(f"compiled the epoch program in {time.perf_counter() - t:.1f} s")
-
-        def run_epoch(state, epoch, first, partial, bar, interrupted):
-            args = (state, source, dropout_key, np.int32(epoch), calibration, test)
-            state, train_totals, test_totals = (
-                whole_epoch(*args) if first == 0 else program(*args, first=first))
-            host, test_host = jax.device_get((train_totals, test_totals))
-            if partial:
-                host = combine_metrics(host, partial)  # the interrupted epoch's earlier steps
-            _check_finite(host, epoch)
-            bar.update(steps - first)
-            return state, host, summarize(test_host)
-    else:
-        p_train_steps = jax.jit(train_steps, donate_argnums=0,
-                                out_shardings=(replicated, replicated))
-        p_eval_step = jax.jit(eval_step, out_shardings=replicated)
-        test_batches = device_eval_batches(test_split, config.eval_batch_size, sharded)
-        batches = training_batches(config, train_split, start_step, sharded, replicated)
-
-        def run_epoch(state, epoch, first, partial, bar, interrupted):
-            totals = jax.device_put(partial if partial else zero_totals(), replicated)
-            for n, last, fetch in epoch_calls(first, steps, config.steps_per_call):
-                group = tuple(next(batches) for _ in range(n))
-                state, metrics = p_train_steps(state, group, dropout_key)
-                totals = accumulate(totals, metrics)
-                bar.update(n)
-                if interrupted["set"] or fetch:
-                    host = jax.device_get(totals)
-                    _check_finite(host, epoch)
-                    loss, acc = summarize(host)
-                    bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.2f}")
-                if interrupted["set"] and not last:
-                    checkpoint.save(ckpt_dir, int(state.step), state, _record(epoch, history, host))
-                    raise Interrupted(int(state.step), workdir)
-            if config.precise_bn:
-                state = state.replace(batch_stats=precise_batch_stats(
-                    stats_fn, state, calibration, config.eval_batch_size))
-            return state, host, evaluate(p_eval_step, state, test_batches)
+    make = _epoch_per_call if config.pipeline == "scan" else _steps_per_call
+    run_epoch = make(config, mesh, train_split, test_split, state, dropout_key, start_step,
+                     stats_fn, calibration, ckpt_dir, history, log)
 
     run_start = time.perf_counter()
     with _sigint_flag() as interrupted:
@@ -299,3 +254,73 @@ def _run(config: Config, workdir: Path, *, resume: bool, mesh, data_dir, manual_
                 raise Interrupted(int(state.step), workdir)
     log(console.final_line(history, time.perf_counter() - run_start))
     return history
+
+
+# Each returns ``run_epoch(state, epoch, first, partial, bar, interrupted) ->
+# (state, train metric sums on the host, (test loss, test accuracy))``:
+# one epoch from step ``first`` on, the BN re-estimation and the evaluation.
+
+
+def _epoch_per_call(config, mesh, train_split, test_split, state, dropout_key, start_step,
+                    stats_fn, calibration, ckpt_dir, history, log):
+    """``--pipeline scan``: one compiled program per epoch (compiled here,
+    ahead of the loop, so the run can say how long compiling took)."""
+    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    source = device_train_data(config, train_split, replicated)
+    test = jax.device_put(data.eval_batches(test_split, batch_size=config.eval_batch_size),
+                          parallel.stacked_batch_sharded(mesh))
+    program = jax.jit(epoch_program(stats_fn, config.eval_batch_size, sharded),
+                      static_argnames="first", donate_argnums=0,
+                      out_shardings=(replicated, replicated, replicated))
+    t = time.perf_counter()
+    whole_epoch = program.lower(state, source, dropout_key, np.int32(0), calibration,
+                                test).compile()
+    log(f"compiled the epoch program in {time.perf_counter() - t:.1f} s")
+
+    def run_epoch(state, epoch, first, partial, bar, interrupted):
+        args = (state, source, dropout_key, np.int32(epoch), calibration, test)
+        state, train_totals, test_totals = (
+            whole_epoch(*args) if first == 0 else program(*args, first=first))
+        host, test_host = jax.device_get((train_totals, test_totals))
+        if partial:
+            host = combine_metrics(host, partial)  # the interrupted epoch's earlier steps
+        _check_finite(host, epoch)
+        bar.update(source.steps - first)
+        return state, host, summarize(test_host)
+
+    return run_epoch
+
+
+def _steps_per_call(config, mesh, train_split, test_split, state, dropout_key, start_step,
+                    stats_fn, calibration, ckpt_dir, history, log):
+    """``--pipeline tfds`` or ``device``: ``config.steps_per_call`` steps per
+    compiled call, metrics fetched every ``FETCH_EVERY`` steps, Ctrl-C saved
+    at the step it came."""
+    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    p_train_steps = jax.jit(train_steps, donate_argnums=0, out_shardings=(replicated, replicated))
+    p_eval_step = jax.jit(eval_step, out_shardings=replicated)
+    test_batches = device_eval_batches(test_split, config.eval_batch_size, sharded)
+    batches = training_batches(config, train_split, start_step, sharded, replicated)
+    steps = data.steps_per_epoch(len(train_split), config.batch_size)
+
+    def run_epoch(state, epoch, first, partial, bar, interrupted):
+        totals = jax.device_put(partial if partial else zero_totals(), replicated)
+        for n, last, fetch in epoch_calls(first, steps, config.steps_per_call):
+            group = tuple(next(batches) for _ in range(n))
+            state, metrics = p_train_steps(state, group, dropout_key)
+            totals = accumulate(totals, metrics)
+            bar.update(n)
+            if interrupted["set"] or fetch:
+                host = jax.device_get(totals)
+                _check_finite(host, epoch)
+                loss, acc = summarize(host)
+                bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.2f}")
+            if interrupted["set"] and not last:
+                checkpoint.save(ckpt_dir, int(state.step), state, _record(epoch, history, host))
+                raise Interrupted(int(state.step), ckpt_dir.parent)
+        if stats_fn is not None:
+            state = state.replace(batch_stats=precise_batch_stats(
+                stats_fn, state, calibration, config.eval_batch_size))
+        return state, host, evaluate(p_eval_step, state, test_batches)
+
+    return run_epoch
