@@ -170,6 +170,9 @@ def train_and_evaluate(
     checkpoint) or ``overwrite`` (replace it).
     """
     config = resolve(config)
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    parallel.check_divisible(config.batch_size, mesh)  # before the folder is touched
+    parallel.check_divisible(config.eval_batch_size, mesh, "eval batch size")
     with rundir.claim(workdir, resume=resume, overwrite=overwrite) as workdir:
         return _run(config, workdir, resume=resume, mesh=mesh, data_dir=data_dir,
                     manual_dir=manual_dir, show_progress=show_progress, log=log)
@@ -177,9 +180,6 @@ def train_and_evaluate(
 
 def _run(config: Config, workdir: Path, *, resume: bool, mesh, data_dir, manual_dir,
          show_progress: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    mesh = parallel.make_mesh() if mesh is None else mesh
-    parallel.check_divisible(config.batch_size, mesh)
-    parallel.check_divisible(config.eval_batch_size, mesh, "eval batch size")
     replicated = parallel.replicated(mesh)
 
     log(_describe_source(config, data_dir, manual_dir))

@@ -13,8 +13,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-# The tests check properties, not speed: skip XLA's slow optimisation passes.
+# The tests check properties, not speed: skip XLA's slow optimisation passes,
+# here and in every script the tests start (they inherit the environment).
 jax.config.update("jax_disable_most_optimizations", True)
+os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"
 
 # Compiled programs persist between test runs, and between the scripts the
 # tests start (s7jax.compile_cache: ~/.cache/s7jax/jax unless overridden).
