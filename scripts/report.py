@@ -160,7 +160,7 @@ def results_section(results_dir: Path, write_plots: bool = True) -> str:
                             f"{v['differences'][0].split(':')[0]} on")
             cpu = (v["repeat_environment"].get("cpu") or {}).get("family")
             if not v["reproduced"] and v.get("same_cpu") is not True:
-                outcome += (f" on a CPU of family {cpu} "
+                outcome += (f", on a CPU of family {cpu} "
                             + ("unlike the recorded run's" if v.get("same_cpu") is False
                                else "(the recorded run's CPU was not recorded)"))
             lines.append(f"- `{v['command']}` re-trained `{rel.parent}` from its `config.json` "
