@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from s7jax.seedwise import seedwise
 from s7jax.tf_cpu import tensorflow
 
 
@@ -148,17 +149,21 @@ def brightness_contrast_jax(images: jax.Array, brightness: jax.Array, contrast: 
 
 
 def sample_jax(key: jax.Array, batch_size: int, config: AugmentConfig):
-    """Angles and factors for one batch from a JAX key."""
-    k_angle, k_bright, k_contrast = jax.random.split(key, 3)
+    """Angles and factors for one batch from a JAX key (per key under
+    ``jax.vmap`` over seeds: ``s7jax.seedwise``)."""
 
     def uniform(k, low, high):
         return jax.random.uniform(k, (batch_size,), jnp.float32, low, high)
 
-    return (
-        uniform(k_angle, -config.degrees, config.degrees),
-        uniform(k_bright, 1.0 - config.brightness, 1.0 + config.brightness),
-        uniform(k_contrast, 1.0 - config.contrast, 1.0 + config.contrast),
-    )
+    def draw(key):
+        k_angle, k_bright, k_contrast = jax.random.split(key, 3)
+        return (
+            uniform(k_angle, -config.degrees, config.degrees),
+            uniform(k_bright, 1.0 - config.brightness, 1.0 + config.brightness),
+            uniform(k_contrast, 1.0 - config.contrast, 1.0 + config.contrast),
+        )
+
+    return seedwise(draw)(key)
 
 
 def augment_jax(images: jax.Array, key: jax.Array, config: AugmentConfig) -> jax.Array:

@@ -44,6 +44,7 @@ from flax import struct
 
 from s7jax.augment import AugmentConfig, augment_jax, augment_tf
 from s7jax.errors import ConfigError, DataError
+from s7jax.seedwise import seedwise
 from s7jax.tf_cpu import tensorflow
 
 MEAN, STD = 0.1307, 0.3081  # training-set pixel statistics after scaling to [0, 1]
@@ -370,9 +371,10 @@ class DeviceTrainData:
         return self.images.shape[0] // self.batch_size
 
     def order(self, epoch) -> jax.Array:
-        """The epoch's permutation of the split."""
-        return jax.random.permutation(jax.random.fold_in(self.shuffle_key, epoch),
-                                      self.images.shape[0])
+        """The epoch's permutation of the split (per seed under ``jax.vmap``)."""
+        n = self.images.shape[0]
+        return seedwise(lambda key, epoch: jax.random.permutation(jax.random.fold_in(key, epoch), n))(
+            self.shuffle_key, epoch)
 
     def batch(self, order: jax.Array, step) -> dict[str, jax.Array]:
         """Global step ``step``'s batch, given its epoch's ``order`` (jit-able)."""

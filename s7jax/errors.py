@@ -52,7 +52,7 @@ class Interrupted(RunError):
 
     exit_code = 130
 
-    def __init__(self, step: int, workdir):
+    def __init__(self, step: int, workdir, how: str | None = None):
         super().__init__(f"interrupted at step {step}; checkpoint saved, "
-                         f"continue with --resume {workdir}")
+                         + (how or f"continue with --resume {workdir}"))
         self.step = step

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from s7jax.seedwise import seedwise
+
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -88,9 +90,13 @@ def _mix(h):
     return h ^ (h >> 16)
 
 
+# Drawn per key even under jax.vmap over seeds (s7jax.seedwise).
+_two_words = seedwise(lambda key: jax.random.bits(key, (2,), jnp.uint32))
+
+
 def keep_mask(key: jax.Array, shape: tuple[int, ...], keep_prob: float) -> jax.Array:
     """Boolean mask, True with probability ``keep_prob``, from a JAX key."""
-    k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
+    k0, k1 = _two_words(key)
     index = jnp.zeros(shape, jnp.uint32)
     stride = 1
     for axis in reversed(range(len(shape))):

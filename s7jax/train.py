@@ -113,7 +113,7 @@ def training_batches(config: Config, split: data.Split, start_step: int, shardin
 
 
 @contextlib.contextmanager
-def _sigint_flag():
+def sigint_flag():
     """Turn Ctrl-C into a flag checked between steps, so a donated state is
     never left half-updated."""
     flag = {"set": False}
@@ -132,7 +132,7 @@ def _sigint_flag():
         signal.signal(signal.SIGINT, previous)
 
 
-def _record(epoch: int, history: list, partial: dict | None) -> dict:
+def checkpoint_record(epoch: int, history: list, partial: dict | None) -> dict:
     partial = None if partial is None else {k: np.asarray(v).item() for k, v in partial.items()}
     return {"epoch": epoch, "history": history, "partial": partial}
 
@@ -223,7 +223,7 @@ def _run(config: Config, workdir: Path, *, resume: bool, mesh, data_dir, manual_
                      stats_fn, calibration, ckpt_dir, history, log)
 
     run_start = time.perf_counter()
-    with _sigint_flag() as interrupted:
+    with sigint_flag() as interrupted:
         log(console.table_header())
         for epoch in range(start_step // steps, config.epochs):
             epoch_start = time.perf_counter()
@@ -247,7 +247,7 @@ def _run(config: Config, workdir: Path, *, resume: bool, mesh, data_dir, manual_
             history.append(row)
             # The checkpoint first: a metrics row never names an epoch whose
             # state was not saved (a resume rewrites the rows from it).
-            checkpoint.save(ckpt_dir, int(state.step), state, _record(epoch + 1, history, None))
+            checkpoint.save(ckpt_dir, int(state.step), state, checkpoint_record(epoch + 1, history, None))
             runfiles.append_metrics(workdir, row)
             log(console.table_row(row))
             if interrupted["set"]:
@@ -316,7 +316,7 @@ def _steps_per_call(config, mesh, train_split, test_split, state, dropout_key, s
                 loss, acc = summarize(host)
                 bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.2f}")
             if interrupted["set"] and not last:
-                checkpoint.save(ckpt_dir, int(state.step), state, _record(epoch, history, host))
+                checkpoint.save(ckpt_dir, int(state.step), state, checkpoint_record(epoch, history, host))
                 raise Interrupted(int(state.step), ckpt_dir.parent)
         if stats_fn is not None:
             state = state.replace(batch_stats=precise_batch_stats(

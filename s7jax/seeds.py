@@ -1,0 +1,198 @@
+"""Many seeds in one program: ``jax.vmap`` over whole training runs.
+
+``train_seeds`` trains N seeds of one config together. The epoch program of
+``--pipeline scan`` (``s7jax.steps.epoch_program``: the epoch's steps, the BN
+re-estimation, the evaluation) is vmapped over a leading seed axis of
+
+* the train state (parameters, BatchNorm statistics, optimiser state), each
+  seed's initialised exactly as its own run initialises it;
+* the dropout key and the data keys (``data.DeviceTrainData``: the epoch's
+  order and each step's augmentation), whose random draws stay those of the
+  seed's own run under vmap (``s7jax.seedwise``);
+* the BN calibration images, each seed's own subset;
+
+while the training images and the test set are shared. So seed ``s`` trains
+what ``scripts/train.py --pipeline scan --seed s`` trains, up to the float
+rounding of a batched program (tested), and writes the same files into its
+own folder. Each epoch is one dispatch for all seeds.
+
+Layout on several devices: the seed axis stays whole on every device and
+each seed's batch is split over the mesh's ``data`` axis, as in a single run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from s7jax import checkpoint, console, data, parallel, rundir, runfiles
+from s7jax.config import Config
+from s7jax.errors import ConfigError, Interrupted, NonFiniteLossError
+from s7jax.models import INPUT_SHAPE, count_params, get_model, init_variables
+from s7jax.steps import (epoch_program, initial_state, learning_rate_schedule, make_batch_stats_fn,
+                         summarize)
+from s7jax.train import (calibration_images, checkpoint_record, device_train_data, resolve,
+                         sigint_flag)
+
+# Only a share of the memory JAX may use goes to the seeds' copies: XLA needs
+# room for its temporaries.
+MEMORY_SHARE = 0.5
+
+
+def stack(trees: Sequence[Any]) -> Any:
+    """Trees of one shape -> one tree with a leading axis (static fields, such
+    as each train state's own optimiser object, taken from the first)."""
+    leaves = [jax.tree.leaves(t) for t in trees]
+    return jax.tree.unflatten(jax.tree.structure(trees[0]),
+                              [jnp.stack(xs) for xs in zip(*leaves, strict=True)])
+
+
+def unstack(tree: Any, i: int) -> Any:
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def bytes_per_seed(config: Config) -> int:
+    """A generous estimate of what one more seed costs in device memory:
+    its state (parameters, gradients, momentum: 4 copies in float32), and the
+    activations of one training batch kept for the backward pass (every
+    layer's output, 3 float32 copies: value, mask, gradient)."""
+    model = get_model(config.model)
+    variables = init_variables(model, jax.random.key(0, impl="rbg"))
+    _, state = model.apply(variables, jnp.zeros((1, *INPUT_SHAPE)), train=False,
+                           capture_intermediates=True, mutable=["intermediates"])
+    per_image = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["intermediates"]))
+    return 16 * count_params(variables) + 12 * per_image * config.batch_size
+
+
+def memory_limit() -> int:
+    """Bytes JAX may use on the first device (its reported limit on an
+    accelerator; physical memory on a CPU)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(config: Config, n: int) -> None:
+    need, limit = n * bytes_per_seed(config), memory_limit()
+    if need > MEMORY_SHARE * limit:
+        fits = max(int(MEMORY_SHARE * limit // bytes_per_seed(config)), 0)
+        raise ConfigError(
+            f"{n} seeds of {config.model} together need about {need / 2**30:.1f} GiB, more than "
+            f"{MEMORY_SHARE:.0%} of the {limit / 2**30:.1f} GiB this device offers; train at most "
+            f"{fits} together, or one after another (without --together)")
+
+
+def train_seeds(
+    config: Config,
+    seeds: Sequence[int],
+    workdirs: Sequence[str | Path],
+    *,
+    mesh=None,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    overwrite: bool = False,
+    show_progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[int, list[dict[str, Any]]]:
+    """Train ``config`` for every seed in ``seeds`` as one vectorised program,
+    seed ``seeds[i]`` into ``workdirs[i]`` (folders claimed as a single run
+    claims its own: one that holds a run is refused unless ``overwrite``);
+    return each seed's per-epoch metrics."""
+    if len(seeds) != len(workdirs) or not seeds:
+        raise ConfigError("give one workdir per seed, and at least one seed")
+    configs = [resolve(dataclasses.replace(config, seed=s, pipeline="scan", steps_per_call=1))
+               for s in seeds]
+    check_memory(configs[0], len(seeds))
+    with contextlib.ExitStack() as claims:
+        dirs = [claims.enter_context(rundir.claim(w, overwrite=overwrite)) for w in workdirs]
+        return _train(configs, dirs, mesh, data_dir, manual_dir, show_progress, log)
+
+
+def _train(configs, workdirs, mesh, data_dir, manual_dir, show_progress, log):
+    config = configs[0]
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    parallel.check_divisible(config.batch_size, mesh)
+    parallel.check_divisible(config.eval_batch_size, mesh, "eval batch size")
+    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+
+    splits = data.load_mnist(data_dir, manual_dir, source=config.data_source)
+    train_split = splits["train"].subset(config.train_subset)
+    test_split = splits["test"].subset(config.test_subset)
+    steps = data.steps_per_epoch(len(train_split), config.batch_size)
+    schedule = learning_rate_schedule(config, steps)
+
+    # Each seed's state and keys exactly as its own run makes them, then stacked.
+    states, dropout_keys, sources, calibrations = [], [], [], []
+    for c, workdir in zip(configs, workdirs):
+        state, key = initial_state(c, schedule)
+        states.append(state)
+        dropout_keys.append(key)
+        sources.append(device_train_data(c, train_split, replicated))
+        if c.precise_bn:
+            calibrations.append(calibration_images(train_split, c.precise_bn, c.seed))
+        runfiles.write_config(workdir, c)
+        runfiles.write_metrics(workdir, [])
+    state = jax.device_put(stack(states), replicated)
+    keys = stack(dropout_keys)
+    source = dataclasses.replace(sources[0], shuffle_key=stack([s.shuffle_key for s in sources]),
+                                 augment_key=stack([s.augment_key for s in sources]))
+    source_axes = dataclasses.replace(source, images=None, labels=None, shuffle_key=0,
+                                      augment_key=0)
+    calibration = jax.device_put(np.stack(calibrations), replicated) if calibrations else None
+    test = jax.device_put(data.eval_batches(test_split, batch_size=config.eval_batch_size),
+                          parallel.stacked_batch_sharded(mesh))
+
+    stats_fn = make_batch_stats_fn(get_model(config.model)) if config.precise_bn else None
+    run = epoch_program(stats_fn, config.eval_batch_size, sharded)
+    program = jax.jit(
+        jax.vmap(run, in_axes=(0, source_axes, 0, None, 0 if calibration is not None else None,
+                               None)),
+        donate_argnums=0, out_shardings=(replicated, replicated, replicated))
+    t = time.perf_counter()
+    compiled = program.lower(state, source, keys, np.int32(0), calibration, test).compile()
+    log(f"{len(configs)} seeds of {config.model} in one program (jax.vmap); "
+        f"compiled the epoch program in {time.perf_counter() - t:.1f} s")
+
+    histories: list[list[dict[str, Any]]] = [[] for _ in configs]
+    run_start = time.perf_counter()
+    with sigint_flag() as interrupted:
+        log(f"{'seed':>4}  {console.table_header()}")
+        for epoch in range(config.epochs):
+            epoch_start = time.perf_counter()
+            with console.progress_bar(epoch + 1, config.epochs, steps, 0, show_progress) as bar:
+                state, train_totals, test_totals = compiled(state, source, keys, np.int32(epoch),
+                                                            calibration, test)
+                train_host, test_host = jax.device_get((train_totals, test_totals))
+                bar.update(steps)
+            seconds = time.perf_counter() - epoch_start
+            for i, (c, workdir) in enumerate(zip(configs, workdirs)):
+                host = unstack(train_host, i)
+                if host["nonfinite_step"] >= 0:
+                    raise NonFiniteLossError(epoch + 1, int(host["nonfinite_step"]),
+                                             checkpoint.latest_step(runfiles.checkpoint_dir(workdir)))
+                train_loss, train_acc = summarize(host)
+                test_loss, test_acc = summarize(unstack(test_host, i))
+                row = {"epoch": epoch + 1, "lr": float(schedule((epoch + 1) * steps - 1)),
+                       "train_loss": train_loss, "train_acc": train_acc,
+                       "test_loss": test_loss, "test_acc": test_acc,
+                       # The epoch's wall time, shared by the seeds trained in it.
+                       "seconds": seconds}
+                histories[i].append(row)
+                checkpoint.save(runfiles.checkpoint_dir(workdir), (epoch + 1) * steps,
+                                unstack(state, i), checkpoint_record(epoch + 1, histories[i], None))
+                runfiles.append_metrics(workdir, row)
+                log(f"{c.seed:>4}  {console.table_row(row)}")
+            if interrupted["set"]:
+                raise Interrupted((epoch + 1) * steps, workdirs[0].parent,
+                                  how="run the same sweep again: it resumes each seed's folder")
+    log(f"{len(configs)} seeds, {config.epochs} epochs in {time.perf_counter() - run_start:.1f} s")
+    return {c.seed: h for c, h in zip(configs, histories)}
