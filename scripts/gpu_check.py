@@ -16,7 +16,9 @@ is reported and the others still run. The steps:
    same GPU -> ``<out>/results/bench-gpu.json``;
 4. ``model6``: a full 15-epoch model6 run with the accelerator's default
    path (one compiled call per epoch) -> ``<out>/results/gpu/model6-seed-0/``;
-5. ``model1``: model1's 15 epochs -> ``<out>/results/gpu/model1-seed-0/``.
+5. ``model1``: model1's 15 epochs -> ``<out>/results/gpu/model1-seed-0/``;
+6. ``seeds``: 16 seeds of model6's recipe as one vectorised program
+   (``scripts/sweep.py --together``) -> ``<out>/results/gpu-seeds/``.
 
 It ends with a summary table (also ``<out>/gpu_check.json``, every step's
 log in ``<out>/logs/``): each step's status and seconds, and for the runs
@@ -57,7 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="folder for everything the check writes")
     p.add_argument("--dry-run", action="store_true",
                    help="tiny sizes and short limits, on any machine (the test suite runs this)")
-    p.add_argument("--only", nargs="+", choices=["device", "tests", "bench", "model6", "model1"],
+    p.add_argument("--only", nargs="+",
+                   choices=["device", "tests", "bench", "model6", "model1", "seeds"],
                    help="run only these steps")
     return p.parse_args(argv)
 
@@ -73,17 +76,21 @@ def steps(out: Path, dry_run: bool) -> list[tuple[str, list[str], int]]:
     train = [py, "scripts/train.py", "--no-progress", "--data-source", "idx", "--seed", "0"]
     runs = {m: [*train, "--model", m, "--workdir", str(results / "gpu" / f"{m}-seed-0")]
             for m in ("model6", "model1")}
+    sweep = [py, "scripts/sweep.py", "--model", "model6", "--seeds", "16", "--together",
+             "--no-progress", "--data-source", "idx", "--results", str(results / "gpu-seeds")]
     if dry_run:
         tests = [*tests[:-1], "-k", "exact_parameter_totals or epoch_scan_sees"]
         bench += ["--quick", "--skip-torch"]
         runs = {m: [*cmd, *TINY_RUN] for m, cmd in runs.items()}
-    # At most 7.7 minutes in all, so that one 10-minute device call holds it.
-    limits = dict(device=30, tests=100, bench=150, model6=60, model1=120)
+        sweep[sweep.index("16")] = "2"
+        sweep += TINY_RUN
+    # At most 8 minutes in all, so that one 10-minute device call holds it.
+    limits = dict(device=30, tests=90, bench=120, model6=60, model1=100, seeds=80)
     if dry_run:
         limits = {k: 300 for k in limits}
     return [("device", device, limits["device"]), ("tests", tests, limits["tests"]),
             ("bench", bench, limits["bench"]), ("model6", runs["model6"], limits["model6"]),
-            ("model1", runs["model1"], limits["model1"])]
+            ("model1", runs["model1"], limits["model1"]), ("seeds", sweep, limits["seeds"])]
 
 
 def run_step(name: str, cmd: list[str], limit: int, logs: Path) -> dict:
@@ -133,6 +140,9 @@ def summary_table(records: list[dict]) -> str:
         elif r["step"] == "tests":
             found = re.findall(r"^.*\d+ (?:passed|failed).*$", r["output"], re.M)
             details = found[-1].strip("= ") if found else ""
+        elif r["step"] == "seeds":
+            found = re.findall(r"^model6: last-3 mean .*$", r["output"], re.M)
+            details = found[-1] if found else ""
         elif r["step"] == "device":
             details = next((x for x in r["output"].splitlines() if x.startswith("JAX")), "")
         lines.append(f"{r['step']:<8} {r['status']:<28} {r['seconds']:>8.1f}  {details}")

@@ -246,7 +246,7 @@ def analysis(name: str, history: list[dict], m: dict, previous, regularisers: di
 def performance_section(results_dir: Path) -> str:
     import json
 
-    from s7jax.benchreport import performance_markdown, step_table
+    from s7jax.benchreport import performance_markdown, seeds_table, step_table
 
     paths = sorted(results_dir.glob("bench-*.json"))
     text = (performance_markdown(paths) if paths
@@ -279,6 +279,16 @@ def performance_section(results_dir: Path) -> str:
             f"{result['backend']}, {result['cpu_count']} cores, {result['date']}; median of "
             f"{result['rounds']} rounds of {result['steps']} steps, ratios within this run)", "",
             step_table(result), "", " ".join(notes), ""])
+    for path in sorted(results_dir.glob("seeds-*.json")):
+        result = json.loads(path.read_text())
+        text += "\n".join([
+            "", f"**Several seeds in one program** ({path.name}: `{result['command'].strip()}`, "
+            f"{result['backend']}, {result['date']}; model6's augmented epoch on "
+            f"{result['train_images']:,} images, batch {result['batch_size']}, median of the timed "
+            "epochs after an untimed one; \"separate\" is N times one seed's epoch with "
+            "`--pipeline scan`, measured in the same run)", "", seeds_table(result), "",
+            "Below 1x, training the seeds together costs less than training them one after "
+            "another.", ""])
     return text
 
 

@@ -25,13 +25,16 @@ def test_dry_run_runs_every_step_and_writes_the_summary(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     summary = json.loads((out / "gpu_check.json").read_text())
-    assert [s["step"] for s in summary["steps"]] == ["device", "tests", "bench", "model6", "model1"]
+    assert [s["step"] for s in summary["steps"]] == ["device", "tests", "bench", "model6", "model1",
+                                                     "seeds"]
     assert all(s["status"] == "ok" for s in summary["steps"])
     assert json.loads((out / "results" / "bench-gpu.json").read_text())["s7jax"]["epoch_scan"]
     for model in ("model6", "model1"):
         run = out / "results" / "gpu" / f"{model}-seed-0"
         assert len(runfiles.read_metrics(run)) == 1
         assert runfiles.read_config(run).data_source == "idx"
+    summary = json.loads((out / "results" / "gpu-seeds" / "summary.json").read_text())
+    assert summary["models"]["model6"]["n_seeds"] == 2
     assert "step     status" in proc.stdout and "last-3 test acc" in proc.stdout
 
 

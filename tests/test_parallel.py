@@ -11,7 +11,8 @@ What the child measures, with the 4-device mesh against a 1-device mesh:
   and ``eval_step`` compiled for each mesh, as ``train_and_evaluate`` compiles
   them (teacher-forced for three steps, so each comparison starts equal);
 * whole runs: ``train_and_evaluate`` for two epochs, each mesh from scratch,
-  with one call per step and with one call per epoch (``--pipeline scan``);
+  with one call per step, with one call per epoch (``--pipeline scan``), and
+  two seeds as one vectorised program (``s7jax.seeds``);
 * the shardings inside the 4-device run: a training batch, an evaluation
   batch, and the train state saved after each epoch;
 * the random streams: dropout masks and ``rbg`` bits under both meshes, and
@@ -123,7 +124,7 @@ def _child(data_dir: str, out_path: str, work: str) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from s7jax import checkpoint, data, ops, parallel, train
+    from s7jax import checkpoint, data, ops, parallel, seeds, train
     from s7jax.steps import PRNG_IMPL, eval_step, initial_state, learning_rate_schedule, train_step
     from s7jax.config import default_config
     from s7jax.errors import ConfigError
@@ -263,6 +264,15 @@ def _child(data_dir: str, out_path: str, work: str) -> None:
         out["scan_histories"][str(n)] = train.train_and_evaluate(
             scan_config, workdir, mesh=meshes[n], data_dir=data_dir, show_progress=False,
             log=lambda _: None)
+    # Two seeds as one vectorised program: each seed's batch split over the
+    # devices, the seed axis whole on each.
+    out["seed_histories"] = {}
+    for n in (DEVICES, 1):
+        together = seeds.train_seeds(default_config("model6", **RUN), [0, 1],
+                                     [work / f"seeds{n}" / f"seed-{s}" for s in (0, 1)],
+                                     mesh=meshes[n], data_dir=data_dir, show_progress=False,
+                                     log=lambda _: None)
+        out["seed_histories"][str(n)] = together[0] + together[1]
     out["seen"] = seen
     Path(out_path).write_text(json.dumps(out, indent=1))
 
@@ -378,7 +388,7 @@ def test_single_steps_match_one_device(record):
         assert abs(e["correct"][0] - e["correct"][1]) <= 1, e
 
 
-@pytest.mark.parametrize("runs", ["histories", "scan_histories"])
+@pytest.mark.parametrize("runs", ["histories", "scan_histories", "seed_histories"])
 def test_two_epoch_runs_match_one_device(record, runs):
     """Tolerance: the single steps agree to float32 rounding (above), but
     training amplifies rounding: a ~1e-6 difference flips a ReLU or a max-pool
@@ -393,7 +403,8 @@ def test_two_epoch_runs_match_one_device(record, runs):
     sharp check is test_single_steps_match_one_device, this one checks the
     whole loop (data, epochs, precise BN, evaluation) on the mesh, both loops."""
     four, one = record[runs][str(DEVICES)], record[runs]["1"]
-    assert [r["epoch"] for r in four] == [r["epoch"] for r in one] == [1, 2]
+    epochs = [1, 2] * (2 if runs == "seed_histories" else 1)  # two seeds, one after the other
+    assert [r["epoch"] for r in four] == [r["epoch"] for r in one] == epochs
     for a, b in zip(four, one):
         assert a["lr"] == b["lr"]
         for key in ("train_loss", "test_loss"):

@@ -1,0 +1,107 @@
+"""Several seeds as one vectorised program (s7jax.seeds, sweep.py --together)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from s7jax import checkpoint, runfiles, seeds
+from s7jax.config import default_config
+from s7jax.errors import ConfigError
+from s7jax.train import train_and_evaluate
+
+ROOT = Path(__file__).resolve().parent.parent
+# Two epochs of two steps: every per-epoch part (schedule, clean epoch, BN
+# re-estimation, evaluation, checkpoint) runs, and the runs are short enough
+# that the batched program's float rounding has not grown: over more steps
+# any two differently compiled programs drift apart (see test_parallel), here
+# a tie in a max-pool that the two programs break differently, then SGD.
+SMALL = dict(epochs=2, train_subset=128, test_subset=256, batch_size=64, eval_batch_size=128,
+             precise_bn=128, clean_epochs=1)
+FLAGS = ["--epochs", "2", "--train-subset", "128", "--test-subset", "256", "--batch-size", "64",
+         "--eval-batch-size", "128", "--precise-bn", "128", "--clean-epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def swept(tfds_dir, tmp_path_factory):
+    """``scripts/sweep.py --together`` for seeds 0 and 1, as a user runs it."""
+    results = tmp_path_factory.mktemp("sweep")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep.py"), "--model", "model6",
+                           "--seeds", "2", "--together", "--results", str(results), "--data-dir",
+                           str(tfds_dir), "--no-progress", *FLAGS],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return results, proc.stdout
+
+
+def test_the_sweep_writes_each_seeds_files_and_the_summary(swept):
+    results, out = swept
+    assert "2 seeds of model6 in one program (jax.vmap)" in out
+    for seed in (0, 1):
+        run = results / "model6" / f"seed-{seed}"
+        config = runfiles.read_config(run)
+        assert (config.seed, config.pipeline) == (seed, "scan")
+        assert [r["epoch"] for r in runfiles.read_metrics(run)] == [1, 2]
+        assert checkpoint.latest_step(runfiles.checkpoint_dir(run)) == 4
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["models"]["model6"]["n_seeds"] == 2
+    assert (results / "model6" / "seeds.png").is_file()
+
+
+def test_each_seed_trains_what_its_own_run_trains(swept, tfds_dir, tmp_path):
+    """Same initialisation, batches, augmentation and dropout as the seed's
+    own ``--pipeline scan`` run (random draws per seed: s7jax.seedwise); the
+    figures agree to the float rounding of a batched program."""
+    results, _ = swept
+    together = {s: runfiles.read_metrics(results / "model6" / f"seed-{s}") for s in (0, 1)}
+    assert together[0] != together[1]
+    for seed in (0, 1):
+        alone = train_and_evaluate(default_config("model6", **SMALL, seed=seed, pipeline="scan"),
+                                   tmp_path / f"seed-{seed}", data_dir=tfds_dir,
+                                   show_progress=False, log=lambda _: None)
+        for a, b in zip(together[seed], alone, strict=True):
+            assert a["lr"] == b["lr"]
+            for key in ("train_loss", "test_loss"):
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-4, err_msg=key)
+            assert abs(a["train_acc"] - b["train_acc"]) <= 100 / 128 + 1e-9  # one image
+            assert abs(a["test_acc"] - b["test_acc"]) <= 100 / 256 + 1e-9
+
+
+def test_a_second_sweep_skips_the_finished_seeds(swept, tfds_dir):
+    results, _ = swept
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep.py"), "--model", "model6",
+                           "--seeds", "2", "--together", "--results", str(results), "--data-dir",
+                           str(tfds_dir), "--no-progress", *FLAGS],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "seed 0: complete, skipped" in proc.stdout and "seed 1: complete, skipped" in proc.stdout
+
+
+def test_seeds_that_would_not_fit_in_memory_are_refused_in_one_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(seeds, "memory_limit", lambda: 2**30)
+    config = default_config("model1")
+    assert seeds.bytes_per_seed(config) > 16 * 6_379_786  # at least the state's four copies
+    with pytest.raises(ConfigError, match=r"8 seeds of model1 together need about [\d.]+ GiB, "
+                                          r"more than 50% of the 1.0 GiB") as err:
+        seeds.train_seeds(config, list(range(8)), [tmp_path / str(s) for s in range(8)])
+    assert "\n" not in str(err.value) and not any(tmp_path.iterdir())
+
+
+def test_stack_keeps_the_first_trees_static_fields():
+    from s7jax.steps import initial_state, learning_rate_schedule
+
+    config = default_config("model6")
+    states = [initial_state(config, learning_rate_schedule(config, 4))[0] for _ in range(2)]
+    stacked = seeds.stack(states)
+    assert stacked.tx is states[0].tx
+    leaf = jax.tree.leaves(stacked.params)[0]
+    assert leaf.shape[0] == 2
+    np.testing.assert_array_equal(seeds.unstack(stacked, 1).params["conv1"]["kernel"],
+                                  states[1].params["conv1"]["kernel"])
