@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -168,6 +169,8 @@ def sample_jax(key: jax.Array, batch_size: int, config: AugmentConfig):
 
 def augment_jax(images: jax.Array, key: jax.Array, config: AugmentConfig) -> jax.Array:
     """Augment a batch ``(B, 28, 28, 1)`` in [0, 1] with a JAX key (jit-able)."""
+    chex.assert_rank(images, 4, custom_message="augment_jax images: (B, H, W, C)")
+    chex.assert_type(images, float, custom_message="augment_jax images: floats in [0, 1]")
     angles, brightness, contrast = sample_jax(key, images.shape[0], config)
     if config.degrees:
         images = rotate_jax(images, angles)

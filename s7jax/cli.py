@@ -39,9 +39,35 @@ def exit_on_known_errors():
         raise SystemExit(130) from None
 
 
-def add_config_flags(p: argparse.ArgumentParser) -> None:
+def recipe_model(argv=None) -> str:
+    """The ``--model`` on the command line (model6 when absent or unknown),
+    read ahead of parsing so that ``--help`` can show that model's recipe."""
+    from s7jax.models import MODELS
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model")
+    known, _ = pre.parse_known_args(argv)
+    return known.model if known.model in MODELS else "model6"
+
+
+def show_recipe(p: argparse.ArgumentParser, model: str) -> None:
+    """Append to each config flag's help what ``model``'s recipe sets it to."""
+    import dataclasses
+
+    from s7jax.config import default_config
+
+    recipe = default_config(model)
+    values = {**dataclasses.asdict(recipe), **dataclasses.asdict(recipe.augment)}
+    for action in p._actions:  # argparse keeps no public list of its actions
+        if action.dest in values and action.dest != "model":
+            value = values[action.dest]
+            shown = "all" if value is None and action.dest.endswith("subset") else value
+            action.help = f"{action.help or ''} [{model}: {shown}]".strip()
+
+
+def add_config_flags(p: argparse.ArgumentParser, argv=None) -> None:
     """The flags that set a :class:`s7jax.config.Config` (unset ones keep the
-    model's default recipe)."""
+    model's default recipe, which ``--help`` shows for the ``--model`` given)."""
     p.add_argument("--model", help="model1 .. model6 (default model6)")
     p.add_argument("--epochs", type=int, help="epochs to train (1..15 unless --allow-long)")
     p.add_argument("--batch-size", type=int, help="training batch size (global, over all devices)")
@@ -82,6 +108,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps-per-call", type=int,
                    help="train steps per compiled call (faster on CPU; rounds differently from 1)")
     g.add_argument("--allow-long", action="store_true", help="allow more than 15 epochs")
+    show_recipe(p, recipe_model(argv))
 
 
 _CONFIG_FLAGS = ("epochs", "batch_size", "train_subset", "test_subset", "clean_epochs", "pipeline",

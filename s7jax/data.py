@@ -300,8 +300,9 @@ def train_dataset(
         batch = tf.cast(tf.gather(images, indices), tf.float32) / 255.0
         if augment.enabled:
             key = tf.random.experimental.stateless_fold_in(augment_seed, step)
-            augmented = augment_tf(batch, key, augment)
-            batch = tf.cond(step // steps < first_clean_epoch, lambda: augmented, lambda: batch)
+            # Inside the branch, so that clean epochs skip the augmentation's work.
+            batch = tf.cond(step // steps < first_clean_epoch,
+                            lambda: augment_tf(batch, key, augment), lambda: batch)
         return {"image": (batch - MEAN) / STD, "label": tf.gather(labels, indices)}
 
     start_epoch = start_step // steps

@@ -1,7 +1,8 @@
 """The six MNIST classifiers of the study, in Flax Linen.
 
-Each model mirrors the architecture of the same number in the project's spec
-(`architectures.md`) layer for layer. They all take NHWC float32 images
+Each model mirrors the architecture of the same number in the study, layer
+for layer (``tests/test_models.py`` pins every parameter total, and
+``s7jax.torch_reference`` builds the same layers in PyTorch on its own). They all take NHWC float32 images
 ``(B, 28, 28, 1)`` (already normalised) and return log-probabilities
 ``(B, 10)``::
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -222,6 +224,9 @@ def init_variables(model: nn.Module, key: jax.Array, batch_size: int = 1) -> dic
     Compiled as one program: eager init dispatches (and compiles) every random
     op separately, which takes tens of seconds on a CPU.
     """
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        raise TypeError(f"init_variables key: a typed JAX key (jax.random.key), got {key.dtype}")
+    chex.assert_shape(key, (), custom_message="init_variables key: one JAX key")
     init = jax.jit(functools.partial(model.init, train=False))
     return dict(init(key, jnp.zeros((batch_size, *INPUT_SHAPE), jnp.float32)))
 

@@ -1,16 +1,17 @@
 """Figures: training curves, test accuracy over seeds, misclassified digits,
-augmented samples. Each function writes one PNG and returns its path."""
+augmented samples. Each function writes one PNG and returns its path.
+
+The figures are ``matplotlib.figure.Figure`` objects saved directly: no
+pyplot, so importing s7jax never switches the backend of a notebook or an
+application that uses matplotlib itself."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display on servers, CI or Colab's backend
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 TARGET = 99.4
 
@@ -19,14 +20,14 @@ def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
 def curves(history: Sequence[dict[str, Any]], path, title: str = "") -> Path:
     """Train vs test loss (left) and accuracy (right) per epoch."""
     epochs = [r["epoch"] for r in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     for ax, key, label in ((ax_loss, "loss", "loss (NLL)"), (ax_acc, "acc", "accuracy (%)")):
         ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
         ax.plot(epochs, [r[f"test_{key}"] for r in history], "s-", label="test")
@@ -41,7 +42,8 @@ def curves(history: Sequence[dict[str, Any]], path, title: str = "") -> Path:
 
 
 def _test_accuracy(runs: dict[Any, Sequence[dict[str, Any]]], path, ylim, title="") -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for label, history in runs.items():
         ax.plot([r["epoch"] for r in history], [r["test_acc"] for r in history], "o-", ms=3,
                 label=label)
@@ -69,7 +71,8 @@ def digit_grid(images: np.ndarray, titles: Sequence[str], path, columns: int,
                suptitle: str = "") -> Path:
     """Images ``(N, 28, 28[, 1])`` in a grid, a title above each."""
     rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.2 * columns, 1.35 * rows), squeeze=False)
+    fig = Figure(figsize=(1.2 * columns, 1.35 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, image, title in zip(axes.ravel(), images, titles):

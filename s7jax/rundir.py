@@ -20,6 +20,7 @@ import socket
 import time
 from pathlib import Path
 
+from s7jax import runfiles
 from s7jax.errors import ConfigError
 
 LOCK_NAME = ".lock"
@@ -79,6 +80,9 @@ def claim(workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool =
     this run is removed again.
     """
     workdir = Path(workdir)
+    if not runfiles.writes_files():  # another host of a multi-host run: the first one claims
+        yield workdir
+        return
     # A folder made for this run (absent, or empty as :func:`unique_dir` leaves it)
     # is removed again if the run fails before its first epoch is recorded.
     created = not workdir.exists() or (workdir.is_dir() and not any(workdir.iterdir()))

@@ -79,6 +79,14 @@ def environment() -> dict[str, Any]:
     }
 
 
+def writes_files() -> bool:
+    """Whether this process writes the run's files: the first process of a
+    multi-host run (``--distributed``), or the only one."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 @contextlib.contextmanager
 def _writing(path: Path):
     """OSError while writing ``path`` -> one-line WriteError naming it."""
@@ -89,6 +97,8 @@ def _writing(path: Path):
 
 
 def write_config(workdir: Path, config: Config) -> None:
+    if not writes_files():
+        return
     payload = {"config": config.to_json(), "environment": environment()}
     with _writing(config_path(workdir)):
         config_path(workdir).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
@@ -109,12 +119,16 @@ def read_config(workdir: Path) -> Config:
 
 def write_metrics(workdir: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite ``metrics.jsonl`` with ``rows`` (used when a run resumes)."""
+    if not writes_files():
+        return
     with _writing(metrics_path(workdir)), open(metrics_path(workdir), "w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
 
 
 def append_metrics(workdir: Path, row: dict[str, Any]) -> None:
+    if not writes_files():
+        return
     with _writing(metrics_path(workdir)), open(metrics_path(workdir), "a") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,7 @@ import optax
 from flax.training import train_state
 
 from s7jax.config import Config
-from s7jax.models import get_model, init_variables
+from s7jax.models import INPUT_SHAPE, get_model, init_variables
 
 # Keys of the "rbg" generator (XLA's RngBitGenerator): on CPU, threefry's
 # hash makes the model's init take ~20 s to compile and the train step ~3x
@@ -90,9 +91,24 @@ def metric_sums(log_probs: jax.Array, labels: jax.Array, mask: jax.Array | None 
     }
 
 
+def check_batch(batch: Batch, *, masked: bool = False) -> None:
+    """Fail, naming the argument, on a batch that is not normalised MNIST:
+    ``image`` float ``(B, 28, 28, 1)``, ``label`` int ``(B,)`` (and ``mask``
+    bool ``(B,)`` when ``masked``). chex's checks look at shapes and dtypes
+    only, at trace time: inside ``jax.jit`` they cost nothing per step."""
+    chex.assert_shape(batch["image"], (None, *INPUT_SHAPE), custom_message='batch["image"]')
+    chex.assert_type(batch["image"], float, custom_message='batch["image"]')
+    n = batch["image"].shape[0]
+    chex.assert_shape(batch["label"], (n,), custom_message='batch["label"]: one per image')
+    chex.assert_type(batch["label"], int, custom_message='batch["label"]')
+    if masked:
+        chex.assert_shape(batch["mask"], (n,), custom_message='batch["mask"]: one per image')
+
+
 def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
     """One SGD step on the mean NLL. Dropout draws from ``fold_in(key, step)``,
     so the randomness is a function of the step alone (resumable, reproducible)."""
+    check_batch(batch)
     dropout_key = jax.random.fold_in(key, state.step)
 
     def loss_fn(params):
@@ -126,6 +142,7 @@ def train_steps(state: TrainState, batches: tuple[Batch, ...], key: jax.Array
 
 def eval_step(state: TrainState, batch: Batch) -> Metrics:
     """Metric sums over the unmasked examples, with the running BN statistics."""
+    check_batch(batch, masked=True)
     log_probs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
                                batch["image"], train=False)
     return metric_sums(log_probs, batch["label"], batch["mask"])
@@ -183,14 +200,23 @@ def make_batch_stats_fn(model: nn.Module) -> Callable:
 
 def precise_batch_stats(stats_fn: Callable, state: TrainState, images: jax.Array,
                         chunk: int) -> Any:
-    """Population BN statistics over ``images`` (normalised), in chunks:
-    the mean of the chunk means, and E[x^2] - E[x]^2 for the variance."""
+    """Population BN statistics over ``images`` (normalised), in chunks: the
+    mean of the chunk means, and E[x^2] - E[x]^2 for the variance, each chunk
+    weighted by its number of images (a short last chunk counts for what it
+    holds)."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    chunks = [stats_fn(variables, images[i:i + chunk]) for i in range(0, len(images), chunk)]
+    starts = range(0, len(images), chunk)
+    chunks = [stats_fn(variables, images[i:i + chunk]) for i in starts]
+    sizes = [min(chunk, len(images) - i) for i in starts]
+
+    def average(values):
+        if len(set(sizes)) == 1:  # equal chunks: a plain mean (the recorded runs' arithmetic)
+            return sum(values) / len(values)
+        return sum(v * (n / len(images)) for v, n in zip(values, sizes))
 
     def combine(*layers):
-        mean = sum(layer["mean"] for layer in layers) / len(layers)
-        second = sum(layer["var"] + layer["mean"] ** 2 for layer in layers) / len(layers)
+        mean = average([layer["mean"] for layer in layers])
+        second = average([layer["var"] + layer["mean"] ** 2 for layer in layers])
         return {"mean": mean, "var": second - mean ** 2}
 
     is_layer = lambda x: isinstance(x, dict) and set(x) == {"mean", "var"}  # noqa: E731

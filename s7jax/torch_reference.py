@@ -4,9 +4,9 @@ This is the yardstick for s7jax: the original study's models were PyTorch
 ``nn.Module``\\ s, so ``tests/test_parity.py`` ports the Flax variables of each
 model into the network built here and checks that both compute the same
 log-probabilities, and ``scripts/bench.py`` trains model6 with it to time the
-original recipe. The networks are written straight from
-``architectures.md`` (channels, padding, bias, order of operations), not
-from ``s7jax.models``, so that agreement means something::
+original recipe. The networks are written straight from the study's layer
+tables (channels, padding, bias, order of operations), not from
+``s7jax.models``, so that agreement means something::
 
     net = build("model6")                       # torch.nn.Sequential, NCHW input
     load_flax_variables(net, variables)         # {"params", "batch_stats"} of Model6
@@ -107,7 +107,7 @@ def _spec(name: str) -> list[tuple]:
 
 MODEL_NAMES = ("model1", "model2", "model3", "model4", "model5", "model6")
 
-# Trainable parameters per model, as architectures.md states them.
+# Trainable parameters per model, as the study states them.
 SPEC_PARAMS = {
     "model1": 6_379_786,
     "model2": 21_798,

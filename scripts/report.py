@@ -279,6 +279,17 @@ def performance_section(results_dir: Path) -> str:
             f"{result['backend']}, {result['cpu_count']} cores, {result['date']}; median of "
             f"{result['rounds']} rounds of {result['steps']} steps, ratios within this run)", "",
             step_table(result), "", " ".join(notes), ""])
+    for path in sorted(results_dir.glob("startup-*.json")):
+        result = json.loads(path.read_text())
+        runs = result["runs"]
+        text += "\n".join([
+            "", f"**The compilation cache** ({path.name}: `{result['command']}`, "
+            f"{result['backend']}, {result['date']}; `scripts/train.py {' '.join(result['run'])}`, "
+            "each in a fresh process): "
+            + "; ".join(f"{name}, {r['wall_s']:.1f} s in all (first epoch {r['first_epoch_s']:.1f} s)"
+                        for name, r in runs.items())
+            + f". A second identical run starts {result['saved_s']:.1f} s sooner with the cache "
+              "than without it.", ""])
     for path in sorted(results_dir.glob("seeds-*.json")):
         result = json.loads(path.read_text())
         text += "\n".join([

@@ -26,8 +26,9 @@ from s7jax.cli import (  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = OneLineErrorParser(description=__doc__.split("\n\n")[0],
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_config_flags(p)
+                           epilog="In brackets: what the recipe of the --model given "
+                                  "(model6 by default) sets each flag to.")
+    add_config_flags(p, argv)
     p.add_argument("--workdir", help="where the run's files go (default runs/<model>-<timestamp>)")
     p.add_argument("--resume", metavar="WORKDIR",
                    help="continue the run in WORKDIR from its last intact checkpoint, with its "
@@ -35,6 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run that --workdir already holds (its files are deleted)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the config the run would use, as JSON (its auto settings "
+                        "resolved for this machine), and exit")
     p.add_argument("--distributed", action="store_true",
                    help="multi-host (TPU pods): call jax.distributed.initialize() first")
     return p.parse_args(argv)
@@ -58,6 +62,12 @@ def run(args: argparse.Namespace) -> int:
         config = runfiles.read_config(workdir)
     else:
         config = config_from_args(args)
+    if args.print_config:
+        from s7jax.train import resolve
+
+        print(resolve(config).dumps())
+        return 0
+    if not args.resume:
         workdir = Path(args.workdir) if args.workdir else rundir.unique_dir(Path("runs"), config.model)
 
     if args.distributed:
@@ -75,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
                                  overwrite=args.overwrite, mesh=mesh,
                                  data_dir=args.data_dir, manual_dir=args.manual_dir,
                                  show_progress=not args.no_progress)
-    plots.curves(history, workdir / "curves.png", title=f"{config.model}, seed {config.seed}")
+    if runfiles.writes_files():
+        plots.curves(history, workdir / "curves.png", title=f"{config.model}, seed {config.seed}")
     print(f"wrote {runfiles.metrics_path(workdir)}, {workdir / 'curves.png'}, "
           f"{runfiles.checkpoint_dir(workdir)}/")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,3 +106,25 @@ def test_disabled_ops_leave_images_alone():
     np.testing.assert_array_equal(
         augment.augment_tf(tf.constant(x), tf.constant([0, 0], tf.int64), none).numpy(), x)
     np.testing.assert_array_equal(augment.augment_jax(jnp.asarray(x), jax.random.key(0), none), x)
+
+
+class JaxAugmentVariantsTest(chex.TestCase):
+    """The JAX side eagerly and under jit (chex.variants): the same exact
+    properties both ways, and a malformed batch named by chex."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_rotation_and_factors(self):
+        x = np.random.default_rng(0).uniform(size=(2, 28, 28, 1)).astype(np.float32)
+        rotate = self.variant(augment.rotate_jax)
+        chex.assert_trees_all_close(rotate(jnp.asarray(x), jnp.full((2,), 90.0)),
+                                    np.rot90(x, k=1, axes=(1, 2)), atol=1e-5)
+        chex.assert_trees_all_close(rotate(jnp.asarray(x), jnp.zeros(2)), x, atol=1e-6)
+        ones = jnp.ones(2)
+        adjust = self.variant(augment.brightness_contrast_jax)
+        chex.assert_trees_all_close(adjust(jnp.asarray(x), ones, ones), x, atol=1e-6)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_a_batch_without_its_channel_axis_is_named(self):
+        run = self.variant(lambda x, k: augment.augment_jax(x, k, AugmentConfig()))
+        with self.assertRaisesRegex(AssertionError, r"augment_jax images: \(B, H, W, C\)"):
+            run(jnp.zeros((2, 28, 28)), jax.random.key(0, impl="rbg"))

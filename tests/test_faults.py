@@ -15,6 +15,7 @@ import re
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 from s7jax import checkpoint, data, rundir, runfiles
@@ -289,3 +290,11 @@ def test_a_data_error_is_exactly_one_line_without_a_needless_hint(tmp_path):
     line = one_line_error(proc, 2)
     assert "missing MNIST file" in line and "--manual-dir" not in line
     assert not (tmp_path / "tfds").exists() and not (tmp_path / "run").exists()
+
+
+def test_only_the_first_process_of_a_multi_host_run_writes_the_run_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    with rundir.claim(tmp_path / "run") as workdir:  # the first host claims it, not this one
+        runfiles.write_config(workdir, default_config("model6"))
+        runfiles.append_metrics(workdir, {"epoch": 1})
+    assert not (tmp_path / "run").exists()

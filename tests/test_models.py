@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,11 +122,9 @@ def test_eval_is_deterministic_and_leaves_batch_stats(name, seed):
     model, v, x = get_model(name), variables_for(name), images(4, seed)
     a = apply_fn(name, False)(v, x)
     b = apply_fn(name, False)(v, x)
-    np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(a, b)
     _, updates = model.apply(v, x, train=False, mutable=["batch_stats"])
-    chex_equal = jax.tree.map(np.array_equal, dict(updates).get("batch_stats", {}),
-                              v.get("batch_stats", {}))
-    assert all(jax.tree_util.tree_leaves(chex_equal))
+    chex.assert_trees_all_equal(dict(updates).get("batch_stats", {}), v.get("batch_stats", {}))
 
 
 @pytest.mark.parametrize("name", BN_MODELS)
@@ -157,3 +156,23 @@ def test_model2_has_no_train_mode_difference():
     v, x = variables_for("model2"), images(2)
     trained, _ = apply_fn("model2", True)(v, x, key(0))
     np.testing.assert_allclose(trained, apply_fn("model2", False)(v, x), rtol=1e-6)
+
+
+class ModelVariantsTest(chex.TestCase):
+    """Each model eagerly and under jit (chex.variants): log-probabilities of
+    the right shape, the same figures both ways, and a key that is not a typed
+    JAX key refused by name."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_eval_output_eagerly_and_compiled(self):
+        for name in ("model2", "model6"):
+            v, x = variables_for(name), images(3, 1)
+            apply = self.variant(lambda v, x, m=get_model(name): m.apply(v, x, train=False))
+            out = apply(v, x)
+            chex.assert_shape(out, (3, 10))
+            chex.assert_trees_all_close(jnp.exp(out).sum(axis=1), jnp.ones(3), rtol=1e-5)
+            chex.assert_trees_all_close(out, apply_fn(name, False)(v, x), rtol=1e-5, atol=1e-6)
+
+    def test_init_needs_a_typed_key(self):
+        with self.assertRaisesRegex(TypeError, "init_variables key: a typed JAX key"):
+            init_variables(get_model("model6"), jax.random.PRNGKey(0))

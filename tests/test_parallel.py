@@ -1,9 +1,10 @@
 """Data parallelism: four devices train the same model as one.
 
 JAX sees one CPU device in the test process, so the comparisons run in a
-child process (this file run as a script) whose ``XLA_FLAGS`` split the host
-into four devices. The child trains, inspects and compares in one go and
-writes what it measured to a JSON file; the tests below check that record.
+child process (this file run as a script) that splits the host into four
+devices (``chex.set_n_cpu_devices``) before JAX starts. The child trains,
+inspects and compares in one go and writes what it measured to a JSON file;
+the tests below check that record.
 
 What the child measures, with the 4-device mesh against a 1-device mesh:
 
@@ -118,8 +119,10 @@ def _describe_replicated(tree) -> dict:
 def _child(data_dir: str, out_path: str, work: str) -> None:
     import functools
 
+    import chex
     import jax
 
+    chex.set_n_cpu_devices(DEVICES)  # before anything asks JAX for its devices
     jax.config.update("jax_disable_most_optimizations", True)  # as conftest: fast compiles
     import jax.numpy as jnp
     import numpy as np
@@ -286,9 +289,7 @@ def _child(data_dir: str, out_path: str, work: str) -> None:
 def record(tfds_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("parallel")
     out = tmp / "record.json"
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
-                         f"--xla_force_host_platform_device_count={DEVICES}".strip())
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, __file__, str(tfds_dir), str(out), str(tmp)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"child failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"

@@ -19,10 +19,10 @@ QUICK = ["--epochs", "2", "--train-subset", "512", "--test-subset", "256", "--ba
          "--eval-batch-size", "128", "--no-progress"]
 
 
-def run(script, *args, env=None):
+def run(script, *args, env=None, cwd=None):
     return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *map(str, args)],
                           capture_output=True, text=True, env={**os.environ, **(env or {})},
-                          timeout=600)
+                          timeout=600, cwd=cwd)
 
 
 def assert_clean_error(result, code, pattern):
@@ -203,3 +203,35 @@ def test_report_compares_runs_of_different_lengths_at_a_shared_epoch():
                            {"dropout": False, "augmentation": False})
     assert "Against model1 at epoch 2 (the shorter run's last): 97.50% vs 99.10%." in text
     assert "99.4% not reached in 5 epochs." in text
+
+
+@pytest.mark.parametrize("model,lr", [(None, "0.1"), ("model3", "0.05")])
+def test_help_shows_the_recipe_of_the_model_given(model, lr):
+    result = run("train.py", *(["--model", model] if model else []), "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    name = model or "model6"
+    assert f"[{name}: {lr}]" in text and f"--precise-bn PRECISE_BN" in text
+    assert "(default: None)" not in text
+
+
+def test_print_config_prints_the_resolved_config_and_writes_nothing(tmp_path):
+    result = run("train.py", "--print-config", "--model", "model5", "--lr", "0.2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = json.loads(result.stdout)
+    assert (config["model"], config["lr"], config["schedule"]) == ("model5", 0.2, "onecycle")
+    assert config["pipeline"] == "tfds" and config["data_source"] == "tfds"  # auto, resolved
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_importing_s7jax_plots_leaves_the_matplotlib_backend_alone(tmp_path):
+    code = ("import matplotlib; matplotlib.use('svg'); import sys; sys.path.insert(0, sys.argv[1]);"
+            "from s7jax import plots;"
+            "rows = [dict(epoch=1, train_loss=1.0, test_loss=0.9, train_acc=90.0, test_acc=91.0)];"
+            "plots.curves(rows, sys.argv[2]); print(matplotlib.get_backend())")
+    out = tmp_path / "curves.png"
+    result = subprocess.run([sys.executable, "-c", code, str(ROOT), str(out)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "svg"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,8 +67,8 @@ def test_several_steps_per_call_equal_single_steps_up_to_rounding():
         sums.append(metrics)
     b, totals = jax.jit(train_steps)(state, batches, key)
     assert int(b.step) == int(a.step) == 3
-    for x, y in zip(jax.tree.leaves((a.params, a.batch_stats)), jax.tree.leaves((b.params, b.batch_stats))):
-        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+    chex.assert_trees_all_close((b.params, b.batch_stats), (a.params, a.batch_stats),
+                                rtol=1e-4, atol=1e-6)
     assert int(totals["count"]) == 3 * 64
     assert int(totals["correct"]) == sum(int(m["correct"]) for m in sums)
     np.testing.assert_allclose(totals["loss"], sum(float(m["loss"]) for m in sums), rtol=1e-5)
@@ -89,9 +91,8 @@ def test_eval_step_is_pure():
     batch = fixed_batch()
     before = jax.tree.map(np.asarray, (state.params, state.batch_stats))
     a, b = eval_step(state, batch), eval_step(state, batch)
-    assert jax.tree.map(np.array_equal, a, b) == jax.tree.map(lambda _: True, a)
-    after = jax.tree.map(np.asarray, (state.params, state.batch_stats))
-    assert all(jax.tree_util.tree_leaves(jax.tree.map(np.array_equal, before, after)))
+    chex.assert_trees_all_equal(a, b)
+    chex.assert_trees_all_equal((state.params, state.batch_stats), before)
     assert int(a["count"]) == 64
 
 
@@ -252,3 +253,39 @@ def test_an_epoch_per_call_resumes_after_ctrl_c(scan_run, tfds_dir, tmp_path):
     resumed = train_and_evaluate(config, tmp_path, resume=True, data_dir=tfds_dir,
                                  show_progress=False, log=lambda _: None)
     assert strip_seconds(resumed) == strip_seconds(history)
+
+
+@pytest.mark.parametrize("step", ["train", "eval"])
+@pytest.mark.parametrize("damage,named", [
+    (lambda b: dict(b, image=b["image"][..., 0]), 'batch["image"]'),       # no channel axis
+    (lambda b: dict(b, image=b["image"][:, :14]), 'batch["image"]'),       # a crop
+    (lambda b: dict(b, label=b["label"][:-1]), 'batch["label"]'),          # one label short
+    (lambda b: dict(b, label=b["label"].astype(jnp.float32)), 'batch["label"]'),
+])
+def test_a_malformed_batch_is_named_before_xla_sees_it(step, damage, named):
+    """chex's checks run while jit traces the step: a wrong batch fails with the
+    argument's name and the shapes, not deep inside XLA."""
+    state, key = fresh_state()
+    batch = damage(fixed_batch(8))
+    call = (lambda: jax.jit(train_step)(state, batch, key)) if step == "train" else (
+        lambda: jax.jit(eval_step)(state, batch))
+    with pytest.raises(AssertionError, match=re.escape(named)) as err:
+        call()
+    assert "[Chex]" in str(err.value)
+
+
+def test_precise_bn_weighs_a_short_last_chunk_by_its_size():
+    """2,500 images in chunks of 1,000: the first BN layer's statistics (whose
+    input no other BN layer shapes) equal those of all 2,500 images at once,
+    not an average that overweights the last 500."""
+    from s7jax.models import get_model
+    from s7jax.steps import make_batch_stats_fn, precise_batch_stats
+
+    state, _ = fresh_state()
+    images = np.random.default_rng(1).normal(size=(2500, 28, 28, 1)).astype(np.float32)
+    images[2000:] += 3.0  # the last chunk differs: an unweighted average would show it
+    images = jnp.asarray(images)
+    stats_fn = make_batch_stats_fn(get_model("model6"))
+    chunked = precise_batch_stats(stats_fn, state, images, chunk=1000)
+    whole = precise_batch_stats(stats_fn, state, images, chunk=2500)
+    chex.assert_trees_all_close(chunked["bn1"], whole["bn1"], rtol=1e-4, atol=1e-5)
