@@ -149,7 +149,8 @@ def results_section(results_dir: Path, write_plots: bool = True) -> str:
                           f"figures, not comparable with the {MAX_EPOCHS}-epoch runs.")
         lines += ["", f"**Analysis.** {analysis(name, history, m, previous, regularisers(config))} {next_step}".rstrip()]
         previous = (name, history, m)
-    reproductions = sorted(results_dir.glob("*/seed-*/reproduce.json"))
+    reproductions = sorted([*results_dir.glob("*/seed-*/reproduce.json"),
+                            *results_dir.glob("repeats/*/reproduce.json")])
     if reproductions:
         lines += ["", "### Reproducibility", ""]
         for path in reproductions:
