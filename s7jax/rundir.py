@@ -59,8 +59,14 @@ def _lock(workdir: Path):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        holder = ""
+        for _ in range(20):  # the holder writes its pid just after it takes the lock
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            if holder:
+                break
+            time.sleep(0.05)
         os.close(fd)
+        holder = holder or "another process"
         raise ConfigError(f"workdir {workdir} is in use by {holder}; wait for it to finish, "
                           "or choose another --workdir") from None
     os.ftruncate(fd, 0)
