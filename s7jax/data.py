@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import importlib.util
 import os
 import shutil
 import sys
@@ -156,6 +157,16 @@ def read_idx(manual_dir=None) -> dict[str, "Split"]:
                             f"(label {labels.max()} outside 0-9): {fix}")
         splits[name] = Split(images[..., None].copy(), labels.astype(np.int32))
     return splits
+
+
+def check_files(source: str = "auto", data_dir=None, manual_dir=None) -> None:
+    """Check the official files (checksums, IDX headers) before anything loads
+    TensorFlow, so that a data error is one line and comes at once; only where
+    this run reads them: the ``idx`` source, or TFDS not yet prepared."""
+    tfds_installed = importlib.util.find_spec("tensorflow_datasets") is not None
+    prepared = (_tfds_prepared_dir(data_dir) / "dataset_info.json").is_file()
+    if source == "idx" or not prepared or (source == "auto" and not tfds_installed):
+        read_idx(manual_dir)
 
 
 def tfds_available() -> bool:

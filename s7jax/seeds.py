@@ -109,6 +109,7 @@ def train_seeds(
     return each seed's per-epoch metrics."""
     if len(seeds) != len(workdirs) or not seeds:
         raise ConfigError("give one workdir per seed, and at least one seed")
+    data.check_files(config.data_source, data_dir, manual_dir)  # before TensorFlow loads
     configs = [resolve(dataclasses.replace(config, seed=s, pipeline="scan", steps_per_call=1))
                for s in seeds]
     check_memory(configs[0], len(seeds))

@@ -169,6 +169,7 @@ def train_and_evaluate(
     another run is refused, unless ``resume`` (continue from its latest intact
     checkpoint) or ``overwrite`` (replace it).
     """
+    data.check_files(config.data_source, data_dir, manual_dir)  # before TensorFlow loads
     config = resolve(config)
     mesh = parallel.make_mesh() if mesh is None else mesh
     parallel.check_divisible(config.batch_size, mesh)  # before the folder is touched

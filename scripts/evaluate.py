@@ -62,6 +62,7 @@ def main(argv=None) -> int:
         ckpt_dir = runfiles.checkpoint_dir(workdir)
         if step is None and checkpoint.latest_step(ckpt_dir) is None:  # before loading any data
             raise ConfigError(f"no checkpoint in {ckpt_dir}")
+        data.check_files(config.data_source, args.data_dir, args.manual_dir)
         splits = data.load_mnist(args.data_dir, args.manual_dir, source=config.data_source)
         test = splits["test"].subset(config.test_subset)
         steps = data.steps_per_epoch(len(splits["train"].subset(config.train_subset)),

@@ -292,6 +292,22 @@ def test_a_data_error_is_exactly_one_line_without_a_needless_hint(tmp_path):
     assert not (tmp_path / "tfds").exists() and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("source", ["auto", "idx"])
+def test_a_data_error_is_the_only_line_on_stderr(tmp_path, source):
+    """Nothing else (TensorFlow's start-up log lines included) comes before it:
+    the files are checked before TensorFlow loads."""
+    manual = tmp_path / "mnist"
+    shutil.copytree(data.default_manual_dir(), manual)
+    (manual / "SHA256SUMS").unlink()
+    proc = script("train.py", *TINY_FLAGS, "--workdir", tmp_path / "run", "--manual-dir", manual,
+                  "--data-source", source, "--data-dir", tmp_path / "tfds")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2
+    assert [line for line in err.splitlines() if line.strip()] == [
+        f"error: missing {manual / 'SHA256SUMS'}: restore the official MNIST files in {manual} "
+        "(see data/mnist/README.md)"]
+
+
 def test_only_the_first_process_of_a_multi_host_run_writes_the_run_files(tmp_path, monkeypatch):
     monkeypatch.setattr(jax, "process_index", lambda: 1)
     with rundir.claim(tmp_path / "run") as workdir:  # the first host claims it, not this one
