@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from pathlib import Path
 
 from s7jax.config import DATA_SOURCES, PIPELINES
-from s7jax.errors import ConfigError, RunError
+from s7jax.errors import RunError
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

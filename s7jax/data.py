@@ -161,11 +161,13 @@ def read_idx(manual_dir=None) -> dict[str, "Split"]:
 
 def check_files(source: str = "auto", data_dir=None, manual_dir=None) -> None:
     """Check the official files (checksums, IDX headers) before anything loads
-    TensorFlow, so that a data error is one line and comes at once; only where
-    this run reads them: the ``idx`` source, or TFDS not yet prepared."""
+    TensorFlow, so that a data error is one line and comes at once. Needed
+    only where TensorFlow would load first and TFDS still has to prepare them:
+    the ``idx`` source (or ``auto`` without TFDS) reads and checks them in
+    :func:`load_mnist` without TensorFlow anyway."""
     tfds_installed = importlib.util.find_spec("tensorflow_datasets") is not None
     prepared = (_tfds_prepared_dir(data_dir) / "dataset_info.json").is_file()
-    if source == "idx" or not prepared or (source == "auto" and not tfds_installed):
+    if source != "idx" and tfds_installed and not prepared:
         read_idx(manual_dir)
 
 
@@ -370,12 +372,27 @@ class DeviceTrainData:
     def create(cls, split: Split, *, batch_size: int, seed: int, augment: AugmentConfig,
                epochs: int, clean_epochs: int = 0, replicated=None) -> "DeviceTrainData":
         steps = steps_per_epoch(len(split), batch_size)
-        shuffle_key, augment_key = jax.random.split(jax.random.key(seed, impl="rbg"))
+        shuffle_key, augment_key = cls.keys_for(seed)
         return cls(images=jax.device_put(split.images, replicated),
                    labels=jax.device_put(split.labels, replicated),
                    shuffle_key=shuffle_key, augment_key=augment_key, batch_size=batch_size,
                    epochs=epochs, first_clean_step=(epochs - clean_epochs) * steps,
                    augment=augment)
+
+    @staticmethod
+    def keys_for(seed: int) -> tuple[jax.Array, jax.Array]:
+        """The (shuffle, augment) keys of ``seed``'s data."""
+        return tuple(jax.random.split(jax.random.key(seed, impl="rbg")))
+
+    def for_seeds(self, seeds) -> tuple["DeviceTrainData", "DeviceTrainData"]:
+        """This data with each seed's own keys stacked along a leading axis, and
+        the ``in_axes`` that ``jax.vmap`` needs for it (the images and labels,
+        put on the device once, shared by every seed)."""
+        keys = [self.keys_for(s) for s in seeds]
+        stacked = dataclasses.replace(self, shuffle_key=jnp.stack([k for k, _ in keys]),
+                                      augment_key=jnp.stack([k for _, k in keys]))
+        axes = dataclasses.replace(self, images=None, labels=None, shuffle_key=0, augment_key=0)
+        return stacked, axes
 
     @property
     def steps(self) -> int:

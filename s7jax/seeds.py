@@ -82,9 +82,10 @@ def memory_limit() -> int:
 
 
 def check_memory(config: Config, n: int) -> None:
-    need, limit = n * bytes_per_seed(config), memory_limit()
+    per_seed, limit = bytes_per_seed(config), memory_limit()
+    need = n * per_seed
     if need > MEMORY_SHARE * limit:
-        fits = max(int(MEMORY_SHARE * limit // bytes_per_seed(config)), 0)
+        fits = max(int(MEMORY_SHARE * limit // per_seed), 0)
         raise ConfigError(
             f"{n} seeds of {config.model} together need about {need / 2**30:.1f} GiB, more than "
             f"{MEMORY_SHARE:.0%} of the {limit / 2**30:.1f} GiB this device offers; train at most "
@@ -132,22 +133,19 @@ def _train(configs, workdirs, mesh, data_dir, manual_dir, show_progress, log):
     schedule = learning_rate_schedule(config, steps)
 
     # Each seed's state and keys exactly as its own run makes them, then stacked.
-    states, dropout_keys, sources, calibrations = [], [], [], []
+    states, dropout_keys, calibrations = [], [], []
     for c, workdir in zip(configs, workdirs):
         state, key = initial_state(c, schedule)
         states.append(state)
         dropout_keys.append(key)
-        sources.append(device_train_data(c, train_split, replicated))
         if c.precise_bn:
             calibrations.append(calibration_images(train_split, c.precise_bn, c.seed))
         runfiles.write_config(workdir, c)
         runfiles.write_metrics(workdir, [])
     state = jax.device_put(stack(states), replicated)
     keys = stack(dropout_keys)
-    source = dataclasses.replace(sources[0], shuffle_key=stack([s.shuffle_key for s in sources]),
-                                 augment_key=stack([s.augment_key for s in sources]))
-    source_axes = dataclasses.replace(source, images=None, labels=None, shuffle_key=0,
-                                      augment_key=0)
+    source, source_axes = device_train_data(config, train_split, replicated).for_seeds(
+        [c.seed for c in configs])
     calibration = jax.device_put(np.stack(calibrations), replicated) if calibrations else None
     test = jax.device_put(data.eval_batches(test_split, batch_size=config.eval_batch_size),
                           parallel.stacked_batch_sharded(mesh))

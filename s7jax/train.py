@@ -146,7 +146,7 @@ def _describe_source(config: Config, data_dir, manual_dir) -> str:
     if config.data_source == "tfds":
         return f"MNIST through TFDS (data_dir {data_dir or 'TFDS default'})"
     return (f"MNIST from the IDX files in {manual_dir or data.default_manual_dir()} "
-            f"(numpy; {'TensorFlow Datasets not installed' if not data.tfds_available() else 'by choice'})")
+            "(read with numpy, without TensorFlow)")
 
 
 def train_and_evaluate(

@@ -67,18 +67,13 @@ def main(argv=None) -> int:
         def measure(n: int, vectorised: bool) -> dict:
             configs = [dataclasses.replace(config, seed=s) for s in range(n)]
             made = [initial_state(c, schedule) for c in configs]
-            sources = [device_train_data(c, split, replicated) for c in configs]
             state = jax.device_put(seeds.stack([m[0] for m in made]) if vectorised else made[0][0],
                                    replicated)
             key = seeds.stack([m[1] for m in made]) if vectorised else made[0][1]
-            source = sources[0]
+            source = device_train_data(configs[0], split, replicated)
             fn = epoch_fn
             if vectorised:
-                source = dataclasses.replace(
-                    source, shuffle_key=seeds.stack([s.shuffle_key for s in sources]),
-                    augment_key=seeds.stack([s.augment_key for s in sources]))
-                axes = dataclasses.replace(source, images=None, labels=None, shuffle_key=0,
-                                           augment_key=0)
+                source, axes = source.for_seeds([c.seed for c in configs])
                 fn = jax.vmap(epoch_fn, in_axes=(0, axes, 0, None))
             t = time.perf_counter()
             compiled = jax.jit(fn, donate_argnums=0).lower(state, source, key,

@@ -12,7 +12,6 @@ and writes ``results/startup-<backend>.json``.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os

@@ -211,7 +211,7 @@ def test_help_shows_the_recipe_of_the_model_given(model, lr):
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     name = model or "model6"
-    assert f"[{name}: {lr}]" in text and f"--precise-bn PRECISE_BN" in text
+    assert f"[{name}: {lr}]" in text and "--precise-bn PRECISE_BN" in text
     assert "(default: None)" not in text
 
 
