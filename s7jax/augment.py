@@ -34,9 +34,12 @@ from s7jax.tf_cpu import tensorflow
 class AugmentConfig:
     """Strengths of the augmentation; 0 disables an op."""
 
-    degrees: float = 7.0  # rotation angle ~ U(-degrees, degrees)
-    brightness: float = 0.2  # factor ~ U(1 - brightness, 1 + brightness)
-    contrast: float = 0.2  # factor ~ U(1 - contrast, 1 + contrast)
+    degrees: float = dataclasses.field(
+        default=7.0, metadata={"help": "rotation angle ~ U(-x, x) degrees (0 disables)"})
+    brightness: float = dataclasses.field(
+        default=0.2, metadata={"help": "brightness factor ~ U(1 - x, 1 + x) (0 disables)"})
+    contrast: float = dataclasses.field(
+        default=0.2, metadata={"help": "contrast factor ~ U(1 - x, 1 + x) (0 disables)"})
 
     @property
     def enabled(self) -> bool:

@@ -21,40 +21,56 @@ TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000  # MNIST's splits
 DATA_SOURCES = ("auto", "tfds", "idx")
 
 
+def _flag(default: Any, help: str, group: str = "", **argparse_kwargs: Any) -> Any:
+    """A Config field with its command-line help: ``s7jax.cli`` makes one flag
+    per field (``batch_size`` -> ``--batch-size``) from this metadata, so a new
+    setting is added here and nowhere else."""
+    return dataclasses.field(default=default, metadata={"help": help, "group": group,
+                                                        **argparse_kwargs})
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    model: str = "model6"
-    epochs: int = MAX_EPOCHS
-    batch_size: int = 128
-    seed: int = 0
+    model: str = _flag("model6", "model1 .. model6", choices=tuple(MODELS))
+    epochs: int = _flag(MAX_EPOCHS, f"epochs to train (1..{MAX_EPOCHS} unless --allow-long)")
+    batch_size: int = _flag(128, "training batch size (global, over all devices)")
+    seed: int = _flag(0, "seed of init, shuffling, augmentation, dropout")
     # Optimiser: SGD (momentum, optional Nesterov) or Adam(W); weight decay is
     # decoupled (AdamW-style for Adam, added to the gradient for SGD).
-    optimizer: str = "sgd"
-    lr: float = 0.01  # the constant rate, or the peak of the one-cycle schedule
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    schedule: str = "constant"  # constant | onecycle
-    warmup_fraction: float = 0.2  # one-cycle: share of steps spent rising to the peak
-    final_lr_fraction: float = 1e-3  # one-cycle: final rate as a fraction of the peak
-    augment: AugmentConfig = AugmentConfig()
-    clean_epochs: int = 0  # the last N epochs train on un-augmented images
-    precise_bn: int = 0  # re-estimate BN statistics on N clean training images each epoch
-    train_subset: int | None = None
-    test_subset: int | None = None
-    eval_batch_size: int = 1000
-    # Where MNIST comes from: tfds | idx (the official files read with numpy) |
-    # auto (TFDS where it imports). A run records what auto resolved to.
-    data_source: str = "auto"
-    # How batches reach the step: tfds (tf.data on the host) | device (made on
-    # the accelerator, one call per step) | scan (made on the accelerator, a
-    # whole epoch per compiled call) | auto (scan on GPU/TPU; on CPU, tfds, or
-    # device without TensorFlow). See s7jax.train.
-    pipeline: str = "auto"
-    # Train steps per compiled call: more is faster on CPU but rounds
-    # differently from 1, the setting every run under results/ was trained with.
-    steps_per_call: int = 1
-    allow_long: bool = False
+    optimizer: str = _flag("sgd", "sgd or adam (AdamW when --weight-decay > 0)", "optimisation",
+                           choices=("sgd", "adam"))
+    lr: float = _flag(0.01, "learning rate (the peak, with --schedule onecycle)", "optimisation")
+    momentum: float = _flag(0.9, "SGD momentum", "optimisation")
+    nesterov: bool = _flag(False, "Nesterov momentum", "optimisation")
+    weight_decay: float = _flag(0.0, "weight decay", "optimisation")
+    schedule: str = _flag("constant", "constant, or onecycle (cosine warm-up and decay)",
+                          "optimisation", choices=("constant", "onecycle"))
+    warmup_fraction: float = _flag(0.2, "one-cycle: share of steps rising to the peak",
+                                   "optimisation")
+    final_lr_fraction: float = _flag(1e-3, "one-cycle: final lr as a fraction of the peak",
+                                     "optimisation")
+    augment: AugmentConfig = _flag(AugmentConfig(), "training augmentation", "data")
+    clean_epochs: int = _flag(0, "train the last N epochs without augmentation", "data")
+    precise_bn: int = _flag(0, "re-estimate BatchNorm statistics on N clean training images "
+                               "each epoch (0: off)", "optimisation")
+    train_subset: int | None = _flag(None, "train on the first N images only (quick runs)", "data")
+    test_subset: int | None = _flag(None, "evaluate on the first N test images only", "data")
+    eval_batch_size: int = _flag(1000, "evaluation batch size", "data")
+    data_source: str = _flag(
+        "auto", "tfds, or idx (the official files read with numpy, no TensorFlow); auto: tfds "
+                "where it is installed; a run records what auto resolved to", "data",
+        choices=DATA_SOURCES)
+    pipeline: str = _flag(
+        "auto", "tfds: tf.data on the host, one call per step; device: data and augmentation on "
+                "the accelerator, one call per step; scan: on the accelerator, one compiled call "
+                "per epoch (train, BN re-estimation, evaluation). auto: scan on GPU/TPU, where "
+                "per-step dispatch would set the pace; tfds on CPU (device without TensorFlow), "
+                "where a rolled scan runs slower and every recorded run used tfds (see "
+                "s7jax.train)", "data", choices=PIPELINES)
+    steps_per_call: int = _flag(1, "train steps per compiled call: faster on CPU, but rounds "
+                                   "differently from 1, the setting of every run under results/",
+                                "optimisation")
+    allow_long: bool = _flag(False, f"allow more than {MAX_EPOCHS} epochs")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -93,22 +109,39 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def default_config(model: str = "model6", **overrides: Any) -> Config:
-    """The recipe for ``model`` with ``overrides`` applied, validated."""
+# The original study's recipe for every model: constant SGD 0.01 with momentum
+# 0.9, augmentation for models 5 and 6 only (their jitter ranges differ).
+ORIGINAL: dict[str, dict[str, Any]] = {
+    **{m: dict(_ORIGINAL, augment=NO_AUGMENT) for m in MODELS},
+    "model5": dict(_ORIGINAL, augment=AugmentConfig(7.0, 0.1, 0.1)),
+    "model6": dict(_ORIGINAL, augment=AugmentConfig(7.0, 0.2, 0.2)),
+}
+RECIPES = {"default": DEFAULTS, "original": ORIGINAL}
+
+
+def validate_model(model: str) -> str:
     if model not in MODELS:
         raise ConfigError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)}")
-    recipe = dict(DEFAULTS[model])
+    return model
+
+
+def default_config(model: str = "model6", recipe: str = "default", **overrides: Any) -> Config:
+    """``model``'s recipe (``default``: s7jax's; ``original``: the study's)
+    with ``overrides`` applied, validated."""
+    validate_model(model)
+    if recipe not in RECIPES:
+        raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    settings = dict(RECIPES[recipe][model])
     if "epochs" in overrides and "clean_epochs" not in overrides:
         # A shorter run keeps the recipe's clean tail, at most the whole run.
-        recipe["clean_epochs"] = min(recipe.get("clean_epochs", 0), overrides["epochs"])
-    return validate(Config(model=model, **{**recipe, **overrides}))
+        settings["clean_epochs"] = min(settings.get("clean_epochs", 0), overrides["epochs"])
+    return validate(Config(model=model, **{**settings, **overrides}))
 
 
 def validate(config: Config) -> Config:
     """``config`` itself, or a ConfigError naming the first bad setting."""
     c = config
-    if c.model not in MODELS:
-        raise ConfigError(f"unknown model {c.model!r}; choose one of: {', '.join(MODELS)}")
+    validate_model(c.model)
     if not 1 <= c.epochs <= MAX_EPOCHS and not (c.allow_long and c.epochs >= 1):
         raise ConfigError(
             f"--epochs must be in 1..{MAX_EPOCHS} (the study's rule), got {c.epochs}; "

@@ -4,8 +4,8 @@ Two sources give the same 70,000 images (tested as matched sets; each keeps
 its own order):
 
 * TensorFlow Datasets' ``mnist``, prepared offline on first use (in TFDS's own
-  ``data_dir``, which honours ``TFDS_DATA_DIR``) from the official files the
-  repository keeps in ``data/mnist/``, through TFDS's manual-download
+  ``data_dir``, which honours ``TFDS_DATA_DIR``) from the official files that
+  ship inside the package (``s7jax/mnist_files/``), through TFDS's manual-download
   mechanism, so no network is needed. The default wherever TFDS is installed.
 * The same files read with numpy (:func:`read_idx`), where TensorFlow is not
   installed: a Colab TPU runtime or a GPU machine without it.
@@ -86,15 +86,15 @@ class Split:
 
 def default_manual_dir() -> Path:
     """Where the official files are looked for: ``$S7JAX_MNIST_DIR``, else the
-    repository's ``data/mnist``."""
+    copy that ships inside the package, ``s7jax/mnist_files``."""
     env = os.environ.get("S7JAX_MNIST_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "data" / "mnist"
+    return Path(env) if env else Path(__file__).resolve().parent / "mnist_files"
 
 
 def _fix(manual_dir: Path) -> str:
     """What to do about a bad file in ``manual_dir``."""
     hint = "" if manual_dir != default_manual_dir() else " or pass --manual-dir"
-    return f"restore the official MNIST files in {manual_dir} (see data/mnist/README.md){hint}"
+    return f"restore the official MNIST files in {manual_dir} (see s7jax/mnist_files/README.md){hint}"
 
 
 def verify_mnist_files(manual_dir: str | os.PathLike) -> None:

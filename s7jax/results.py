@@ -19,41 +19,67 @@ LAST = 3
 TARGET = 99.4
 
 
-def seed_dirs(results_dir: Path, model: str) -> list[Path]:
-    found = [p for p in (Path(results_dir) / model).glob("seed-*") if runfiles.read_metrics(p)]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+# A run's folder under results/<model>/ names how it was trained: s7jax's
+# default recipe, the study's original recipe, or the PyTorch referee.
+RUN_PREFIXES = {"default": "seed", "original": "original-seed", "referee": "torch-seed"}
+
+
+def run_dir(results_dir: str | Path, model: str, seed: int, kind: str = "default") -> Path:
+    """``results/<model>/<prefix>-<seed>`` for ``kind`` (a key of RUN_PREFIXES)."""
+    return Path(results_dir) / model / f"{RUN_PREFIXES[kind]}-{seed}"
+
+
+def run_summary(run: Path) -> dict[str, Any]:
+    """One run's figures: the last three epochs' test accuracies, their min
+    and mean, the best epoch, the median epoch time, where it ran."""
+    history = runfiles.read_metrics(run)
+    config = json.loads(runfiles.config_path(run).read_text())
+    last = [r["test_acc"] for r in history[-LAST:]]
+    return {
+        "epochs": len(history),
+        "last3": last,
+        "min": min(last),
+        "mean": statistics.fmean(last),
+        "best": max(r["test_acc"] for r in history),
+        "seconds_per_epoch": statistics.median(r["seconds"] for r in history),
+        "device": config["environment"]["devices"][0],
+        "backend": config["environment"]["backend"],
+    }
+
+
+def over_seeds(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Mean +/- std over seeds of the runs' last-3 means, and the min."""
+    means = [s["mean"] for s in runs.values()]
+    return {
+        "seeds": runs,
+        "n_seeds": len(runs),
+        "mean": statistics.fmean(means),
+        "std": statistics.stdev(means) if len(means) > 1 else 0.0,
+        "min": min(s["min"] for s in runs.values()),
+        "best": max(s["best"] for s in runs.values()),
+        "seeds_holding_target": sum(s["min"] >= TARGET for s in runs.values()),
+    }
+
+
+def runs_of(results_dir: str | Path, model: str, kind: str = "default") -> dict[str, Any] | None:
+    """:func:`over_seeds` of ``model``'s runs of ``kind`` that have metrics,
+    or None when there are none."""
+    prefix = RUN_PREFIXES[kind] + "-"
+    found = [p for p in (Path(results_dir) / model).glob(prefix + "*")
+             if p.name[len(prefix):].isdigit() and runfiles.read_metrics(p)]
+    if not found:
+        return None
+    found.sort(key=lambda p: int(p.name[len(prefix):]))
+    return over_seeds({p.name[len(prefix):]: run_summary(p) for p in found})
 
 
 def summarize(results_dir: str | Path) -> dict[str, Any]:
     results_dir = Path(results_dir)
     models: dict[str, Any] = {}
     for model_dir in sorted(p for p in results_dir.iterdir() if p.is_dir()):
-        seeds = {}
-        for run in seed_dirs(results_dir, model_dir.name):
-            history = runfiles.read_metrics(run)
-            config = json.loads(runfiles.config_path(run).read_text())
-            last = [r["test_acc"] for r in history[-LAST:]]
-            seeds[run.name.split("-")[1]] = {
-                "epochs": len(history),
-                "last3": last,
-                "min": min(last),
-                "mean": statistics.fmean(last),
-                "best": max(r["test_acc"] for r in history),
-                "seconds_per_epoch": statistics.median(r["seconds"] for r in history),
-                "device": config["environment"]["devices"][0],
-                "backend": config["environment"]["backend"],
-            }
-        if not seeds:
-            continue
-        means = [s["mean"] for s in seeds.values()]
-        models[model_dir.name] = {
-            "seeds": seeds,
-            "n_seeds": len(seeds),
-            "mean": statistics.fmean(means),
-            "std": statistics.stdev(means) if len(means) > 1 else 0.0,
-            "min": min(s["min"] for s in seeds.values()),
-            "seeds_holding_target": sum(s["min"] >= TARGET for s in seeds.values()),
-        }
+        runs = runs_of(results_dir, model_dir.name)
+        if runs is not None:
+            models[model_dir.name] = runs
     return {"target": TARGET, "last_epochs": LAST, "models": models}
 
 

@@ -1,97 +1,15 @@
 """Train a model over several seeds and summarise them.
 
-    python scripts/sweep.py --model model6 --seeds 5
-
-trains seeds 0..4 with model6's default recipe into
-``results/model6/seed-<s>/`` (``config.json``, ``metrics.jsonl``; a seed
-whose run is complete is skipped, an interrupted one resumes), then rewrites
-``results/summary.json`` (every model under ``results/``: per seed the
-accuracies of the last three epochs, their min and mean; per model the
-mean +/- std over seeds and the min) and ``results/<model>/seeds.png``.
-Training flags (``--epochs``, ``--lr``, ...) apply to every seed.
-
-    python scripts/sweep.py --model model6 --seeds 8 --together
-
-trains the seeds that are not done yet as one vectorised program
-(``s7jax.seeds``: ``jax.vmap`` over the runs), into the same folders.
+The command lives in ``s7jax.cli.sweep`` (installed as ``s7jax-sweep``);
+this file runs it from a checkout without installing. ``--help`` lists the flags.
 """
 
-from __future__ import annotations
-
-import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from s7jax.cli import (  # noqa: E402
-    OneLineErrorParser, add_config_flags, config_from_args, exit_on_known_errors)
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
-    add_config_flags(p)
-    p.add_argument("--seeds", type=int, default=5, help="train seeds 0 .. SEEDS-1")
-    p.add_argument("--results", default="results", help="results folder")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a seed's folder that holds a run of another config")
-    p.add_argument("--together", action="store_true",
-                   help="train the seeds as one vectorised program (jax.vmap over the runs, "
-                        "one compiled call per epoch for all of them); each seed trains what "
-                        "--pipeline scan trains for it, up to float rounding")
-    args = p.parse_args(argv)
-    if args.seeds < 1:
-        p.error(f"--seeds must be >= 1, got {args.seeds}")
-    return args
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    with exit_on_known_errors():
-        from s7jax import compile_cache
-
-        compile_cache.enable()  # a second identical run skips XLA's compiles
-        from s7jax import checkpoint, plots, results, runfiles
-        from s7jax.seeds import train_seeds
-        from s7jax.train import resolve, train_and_evaluate
-
-        results_dir = Path(args.results)
-        fresh = []  # with --together: the seeds to train as one program
-        for seed in range(args.seeds):
-            config = config_from_args(args, seed=seed)
-            if args.together:
-                config = dataclasses.replace(config, pipeline="scan")
-            workdir = results_dir / config.model / f"seed-{seed}"
-            same = (runfiles.config_path(workdir).is_file()
-                    and resolve(runfiles.read_config(workdir)) == resolve(config))
-            if same and len(runfiles.read_metrics(workdir)) >= config.epochs:
-                print(f"seed {seed}: complete, skipped")
-                continue
-            resume = same and checkpoint.latest_step(runfiles.checkpoint_dir(workdir)) is not None
-            if args.together and not resume:
-                fresh.append((seed, workdir))
-                continue
-            print(f"\n== {config.model} seed {seed} -> {workdir}")
-            train_and_evaluate(config, workdir, resume=resume, overwrite=args.overwrite and not same,
-                               data_dir=args.data_dir,
-                               manual_dir=args.manual_dir, show_progress=not args.no_progress)
-        if fresh:
-            print(f"\n== {config.model} seeds {', '.join(str(s) for s, _ in fresh)} together")
-            train_seeds(config, [s for s, _ in fresh], [w for _, w in fresh],
-                        overwrite=args.overwrite, data_dir=args.data_dir,
-                        manual_dir=args.manual_dir, show_progress=not args.no_progress)
-        summary = results.write_summary(results_dir)
-        model = config_from_args(args).model
-        runs = {seed: runfiles.read_metrics(results_dir / model / f"seed-{seed}")
-                for seed in range(args.seeds)}
-        plots.seeds(runs, results_dir / model / "seeds.png", title=f"{model}: test accuracy per seed")
-        line = summary["models"][model]
-        print(f"\n{model}: last-3 mean {line['mean']:.3f} +/- {line['std']:.3f} over "
-              f"{line['n_seeds']} seeds, min {line['min']:.2f}")
-    return 0
-
+from s7jax.cli.sweep import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -305,7 +305,7 @@ def test_a_data_error_is_the_only_line_on_stderr(tmp_path, source):
     assert proc.returncode == 2
     assert [line for line in err.splitlines() if line.strip()] == [
         f"error: missing {manual / 'SHA256SUMS'}: restore the official MNIST files in {manual} "
-        "(see data/mnist/README.md)"]
+        "(see s7jax/mnist_files/README.md)"]
 
 
 def test_only_the_first_process_of_a_multi_host_run_writes_the_run_files(tmp_path, monkeypatch):

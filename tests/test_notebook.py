@@ -35,9 +35,10 @@ def test_notebook_is_committed_without_outputs():
 
 @pytest.mark.parametrize("tpu", [True, False])
 def test_install_cell_brings_no_tensorflow_to_a_tpu_runtime(tpu, tmp_path, monkeypatch):
-    """The install cell, run with pip and git recorded instead of executed: on a
-    TPU runtime (libtpu importable) no command names TensorFlow and s7jax comes
-    without its dependencies; elsewhere s7jax comes with them (TFDS included)."""
+    """The install cell, run with pip recorded instead of executed: the package
+    from its repository in one pip line, with its dependencies (TFDS included);
+    on a TPU runtime (libtpu importable) without them, beside its JAX side, and
+    no command names TensorFlow."""
     import importlib.util
     import subprocess
 
@@ -48,17 +49,15 @@ def test_install_cell_brings_no_tensorflow_to_a_tpu_runtime(tpu, tmp_path, monke
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
         (object() if tpu else None) if name == "libtpu" else real_find_spec(name, *a)))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("S7JAX_MNIST_DIR", "before")  # restored after the test
-    exec(install.source, {"SKIP_INSTALL": False, "REPO_URL": "https://example.invalid/s7jax",
-                          "os": __import__("os")})
-    pips = [cmd for cmd in commands if cmd[1:4] == ["-m", "pip", "install"]]
-    assert commands[0][:2] == ["git", "clone"] and pips
+    exec(install.source, {"SKIP_INSTALL": False, "REPO_URL": "https://example.invalid/s7jax"})
+    package = "s7jax @ git+https://example.invalid/s7jax"
+    assert all(cmd[1:4] == ["-m", "pip", "install"] for cmd in commands)  # no clone
     if tpu:
-        assert not any("tensorflow" in arg for cmd in pips for arg in cmd)
-        assert "--no-deps" in pips[0] and any("jax[tpu]" in arg for arg in pips[1])
+        assert not any("tensorflow" in arg for cmd in commands for arg in cmd)
+        assert any("jax[tpu]" in arg for arg in commands[0])
+        assert commands[1][-2:] == ["--no-deps", package]
     else:
-        assert pips == [[*pips[0][:5], "s7jax-repo"]]  # with its dependencies
-    assert __import__("os").environ["S7JAX_MNIST_DIR"].endswith("data/mnist")
+        assert commands == [[*commands[0][:5], package]]  # one line, with its dependencies
 
 
 @pytest.fixture(scope="module")

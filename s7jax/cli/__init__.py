@@ -1,0 +1,132 @@
+"""What the scripts share: one-line errors with meaningful exit codes.
+
+Bad input never ends in a traceback: argument errors, invalid settings,
+unusable data and unwritable folders print one line on stderr and exit 2;
+a non-finite loss exits 3; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import sys
+
+from s7jax.errors import RunError
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gives one line (``prog: error: ...``), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+@contextlib.contextmanager
+def exit_on_known_errors():
+    try:
+        yield
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+    except OSError as e:  # a file the scripts write outside the library's own checks
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _recipe_choice(argv=None) -> tuple[str, str]:
+    """``(model, recipe)`` as given on the command line (model6 and default
+    when absent or unknown), read ahead of parsing so that ``--help`` can show
+    that recipe."""
+    from s7jax.config import RECIPES
+    from s7jax.models import MODELS
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model")
+    pre.add_argument("--recipe")
+    known, _ = pre.parse_known_args(argv)
+    return (known.model if known.model in MODELS else "model6",
+            known.recipe if known.recipe in RECIPES else "default")
+
+
+def _config_fields():
+    """``(field, parent)`` for every setting: Config's fields, with the
+    augmentation's strengths (parent ``"augment"``) in place of ``augment``."""
+    from s7jax.augment import AugmentConfig
+    from s7jax.config import Config
+
+    for f in dataclasses.fields(Config):
+        if f.name == "augment":
+            yield from ((g, "augment") for g in dataclasses.fields(AugmentConfig))
+        else:
+            yield f, None
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_flags(p: argparse.ArgumentParser, argv=None) -> None:
+    """One flag per :class:`s7jax.config.Config` field, its help from the
+    field's metadata, plus ``--recipe`` and ``--no-augment``. A flag left out
+    keeps the recipe's value, which ``--help`` shows in brackets for the
+    ``--model`` and ``--recipe`` given."""
+    from s7jax.config import RECIPES, default_config
+
+    model, recipe = _recipe_choice(argv)
+    values = default_config(model, recipe)
+    groups = {"": p}
+    p.add_argument("--recipe", choices=tuple(RECIPES),
+                   help="default: s7jax's recipe for the model; original: the study's (constant "
+                        "SGD 0.01, momentum 0.9; augmentation for models 5 and 6 only)")
+    for f, parent in _config_fields():
+        group = f.metadata.get("group", "data" if parent else "")
+        if group not in groups:
+            groups[group] = p.add_argument_group(group)
+        kwargs = {k: v for k, v in f.metadata.items() if k not in ("help", "group")}
+        if f.type in ("bool", bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = {"int": int, "float": float, "int | None": int}.get(f.type, str)
+        value = getattr(values.augment if parent else values, f.name)
+        shown = "all" if value is None and f.name.endswith("subset") else value
+        help_text = f.metadata["help"]
+        if f.name != "model":
+            help_text += f" [{model}: {shown}]"
+        groups[group].add_argument(_flag(f.name), help=help_text, **kwargs)
+    groups["data"].add_argument("--no-augment", action="store_true",
+                                help="train without augmentation")
+    groups["data"].add_argument("--data-dir",
+                                help="TFDS data_dir (default: TFDS's, honouring TFDS_DATA_DIR)")
+    groups["data"].add_argument("--manual-dir",
+                                help="folder with the four official MNIST files and SHA256SUMS")
+
+
+def config_from_args(args: argparse.Namespace, **overrides):
+    """The recipe (``--recipe``, for ``--model``) with every flag that was
+    given applied."""
+    from s7jax.augment import NO_AUGMENT
+    from s7jax.config import default_config
+
+    given, strengths = {}, {}
+    for f, parent in _config_fields():
+        value = getattr(args, f.name)
+        if value is not None:
+            (strengths if parent else given)[f.name] = value
+    given.update(overrides)
+    model, recipe = given.pop("model", "model6"), args.recipe or "default"
+    config = default_config(model, recipe, **given)
+    augment = NO_AUGMENT if args.no_augment else config.augment
+    return default_config(model, recipe, **given,
+                          augment=dataclasses.replace(augment, **strengths))
+
+
+def config_flags_given(args: argparse.Namespace) -> list[str]:
+    """The config flags set on the command line (``--recipe`` included)."""
+    names = [f.name for f, _ in _config_fields()] + ["recipe"]
+    return ([_flag(n) for n in names if getattr(args, n, None) is not None]
+            + ["--no-augment"] * bool(args.no_augment))

@@ -1,0 +1,92 @@
+"""Evaluate a saved run on the MNIST test set.
+
+    python scripts/evaluate.py --checkpoint runs/model6-<timestamp>
+
+restores the run's latest checkpoint (or the one given: a run folder, its
+``checkpoints/`` folder, or one step inside it) with the run's
+``config.json`` and prints test loss and accuracy: the figures of the
+run's last ``metrics.jsonl`` row. ``--misclassified FILE.png`` also draws the
+misclassified test digits with their true and predicted labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+from s7jax.cli import OneLineErrorParser, exit_on_known_errors
+from s7jax.errors import ConfigError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True,
+                   help="run folder, its checkpoints/ folder, or a step folder inside it")
+    p.add_argument("--misclassified", metavar="FILE.png", help="draw the misclassified digits here")
+    p.add_argument("--max-digits", type=int, default=48, help="at most this many in the gallery")
+    p.add_argument("--data-dir", help="TFDS data_dir")
+    p.add_argument("--manual-dir", help="folder with the four official MNIST files")
+    return p.parse_args(argv)
+
+
+def locate(path: Path) -> tuple[Path, int | None]:
+    """(run folder, step or None for the latest) from what the user gave."""
+    from s7jax import runfiles
+
+    for workdir, step in ((path, None), (path.parent, None), (path.parent.parent, path.name)):
+        if runfiles.config_path(workdir).is_file():
+            if step is not None and not step.isdigit():
+                continue
+            return workdir, None if step is None else int(step)
+    raise ConfigError(f"--checkpoint {path}: no run's config.json found at or above it")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    with exit_on_known_errors():
+        from s7jax import compile_cache
+
+        compile_cache.enable()  # a second identical run skips XLA's compiles
+        import jax
+        import numpy as np
+
+        from s7jax import checkpoint, data, plots, runfiles
+        from s7jax.steps import eval_step, initial_state, learning_rate_schedule
+        from s7jax.train import device_eval_batches, evaluate
+
+        workdir, step = locate(Path(args.checkpoint))
+        config = runfiles.read_config(workdir)
+        ckpt_dir = runfiles.checkpoint_dir(workdir)
+        if step is None and checkpoint.latest_step(ckpt_dir) is None:  # before loading any data
+            raise ConfigError(f"no checkpoint in {ckpt_dir}")
+        data.check_files(config.data_source, args.data_dir, args.manual_dir)
+        splits = data.load_mnist(args.data_dir, args.manual_dir, source=config.data_source)
+        test = splits["test"].subset(config.test_subset)
+        steps = data.steps_per_epoch(len(splits["train"].subset(config.train_subset)),
+                                     config.batch_size)
+        state, _ = initial_state(config, learning_rate_schedule(config, steps))
+        state, record = checkpoint.restore(ckpt_dir, state, step, log=print)
+        loss, acc = evaluate(jax.jit(eval_step), state, device_eval_batches(test, config.eval_batch_size))
+        print(f"{config.model} step {int(state.step)} (epoch {record['epoch']}): "
+              f"test loss {loss:.4f}, test acc {acc:.2f}% on {len(test):,} images")
+
+        if args.misclassified:
+            apply = jax.jit(lambda s, x: s.apply_fn(
+                {"params": s.params, "batch_stats": s.batch_stats}, x, train=False))
+            predictions = np.concatenate([
+                np.asarray(apply(state, images)).argmax(-1)
+                for images in data.eval_batches(test, batch_size=config.eval_batch_size)["image"]
+            ])[:len(test)]
+            wrong = np.flatnonzero(predictions != test.labels)
+            shown = wrong[:args.max_digits]
+            plots.digit_grid(test.images[shown], [f"{test.labels[i]} -> {predictions[i]}" for i in shown],
+                             args.misclassified, columns=12,
+                             suptitle=f"{len(wrong)} misclassified of {len(test):,} (true -> predicted)")
+            print(f"wrote {args.misclassified} ({len(shown)} of {len(wrong)} misclassified digits)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

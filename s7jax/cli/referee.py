@@ -1,0 +1,50 @@
+"""Train a model the way the original study did, in PyTorch, as a referee
+for s7jax's run of the same model (see ``s7jax.referee``).
+
+    python scripts/referee.py --model model2 --seed 0
+
+trains ``s7jax.torch_reference``'s model2 (PyTorch's default initialisation)
+with SGD 0.01, momentum 0.9, batch 128 for 15 epochs on the CPU and writes
+``results/model2/torch-seed-0/`` (``config.json``, ``metrics.jsonl``), which
+``scripts/report.py`` sets beside s7jax's runs in the README's "Against the
+original" table. Needs PyTorch and torchvision (``pip install -e '.[bench]'``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+from s7jax.cli import OneLineErrorParser, exit_on_known_errors
+
+
+def parse_args(argv=None):
+    p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="model6", help="model1 .. model6 (default model6)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and order seed (default 0)")
+    p.add_argument("--epochs", type=int, default=15, help="epochs (default 15)")
+    p.add_argument("--train-subset", type=int, help="train on the first N images only (quick runs)")
+    p.add_argument("--test-subset", type=int, help="evaluate on the first N test images only")
+    p.add_argument("--results", default="results",
+                   help="results folder; the run goes to RESULTS/<model>/torch-seed-<seed>")
+    p.add_argument("--manual-dir", help="folder of the four official MNIST files")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already there")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    with exit_on_known_errors():
+        from s7jax.referee import RefereeConfig, train_referee, workdir_for
+
+        config = RefereeConfig.original(args.model, args.seed, args.epochs, args.train_subset,
+                                        args.test_subset)
+        train_referee(config, workdir_for(args.results, config), manual_dir=args.manual_dir,
+                      overwrite=args.overwrite, show_progress=not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Train one of the six models on MNIST and evaluate it after every epoch.
+
+    python scripts/train.py --model model6
+
+runs model6's default recipe (``s7jax.config.DEFAULTS``) for 15 epochs and
+writes ``config.json``, ``metrics.jsonl``, ``curves.png`` and ``checkpoints/``
+into ``runs/model6-<timestamp>/``. Every flag overrides one setting of the
+recipe; ``--resume WORKDIR`` continues an interrupted run.
+
+Exit codes: 0 done, 2 bad input (flags, data, workdir), 3 non-finite loss,
+130 interrupted (a checkpoint is saved; resume with --resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+from s7jax.cli import (
+    OneLineErrorParser, add_config_flags, config_flags_given, config_from_args, exit_on_known_errors)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = OneLineErrorParser(description=__doc__.split("\n\n")[0],
+                           epilog="In brackets: what the recipe (--recipe, default by "
+                                  "default) of the --model given (model6 by default) sets each "
+                                  "flag to.")
+    add_config_flags(p, argv)
+    p.add_argument("--workdir", help="where the run's files go (default runs/<model>-<timestamp>)")
+    p.add_argument("--resume", metavar="WORKDIR",
+                   help="continue the run in WORKDIR from its last intact checkpoint, with its "
+                        "recorded config (config flags are refused)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run that --workdir already holds (its files are deleted)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the config the run would use, as JSON (its auto settings "
+                        "resolved for this machine), and exit")
+    p.add_argument("--distributed", action="store_true",
+                   help="multi-host (TPU pods): call jax.distributed.initialize() first")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    from s7jax import parallel, plots, rundir, runfiles
+    from s7jax.config import ConfigError
+    from s7jax.models import get_model, init_variables
+    from s7jax.summary import summary_table
+    from s7jax.steps import PRNG_IMPL
+    from s7jax.train import train_and_evaluate
+
+    if args.resume:
+        workdir = Path(args.resume)
+        flags = config_flags_given(args)
+        flags += ["--workdir"] * bool(args.workdir) + ["--overwrite"] * args.overwrite
+        if flags:
+            raise ConfigError(f"--resume continues {workdir} as its config.json records it; "
+                              f"drop {', '.join(flags)}, or start a new run with them")
+        config = runfiles.read_config(workdir)
+    else:
+        config = config_from_args(args)
+    if args.print_config:
+        from s7jax.train import resolve
+
+        print(resolve(config).dumps())
+        return 0
+    if not args.resume:
+        workdir = Path(args.workdir) if args.workdir else rundir.unique_dir(Path("runs"), config.model)
+
+    if args.distributed:
+        import jax
+        jax.distributed.initialize()
+    import jax
+
+    mesh = parallel.make_mesh()
+    print(f"JAX {jax.__version__}, backend {jax.default_backend()}, devices: {jax.devices()}")
+    print(parallel.describe(mesh))
+    model = get_model(config.model)
+    print(f"\n{config.model}\n{summary_table(model, init_variables(model, jax.random.key(0, impl=PRNG_IMPL)))}\n")
+    print(f"workdir {workdir}")
+    history = train_and_evaluate(config, workdir, resume=bool(args.resume),
+                                 overwrite=args.overwrite, mesh=mesh,
+                                 data_dir=args.data_dir, manual_dir=args.manual_dir,
+                                 show_progress=not args.no_progress)
+    if runfiles.writes_files():
+        plots.curves(history, workdir / "curves.png", title=f"{config.model}, seed {config.seed}")
+    print(f"wrote {runfiles.metrics_path(workdir)}, {workdir / 'curves.png'}, "
+          f"{runfiles.checkpoint_dir(workdir)}/")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    with exit_on_known_errors():
+        from s7jax import compile_cache
+
+        compile_cache.enable()  # a second identical run skips XLA's compiles
+        return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The referee: a model trained the way the original study trained it, in PyTorch.
+
+The parity test shows that s7jax's modules compute what the PyTorch build of
+the spec (:mod:`s7jax.torch_reference`) computes; it cannot show that
+training behaves as the original's did. The referee trains that PyTorch
+build with the original recipe on the same data, so that each model's
+s7jax result has a PyTorch run beside it on the same machine::
+
+    python scripts/referee.py --model model2 --seed 0   # -> results/model2/torch-seed-0/
+
+The original recipe (the study's notebooks):
+
+* the network from :func:`s7jax.torch_reference.build`, initialised by
+  PyTorch's defaults (``torch.manual_seed(seed)`` first);
+* SGD, learning rate 0.01, momentum 0.9, no schedule, no weight decay;
+  batch 128, the last short batch kept; the negative log-likelihood loss;
+* augmentation for models 5 and 6 only, per image with torchvision on PIL
+  images, as torchvision's MNIST serves them: ``RandomRotation(7, fill=0)``
+  and ``ColorJitter(brightness=b, contrast=b)`` with b = 0.1 (model 5) or
+  0.2 (model 6); then ``ToTensor`` and ``Normalize(0.1307, 0.3081)``;
+* a fresh permutation every epoch from a generator seeded with ``seed``,
+  which is what ``DataLoader(shuffle=True, generator=g)`` draws;
+* per epoch, as the notebooks' ``train()``/``test()``: the mean training loss
+  and accuracy of the epoch's batches (train mode), and the test loss and
+  accuracy over all 10,000 test images (eval mode).
+
+The images are the official MNIST files (:func:`s7jax.data.read_idx`), so the
+data is the same as s7jax's, byte for byte. The run folder has s7jax's
+layout: ``config.json`` (``{"config": {..., "framework": "pytorch"},
+"environment": ...}``) and ``metrics.jsonl`` with s7jax's keys, one row per
+epoch, written as it ends. On a CPU with the same thread count the run
+repeats exactly (one process, seeded generators).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from s7jax import console, rundir, runfiles
+from s7jax.augment import NO_AUGMENT, AugmentConfig
+from s7jax.config import MAX_EPOCHS, default_config, validate_model
+from s7jax.data import MEAN, STD, read_idx
+from s7jax.errors import NonFiniteLossError
+from s7jax.results import run_dir
+
+@dataclasses.dataclass(frozen=True)
+class RefereeConfig:
+    model: str
+    seed: int = 0
+    epochs: int = MAX_EPOCHS
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    augment: AugmentConfig = NO_AUGMENT
+    train_subset: int | None = None  # the first N images only (tests)
+    test_subset: int | None = None
+    framework: str = "pytorch"
+
+    @classmethod
+    def original(cls, model: str, seed: int = 0, epochs: int = MAX_EPOCHS,
+                 train_subset: int | None = None, test_subset: int | None = None,
+                 ) -> "RefereeConfig":
+        """The study's recipe for ``model``, checked like s7jax's own settings."""
+        validate_model(model)
+        s7jax_side = default_config(model, "original", seed=seed, epochs=epochs,
+                                    train_subset=train_subset, test_subset=test_subset)
+        return cls(model=model, seed=seed, epochs=epochs, batch_size=s7jax_side.batch_size,
+                   lr=s7jax_side.lr, momentum=s7jax_side.momentum, augment=s7jax_side.augment,
+                   train_subset=train_subset, test_subset=test_subset)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def workdir_for(results_dir: str | os.PathLike, config: RefereeConfig) -> Path:
+    return run_dir(results_dir, config.model, config.seed, "referee")
+
+
+def is_referee_run(workdir: Path) -> bool:
+    try:
+        config = json.loads(runfiles.config_path(workdir).read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return config.get("framework") == "pytorch"
+
+
+def _environment(torch) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        torchvision = version("torchvision")
+    except PackageNotFoundError:
+        torchvision = None
+    return {
+        "framework": "pytorch",
+        "torch": torch.__version__,
+        "torchvision": torchvision,
+        "python": platform.python_version(),
+        "backend": "cpu",
+        "devices": ["cpu"],
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu": runfiles.cpu_identity(),
+    }
+
+
+def train_referee(config: RefereeConfig, workdir: str | os.PathLike, *, manual_dir=None,
+                  overwrite: bool = False, show_progress: bool = True) -> list[dict[str, Any]]:
+    """Train ``config`` with PyTorch on the CPU into ``workdir``; the epochs' rows."""
+    from s7jax import torch_reference
+
+    torch = torch_reference._torch()
+    import torch.nn.functional as F
+
+    splits = read_idx(manual_dir)  # checked before the folder is claimed
+    train = splits["train"].subset(config.train_subset)
+    test = splits["test"].subset(config.test_subset)
+    with rundir.claim(workdir, overwrite=overwrite) as workdir:
+        torch.manual_seed(config.seed)
+        net = torch_reference.build(config.model)
+        optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum)
+        payload = {"config": config.to_json(), "environment": _environment(torch)}
+        runfiles.config_path(workdir).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+        def tensor(images_uint8):  # (N, 28, 28, 1) uint8 -> (N, 1, 28, 28) normalised
+            x = torch.from_numpy(images_uint8.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+            return (x - MEAN) / STD
+
+        train_x, train_y = tensor(train.images), torch.from_numpy(train.labels.astype(np.int64))
+        test_x, test_y = tensor(test.images), torch.from_numpy(test.labels.astype(np.int64))
+        pil = augment = None
+        if config.augment.enabled:  # torchvision is needed for augmented models only
+            from PIL import Image
+            from torchvision import transforms
+
+            a = config.augment
+            augment = transforms.Compose([
+                transforms.RandomRotation((-a.degrees, a.degrees), fill=(0,)),
+                transforms.ColorJitter(brightness=a.brightness, contrast=a.contrast),
+                transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
+            pil = [Image.fromarray(im[..., 0]) for im in train.images]
+
+        generator = torch.Generator().manual_seed(config.seed)
+        steps = -(-len(train) // config.batch_size)
+        print(console.table_header())
+        history = []
+        for epoch in range(1, config.epochs + 1):
+            start = time.perf_counter()
+            net.train()
+            order = torch.randperm(len(train), generator=generator)
+            loss_sum, correct = 0.0, 0
+            bar = console.progress_bar(epoch, config.epochs, steps, 0, show_progress)
+            for i in range(steps):
+                idx = order[i * config.batch_size:(i + 1) * config.batch_size]
+                x = torch.stack([augment(pil[j]) for j in idx.tolist()]) if pil else train_x[idx]
+                y = train_y[idx]
+                optimizer.zero_grad()
+                out = net(x)
+                loss = F.nll_loss(out, y)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.item() * len(y)
+                correct += int(out.argmax(1).eq(y).sum())
+                bar.update()
+            bar.close()
+            net.eval()
+            with torch.no_grad():
+                out = torch.cat([net(test_x[i:i + 1000]) for i in range(0, len(test), 1000)])
+                test_loss = F.nll_loss(out, test_y, reduction="sum").item() / len(test)
+                test_correct = int(out.argmax(1).eq(test_y).sum())
+            row = {"epoch": epoch, "lr": config.lr,
+                   "train_loss": loss_sum / len(train), "train_acc": 100.0 * correct / len(train),
+                   "test_loss": test_loss, "test_acc": 100.0 * test_correct / len(test),
+                   "seconds": time.perf_counter() - start}
+            if not np.isfinite(row["train_loss"]):
+                raise NonFiniteLossError(epoch, epoch * steps)  # the referee keeps no checkpoints
+            runfiles.append_metrics(workdir, row)
+            history.append(row)
+            print(console.table_row(row), flush=True)
+    return history
