@@ -1,10 +1,12 @@
-"""Evaluate a saved run on the MNIST test set.
+"""Evaluate a saved run, or a weights file, on the MNIST test set.
 
     python scripts/evaluate.py --checkpoint runs/model6-<timestamp>
+    python scripts/evaluate.py --weights results/model6/seed-0/weights.msgpack
 
 restores the run's latest checkpoint (or the one given: a run folder, its
 ``checkpoints/`` folder, or one step inside it) with the run's
-``config.json`` and prints test loss and accuracy: the figures of the
+``config.json``, or loads a committed run's final weights (``s7jax.weights``),
+and prints test loss and accuracy over the whole test set: the figures of the
 run's last ``metrics.jsonl`` row. ``--misclassified FILE.png`` also draws the
 misclassified test digits with their true and predicted labels.
 """
@@ -22,8 +24,11 @@ from s7jax.errors import ConfigError
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True,
-                   help="run folder, its checkpoints/ folder, or a step folder inside it")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint",
+                       help="run folder, its checkpoints/ folder, or a step folder inside it")
+    which.add_argument("--weights", metavar="FILE",
+                       help="a weights file (results/<model>/seed-<s>/weights.msgpack)")
     p.add_argument("--misclassified", metavar="FILE.png", help="draw the misclassified digits here")
     p.add_argument("--max-digits", type=int, default=48, help="at most this many in the gallery")
     p.add_argument("--data-dir", help="TFDS data_dir")
@@ -52,32 +57,43 @@ def main(argv=None) -> int:
         import jax
         import numpy as np
 
-        from s7jax import checkpoint, data, plots, runfiles
+        from s7jax import checkpoint, data, plots, runfiles, weights
+        from s7jax.models import get_model
         from s7jax.steps import eval_step, initial_state, learning_rate_schedule
         from s7jax.train import device_eval_batches, evaluate
 
-        workdir, step = locate(Path(args.checkpoint))
-        config = runfiles.read_config(workdir)
-        ckpt_dir = runfiles.checkpoint_dir(workdir)
-        if step is None and checkpoint.latest_step(ckpt_dir) is None:  # before loading any data
-            raise ConfigError(f"no checkpoint in {ckpt_dir}")
-        data.check_files(config.data_source, args.data_dir, args.manual_dir)
-        splits = data.load_mnist(args.data_dir, args.manual_dir, source=config.data_source)
-        test = splits["test"].subset(config.test_subset)
-        steps = data.steps_per_epoch(len(splits["train"].subset(config.train_subset)),
-                                     config.batch_size)
-        state, _ = initial_state(config, learning_rate_schedule(config, steps))
-        state, record = checkpoint.restore(ckpt_dir, state, step, log=print)
-        loss, acc = evaluate(jax.jit(eval_step), state, device_eval_batches(test, config.eval_batch_size))
-        print(f"{config.model} step {int(state.step)} (epoch {record['epoch']}): "
-              f"test loss {loss:.4f}, test acc {acc:.2f}% on {len(test):,} images")
+        if args.weights:
+            name, variables, info = weights.load(args.weights)
+            model = get_model(name)
+            state, test_subset, eval_batch_size = weights.as_state(model, variables), None, 1000
+            source = "auto"
+            where = f"{name} from {args.weights} (epoch {info.get('epoch')})"
+        else:
+            workdir, step = locate(Path(args.checkpoint))
+            config = runfiles.read_config(workdir)
+            ckpt_dir = runfiles.checkpoint_dir(workdir)
+            if step is None and checkpoint.latest_step(ckpt_dir) is None:  # before loading any data
+                raise ConfigError(f"no checkpoint in {ckpt_dir}")
+            test_subset, eval_batch_size = config.test_subset, config.eval_batch_size
+            source = config.data_source
+        data.check_files(source, args.data_dir, args.manual_dir)
+        splits = data.load_mnist(args.data_dir, args.manual_dir, source=source)
+        test = splits["test"].subset(test_subset)
+        if not args.weights:
+            steps = data.steps_per_epoch(len(splits["train"].subset(config.train_subset)),
+                                         config.batch_size)
+            state, _ = initial_state(config, learning_rate_schedule(config, steps))
+            state, record = checkpoint.restore(ckpt_dir, state, step, log=print)
+            where = f"{config.model} step {int(state.step)} (epoch {record['epoch']})"
+        loss, acc = evaluate(jax.jit(eval_step), state, device_eval_batches(test, eval_batch_size))
+        print(f"{where}: test loss {loss:.4f}, test acc {acc:.2f}% on {len(test):,} images")
 
         if args.misclassified:
             apply = jax.jit(lambda s, x: s.apply_fn(
                 {"params": s.params, "batch_stats": s.batch_stats}, x, train=False))
             predictions = np.concatenate([
                 np.asarray(apply(state, images)).argmax(-1)
-                for images in data.eval_batches(test, batch_size=config.eval_batch_size)["image"]
+                for images in data.eval_batches(test, batch_size=eval_batch_size)["image"]
             ])[:len(test)]
             wrong = np.flatnonzero(predictions != test.labels)
             shown = wrong[:args.max_digits]

@@ -1,0 +1,118 @@
+"""Trained weights as small portable files: a model's parameters and
+BatchNorm statistics, nothing else (no optimiser state, no Orbax folder).
+
+A committed run keeps its final weights next to its metrics, written from
+its last checkpoint::
+
+    results/<model>/seed-<s>/weights.msgpack
+
+The file is ``flax.serialization``'s msgpack of a plain dict: ``format``,
+``model``, ``epoch``, ``test_acc`` (the run's last recorded test accuracy,
+for reference), ``params`` and ``batch_stats`` as float32 arrays keyed by
+Flax's layer names. Any msgpack reader opens it (PyTorch: see
+``s7jax.torch_reference.load_flax_variables``)::
+
+    from s7jax.weights import load_trained
+    model, variables = load_trained("model6", seed=0)          # from results/
+    log_probs = model.apply(variables, images, train=False)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import serialization
+
+from s7jax.errors import CheckpointError, ConfigError
+from s7jax.models import get_model, init_variables
+
+FORMAT = "s7jax-weights-1"
+FILENAME = "weights.msgpack"
+
+
+def save(path: str | os.PathLike, model: str, variables: dict[str, Any], **info: Any) -> Path:
+    """Write ``variables`` (``params`` and ``batch_stats``) of ``model`` to
+    ``path``, with ``info`` (plain numbers and strings) beside them."""
+    get_model(model)  # a known model, or ConfigError
+    tree = {"format": FORMAT, "model": model, **info,
+            "params": jax.tree_util.tree_map(np.asarray, dict(variables["params"])),
+            "batch_stats": jax.tree_util.tree_map(np.asarray, dict(variables.get("batch_stats", {})))}
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(serialization.msgpack_serialize(tree))
+    tmp.replace(path)  # never a half-written file under the real name
+    return path
+
+
+def load(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """``(model name, {"params", "batch_stats"}, info)`` from a weights file,
+    checked against the model's own parameter tree (names, shapes, dtypes):
+    a file that does not fit is a one-line CheckpointError."""
+    path = Path(path)
+    try:
+        tree = serialization.msgpack_restore(path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"no weights file {path}") from None
+    except Exception as e:  # noqa: BLE001 - msgpack raises several types on damage
+        raise CheckpointError(f"{path} is not a readable weights file ({type(e).__name__})") from None
+    if not isinstance(tree, dict) or tree.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an s7jax weights file (format {FORMAT})")
+    name = tree["model"]
+    model = get_model(name)
+    expected = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
+    variables = {"params": tree["params"], "batch_stats": tree.get("batch_stats", {})}
+    expected = {"params": expected["params"], "batch_stats": expected.get("batch_stats", {})}
+    shapes = jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), variables)
+    wanted = jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), expected)
+    if shapes != wanted:
+        raise CheckpointError(f"{path}: its arrays do not fit {name}'s parameters and "
+                              "BatchNorm statistics")
+    info = {k: v for k, v in tree.items() if k not in ("params", "batch_stats")}
+    return name, variables, info
+
+
+def trained_path(model: str, seed: int = 0, results_dir: str | os.PathLike = "results") -> Path:
+    return Path(results_dir) / model / f"seed-{seed}" / FILENAME
+
+
+def load_trained(model: str, seed: int = 0, results_dir: str | os.PathLike = "results"):
+    """``(flax module, variables)`` of a committed run's final weights."""
+    name, variables, _ = load(trained_path(model, seed, results_dir))
+    if name != model:
+        raise CheckpointError(f"{trained_path(model, seed, results_dir)} holds {name}, not {model}")
+    return get_model(name), variables
+
+
+def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Write the final weights of the run in ``workdir`` (its latest intact
+    checkpoint) to ``out`` (default ``workdir/weights.msgpack``)."""
+    from s7jax import checkpoint, runfiles
+    from s7jax.config import TRAIN_IMAGES
+    from s7jax.data import steps_per_epoch
+    from s7jax.steps import initial_state, learning_rate_schedule
+
+    workdir = Path(workdir)
+    config = runfiles.read_config(workdir)
+    steps = steps_per_epoch(config.train_subset or TRAIN_IMAGES, config.batch_size)
+    state, _ = initial_state(config, learning_rate_schedule(config, steps))
+    state, record = checkpoint.restore(runfiles.checkpoint_dir(workdir), state)
+    last = record["history"][-1]
+    return save(out or workdir / FILENAME, config.model,
+                {"params": state.params, "batch_stats": state.batch_stats},
+                epoch=int(record["epoch"]), step=int(state.step), test_acc=float(last["test_acc"]),
+                seed=int(config.seed))
+
+
+def as_state(model, variables: dict[str, Any]):
+    """A TrainState holding ``variables`` (no optimiser to speak of), for
+    ``s7jax.steps.eval_step`` and the evaluation helpers."""
+    import optax
+
+    from s7jax.steps import TrainState
+
+    return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                             batch_stats=variables.get("batch_stats", {}), tx=optax.identity())
