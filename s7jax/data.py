@@ -267,10 +267,16 @@ def load_mnist(data_dir=None, manual_dir=None, source: str = "auto") -> dict[str
                         f"({type(e).__name__}); delete that folder and check --manual-dir") from None
 
 
-def normalize(images_uint8):
-    """uint8 pixels -> float32 ``(x / 255 - MEAN) / STD``, in float32 throughout
-    (numpy or JAX arrays; the same figures as the tf.data pipeline's)."""
-    return (images_uint8.astype(np.float32) / np.float32(255.0) - np.float32(MEAN)) / np.float32(STD)
+def normalize(images_uint8, compute_dtype=np.float32):
+    """uint8 pixels -> float32 ``(x / 255 - MEAN) / STD`` (numpy or JAX arrays).
+
+    Computed in float32 throughout by default, the same figures as the
+    tf.data pipeline's; the BatchNorm calibration images of every recorded run
+    were computed in float64 (``compute_dtype=np.float64``) and rounded once.
+    """
+    d = np.dtype(compute_dtype)
+    x = images_uint8.astype(d) / d.type(255.0)
+    return ((x - d.type(MEAN)) / d.type(STD)).astype(np.float32)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-TARGET = 99.4
+from s7jax.config import TARGET
 
 
 def _save(fig, path) -> Path:

@@ -18,6 +18,7 @@ The original recipe (the study's notebooks):
   images, as torchvision's MNIST serves them: ``RandomRotation(7, fill=0)``
   and ``ColorJitter(brightness=b, contrast=b)`` with b = 0.1 (model 5) or
   0.2 (model 6); then ``ToTensor`` and ``Normalize(0.1307, 0.3081)``;
+* on the GPU where PyTorch sees one, else the CPU;
 * a fresh permutation every epoch from a generator seeded with ``seed``,
   which is what ``DataLoader(shuffle=True, generator=g)`` draws;
 * per epoch, as the notebooks' ``train()``/``test()``: the mean training loss
@@ -29,7 +30,8 @@ data is the same as s7jax's, byte for byte. The run folder has s7jax's
 layout: ``config.json`` (``{"config": {..., "framework": "pytorch"},
 "environment": ...}``) and ``metrics.jsonl`` with s7jax's keys, one row per
 epoch, written as it ends. On a CPU with the same thread count the run
-repeats exactly (one process, seeded generators).
+repeats exactly (one process, seeded generators); on a GPU, cuDNN may pick
+non-deterministic kernels.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from s7jax import console, rundir, runfiles
 from s7jax.augment import NO_AUGMENT, AugmentConfig
 from s7jax.config import MAX_EPOCHS, default_config, validate_model
 from s7jax.data import MEAN, STD, read_idx
-from s7jax.errors import NonFiniteLossError
+from s7jax.errors import ConfigError, NonFiniteLossError
 from s7jax.results import run_dir
 
 @dataclasses.dataclass(frozen=True)
@@ -86,13 +88,12 @@ def workdir_for(results_dir: str | os.PathLike, config: RefereeConfig) -> Path:
 
 def is_referee_run(workdir: Path) -> bool:
     try:
-        config = json.loads(runfiles.config_path(workdir).read_text())["config"]
-    except (OSError, ValueError, KeyError):
+        return runfiles.read_record(workdir)["config"].get("framework") == "pytorch"
+    except ConfigError:
         return False
-    return config.get("framework") == "pytorch"
 
 
-def _environment(torch) -> dict[str, Any]:
+def _environment(torch, device) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -104,8 +105,8 @@ def _environment(torch) -> dict[str, Any]:
         "torch": torch.__version__,
         "torchvision": torchvision,
         "python": platform.python_version(),
-        "backend": "cpu",
-        "devices": ["cpu"],
+        "backend": "gpu" if device.type == "cuda" else "cpu",
+        "devices": [torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"],
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "cpu": runfiles.cpu_identity(),
@@ -123,19 +124,25 @@ def train_referee(config: RefereeConfig, workdir: str | os.PathLike, *, manual_d
     splits = read_idx(manual_dir)  # checked before the folder is claimed
     train = splits["train"].subset(config.train_subset)
     test = splits["test"].subset(config.test_subset)
+    # On a GPU where there is one (the GPU check trains model1 there); the
+    # augmentation stays on the host, as the original DataLoader's.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with rundir.claim(workdir, overwrite=overwrite) as workdir:
         torch.manual_seed(config.seed)
-        net = torch_reference.build(config.model)
+        net = torch_reference.build(config.model).to(device)
         optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum)
-        payload = {"config": config.to_json(), "environment": _environment(torch)}
+        payload = {"config": config.to_json(), "environment": _environment(torch, device)}
         runfiles.config_path(workdir).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
         def tensor(images_uint8):  # (N, 28, 28, 1) uint8 -> (N, 1, 28, 28) normalised
             x = torch.from_numpy(images_uint8.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
-            return (x - MEAN) / STD
+            return ((x - MEAN) / STD).to(device)
 
-        train_x, train_y = tensor(train.images), torch.from_numpy(train.labels.astype(np.int64))
-        test_x, test_y = tensor(test.images), torch.from_numpy(test.labels.astype(np.int64))
+        def labels(split):
+            return torch.from_numpy(split.labels.astype(np.int64)).to(device)
+
+        train_x, train_y = tensor(train.images), labels(train)
+        test_x, test_y = tensor(test.images), labels(test)
         pil = augment = None
         if config.augment.enabled:  # torchvision is needed for augmented models only
             from PIL import Image
@@ -160,8 +167,9 @@ def train_referee(config: RefereeConfig, workdir: str | os.PathLike, *, manual_d
             bar = console.progress_bar(epoch, config.epochs, steps, 0, show_progress)
             for i in range(steps):
                 idx = order[i * config.batch_size:(i + 1) * config.batch_size]
-                x = torch.stack([augment(pil[j]) for j in idx.tolist()]) if pil else train_x[idx]
-                y = train_y[idx]
+                x = (torch.stack([augment(pil[j]) for j in idx.tolist()]).to(device) if pil
+                     else train_x[idx.to(device)])
+                y = train_y[idx.to(device)]
                 optimizer.zero_grad()
                 out = net(x)
                 loss = F.nll_loss(out, y)

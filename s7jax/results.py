@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from s7jax import runfiles
+from s7jax.config import TARGET
 
 LAST = 3
-TARGET = 99.4
 
 
 # A run's folder under results/<model>/ names how it was trained: s7jax's
@@ -33,7 +33,7 @@ def run_summary(run: Path) -> dict[str, Any]:
     """One run's figures: the last three epochs' test accuracies, their min
     and mean, the best epoch, the median epoch time, where it ran."""
     history = runfiles.read_metrics(run)
-    config = json.loads(runfiles.config_path(run).read_text())
+    config = runfiles.read_record(run)
     last = [r["test_acc"] for r in history[-LAST:]]
     return {
         "epochs": len(history),

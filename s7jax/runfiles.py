@@ -104,17 +104,31 @@ def write_config(workdir: Path, config: Config) -> None:
         config_path(workdir).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def read_config(workdir: Path) -> Config:
-    """The run's Config; ConfigError when config.json is missing or unreadable."""
+def read_record(workdir: Path) -> dict[str, Any]:
+    """The run's ``config.json`` as recorded: ``{"config": ..., "environment":
+    ...}``; ConfigError when it is missing or unreadable."""
     path = config_path(workdir)
     try:
-        return Config.from_json(json.loads(path.read_text())["config"])
+        record = json.loads(path.read_text())
+        record["config"], record["environment"]  # noqa: B018 - both must be there
+        return record
     except FileNotFoundError:
         raise ConfigError(f"{workdir}: no config.json there (not a run directory)") from None
-    except ConfigError:
-        raise
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{path} is not a readable run config ({type(e).__name__}: {e})") from None
+
+
+def read_config(workdir: Path) -> Config:
+    """The run's Config (an s7jax run's); ConfigError when config.json is
+    missing or unreadable, or records settings s7jax does not know."""
+    record = read_record(workdir)
+    try:
+        return Config.from_json(record["config"])
+    except ConfigError:
+        raise
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{config_path(workdir)} is not a readable run config "
+                          f"({type(e).__name__}: {e})") from None
 
 
 def write_metrics(workdir: Path, rows: list[dict[str, Any]]) -> None:

@@ -27,7 +27,7 @@ import dataclasses
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -74,6 +74,21 @@ def epoch_calls(first: int, steps: int, per_call: int):
         yield n, last, last or done // FETCH_EVERY > (done - n) // FETCH_EVERY
 
 
+def step_through(train_fn: Callable, state: TrainState, batches, key: jax.Array, totals,
+                 calls) -> Iterator[tuple[TrainState, Any, int, bool, bool]]:
+    """Run an epoch's compiled calls: for each ``(n, last, fetch)`` of
+    ``calls`` (from :func:`epoch_calls`), train ``n`` steps on the next ``n``
+    batches with ``train_fn`` (jitted ``steps.train_steps``) and add their
+    metrics to ``totals`` on the device; yield ``(state, totals, n, last,
+    fetch)`` after each call, so that the caller can fetch the metrics, move a
+    progress bar or stop. The training loop and ``scripts/bench.py`` both
+    run their epochs through it."""
+    for n, last, fetch in calls:
+        state, metrics = train_fn(state, tuple(next(batches) for _ in range(n)), key)
+        totals = accumulate(totals, metrics)
+        yield state, totals, n, last, fetch
+
+
 def device_eval_batches(split: data.Split, batch_size: int, sharding=None) -> list[Batch]:
     """The test set is small: put it on the device(s) once for every evaluation."""
     stacked = data.eval_batches(split, batch_size=batch_size)
@@ -93,7 +108,7 @@ def calibration_images(split: data.Split, n: int, seed: int) -> np.ndarray:
     """``n`` clean, normalised training images (a fixed random subset) for
     re-estimating the BN statistics."""
     pick = np.sort(np.random.default_rng(seed).permutation(len(split))[:n])
-    return ((split.images[pick] / 255.0 - data.MEAN) / data.STD).astype(np.float32)
+    return data.normalize(split.images[pick], np.float64)
 
 
 def device_train_data(config: Config, split: data.Split, replicated) -> data.DeviceTrainData:
@@ -306,10 +321,9 @@ def _steps_per_call(config, mesh, train_split, test_split, state, dropout_key, s
 
     def run_epoch(state, epoch, first, partial, bar, interrupted):
         totals = jax.device_put(partial if partial else zero_totals(), replicated)
-        for n, last, fetch in epoch_calls(first, steps, config.steps_per_call):
-            group = tuple(next(batches) for _ in range(n))
-            state, metrics = p_train_steps(state, group, dropout_key)
-            totals = accumulate(totals, metrics)
+        calls = epoch_calls(first, steps, config.steps_per_call)
+        for state, totals, n, last, fetch in step_through(p_train_steps, state, batches,
+                                                          dropout_key, totals, calls):
             bar.update(n)
             if interrupted["set"] or fetch:
                 host = jax.device_get(totals)

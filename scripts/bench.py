@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from s7jax.cli import OneLineErrorParser, exit_on_known_errors  # noqa: E402
+from s7jax.cli import OneLineErrorParser, add_data_flags, exit_on_known_errors  # noqa: E402
 
 BATCH_SIZE = 128
 EVAL_BATCH_SIZE = 1000  # s7jax's default (Config.eval_batch_size)
@@ -78,8 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"tiny counts on a subset, for smoke tests: {QUICK}")
     p.add_argument("--skip-torch", action="store_true", help="measure the s7jax side only")
     p.add_argument("--out", help="result JSON (default results/bench-<cpu|gpu>.json)")
-    p.add_argument("--data-dir", help="TFDS data_dir")
-    p.add_argument("--manual-dir", help="folder with the four official MNIST files")
+    add_data_flags(p)
     p.add_argument("--train-images", type=int, help="use only the first N training images")
     p.add_argument("--test-images", type=int, help="use only the first N test images")
     p.add_argument("--worker", choices=["s7jax", "pytorch"], help=argparse.SUPPRESS)
@@ -124,6 +123,7 @@ def epoch_summary(seconds: list[float], images: int, **extra) -> dict:
 
 def run_s7jax(spec: dict) -> dict:
     t0 = time.perf_counter()
+    import dataclasses
     import functools
 
     import jax
@@ -132,7 +132,7 @@ def run_s7jax(spec: dict) -> dict:
     from s7jax import data, parallel, train
     from s7jax.steps import (accumulate, eval_step, evaluate_stacked, initial_state,
                              learning_rate_schedule, make_batch_stats_fn, precise_batch_stats,
-                             summarize, train_epoch, train_step, train_steps, zero_totals)
+                             summarize, train_epoch, train_steps, zero_totals)
     from s7jax.config import default_config
     from s7jax.models import get_model
 
@@ -167,17 +167,16 @@ def run_s7jax(spec: dict) -> dict:
 
     state = fresh_state()
     def device_data():
-        return data.DeviceTrainData.create(train_split, batch_size=batch_size, seed=0,
-                                           augment=config.augment, epochs=epochs,
-                                           replicated=replicated)
+        return train.device_train_data(config, train_split, replicated)
 
     # The first batch of the on-device pipeline serves as the fixed batch.
     fixed = next(device_data().batches(0, sharded))
 
-    # Compile, timed on its own; the compiled step serves every measurement.
-    step_jit = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+    # Compile, timed on its own: the training loop's own compiled call
+    # (steps.train_steps, here one step per call) serves every measurement.
+    step_jit = jax.jit(train_steps, donate_argnums=0, out_shardings=(replicated, replicated))
     t = time.perf_counter()
-    lowered = step_jit.lower(state, fixed, dropout_key)
+    lowered = step_jit.lower(state, (fixed,), dropout_key)
     out["trace_train_step_s"] = time.perf_counter() - t
     step = lowered.compile()
     out["compile_train_step_s"] = time.perf_counter() - t
@@ -186,43 +185,38 @@ def run_s7jax(spec: dict) -> dict:
     # Steady-state step rate on the fixed batch.
     totals = jax.device_put(zero_totals(), replicated)
     for _ in range(spec["warmup"]):
-        state, metrics = step(state, fixed, dropout_key)
+        state, metrics = step(state, (fixed,), dropout_key)
         totals = accumulate(totals, metrics)  # compiles accumulate, untimed
     jax.block_until_ready((state, totals))
     t = time.perf_counter()
     for _ in range(spec["steps"]):
-        state, metrics = step(state, fixed, dropout_key)
+        state, metrics = step(state, (fixed,), dropout_key)
     jax.block_until_ready(state)
     seconds = time.perf_counter() - t
     out["step"] = {"steps": spec["steps"], "seconds": seconds}
     out["step_images_per_s"] = spec["steps"] * batch_size / seconds
     log(f"s7jax: step rate {out['step_images_per_s']:,.0f} img/s ({spec['steps']} steps)")
 
-    # Several steps per compiled call (Config.steps_per_call), compiled
-    # untimed for every group size an epoch uses.
-    grouped = jax.jit(train_steps, donate_argnums=0, out_shardings=(replicated, replicated))
+    # Several steps per compiled call (Config.steps_per_call): the same jitted
+    # function, compiled untimed for every group size an epoch uses.
     t = time.perf_counter()
-    for n in {n for n, _, _ in train.epoch_calls(0, steps, STEPS_PER_CALL)}:
-        state, _ = grouped(state, (fixed,) * n, dropout_key)
+    for n in {1} | {n for n, _, _ in train.epoch_calls(0, steps, STEPS_PER_CALL)}:
+        state, _ = step_jit(state, (fixed,) * n, dropout_key)
     jax.block_until_ready(state)
     out["compile_train_steps_s"] = time.perf_counter() - t
 
     def timed_epochs(batches, label: str, setup_s: float, per_call: int = 1) -> dict:
-        """Train ``epochs`` epochs as ``train_and_evaluate`` does (metrics
-        accumulated on the device, fetched every 50 steps and at the end),
-        ``per_call`` steps per compiled call."""
+        """Train ``epochs`` epochs through the training loop's own
+        ``train.step_through`` (metrics accumulated on the device, fetched
+        every 50 steps and at the end), ``per_call`` steps per compiled call."""
         nonlocal state
         per_epoch = []
         for epoch in range(epochs):
             t = time.perf_counter()
             totals = jax.device_put(zero_totals(), replicated)
-            for n, _, fetch in train.epoch_calls(0, steps, per_call):
-                if per_call == 1:
-                    state, metrics = step(state, next(batches), dropout_key)
-                else:
-                    state, metrics = grouped(state, tuple(next(batches) for _ in range(n)),
-                                             dropout_key)
-                totals = accumulate(totals, metrics)
+            calls = train.epoch_calls(0, steps, per_call)
+            for state, totals, _, _, fetch in train.step_through(step_jit, state, batches,
+                                                                 dropout_key, totals, calls):
                 if fetch:
                     host = jax.device_get(totals)
             jax.block_until_ready(state)
@@ -244,9 +238,9 @@ def run_s7jax(spec: dict) -> dict:
         yield from rest
 
     def tfds_batches():
-        """tf.data on the host, batches put on the device one by one."""
-        return (jax.device_put(b, sharded) for b in data.as_numpy(data.train_dataset(
-            train_split, batch_size=batch_size, seed=0, augment=config.augment, epochs=epochs)))
+        """The training loop's tf.data batches, put on the device one by one."""
+        return train.training_batches(dataclasses.replace(config, pipeline="tfds"), train_split,
+                                      0, sharded, replicated)
 
     if data.tfds_available():
         state = fresh_state()
@@ -297,8 +291,7 @@ def run_s7jax(spec: dict) -> dict:
     # The recipe's BN re-estimation on clean training images, once per epoch.
     if recipe.precise_bn:
         n = min(recipe.precise_bn, len(train_split))
-        images = jax.device_put(((train_split.images[:n] / 255.0 - data.MEAN) / data.STD)
-                                .astype("float32"))
+        images = jax.device_put(data.normalize(train_split.images[:n], np.float64))
         stats_fn = make_batch_stats_fn(get_model(config.model))
         times = []
         for _ in range(2):  # the first call compiles
@@ -368,6 +361,7 @@ def run_pytorch(spec: dict) -> dict:
     from torchvision import transforms
 
     from s7jax import torch_reference
+    from s7jax.data import MEAN, STD
 
     out: dict = {"import_s": time.perf_counter() - t0}
     torch.set_num_threads(os.cpu_count() or 1)
@@ -394,7 +388,7 @@ def run_pytorch(spec: dict) -> dict:
 
     t = time.perf_counter()
     arrays = np.load(spec["arrays"])
-    normalize = transforms.Normalize((0.1307,), (0.3081,))
+    normalize = transforms.Normalize((MEAN,), (STD,))
     train_tf = transforms.Compose([
         transforms.RandomRotation((-7.0, 7.0), fill=(0,)),
         transforms.ColorJitter(brightness=0.2, contrast=0.2),

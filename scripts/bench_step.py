@@ -119,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
     import numpy as np
 
     from s7jax.config import default_config
-    from s7jax.data import MEAN, STD
+    from s7jax.data import normalize
     from s7jax.steps import initial_state, learning_rate_schedule, train_step, train_steps
 
     config = default_config("model6")
@@ -129,7 +129,7 @@ def main(args: argparse.Namespace) -> int:
     # within pooling windows as they do on real digits.
     pixels = np.where(rng.random((STEPS_PER_CALL, BATCH_SIZE, 28, 28, 1)) < 0.8, 0,
                       rng.integers(1, 256, (STEPS_PER_CALL, BATCH_SIZE, 28, 28, 1)))
-    batches = [{"image": ((p / 255.0 - MEAN) / STD).astype(np.float32),
+    batches = [{"image": normalize(p, np.float64),
                 "label": rng.integers(0, 10, BATCH_SIZE).astype(np.int32)} for p in pixels]
     batches = jax.device_put(batches)
     stacked = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *batches)

@@ -18,7 +18,10 @@ is reported and the others still run. The steps:
    path (one compiled call per epoch) -> ``<out>/results/gpu/model6-seed-0/``;
 5. ``model1``: model1's 15 epochs -> ``<out>/results/gpu/model1-seed-0/``;
 6. ``seeds``: 16 seeds of model6's recipe as one vectorised program
-   (``scripts/sweep.py --together``) -> ``<out>/results/gpu-seeds/``.
+   (``scripts/sweep.py --together``) -> ``<out>/results/gpu-seeds/``;
+7. ``referee``: model1 trained by PyTorch with the original recipe
+   (``scripts/referee.py``, needs torch) -> ``<out>/results/model1/torch-seed-0/``,
+   the one referee run a 2-core CPU cannot afford.
 
 It ends with a summary table (also ``<out>/gpu_check.json``, every step's
 log in ``<out>/logs/``): each step's status and seconds, and for the runs
@@ -31,6 +34,7 @@ sizes, on any machine, so that the script cannot rot (``tests/test_gpu_check.py`
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -60,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true",
                    help="tiny sizes and short limits, on any machine (the test suite runs this)")
     p.add_argument("--only", nargs="+",
-                   choices=["device", "tests", "bench", "model6", "model1", "seeds"],
+                   choices=["device", "tests", "bench", "model6", "model1", "seeds", "referee"],
                    help="run only these steps")
     return p.parse_args(argv)
 
@@ -78,19 +82,24 @@ def steps(out: Path, dry_run: bool) -> list[tuple[str, list[str], int]]:
             for m in ("model6", "model1")}
     sweep = [py, "scripts/sweep.py", "--model", "model6", "--seeds", "16", "--together",
              "--no-progress", "--data-source", "idx", "--results", str(results / "gpu-seeds")]
+    referee = [py, "scripts/referee.py", "--model", "model1", "--seed", "0", "--no-progress",
+               "--overwrite", "--results", str(results)]
     if dry_run:
         tests = [*tests[:-1], "-k", "exact_parameter_totals or epoch_scan_sees"]
+        referee[referee.index("model1")] = "model2"  # small enough for a CPU
+        referee += ["--epochs", "1", "--train-subset", "512", "--test-subset", "256"]
         bench += ["--quick", "--skip-torch"]
         runs = {m: [*cmd, *TINY_RUN] for m, cmd in runs.items()}
         sweep[sweep.index("16")] = "2"
         sweep += TINY_RUN
     # At most 8 minutes in all, so that one 10-minute device call holds it.
-    limits = dict(device=30, tests=90, bench=120, model6=60, model1=100, seeds=80)
+    limits = dict(device=30, tests=70, bench=100, model6=60, model1=90, seeds=70, referee=60)
     if dry_run:
         limits = {k: 300 for k in limits}
     return [("device", device, limits["device"]), ("tests", tests, limits["tests"]),
             ("bench", bench, limits["bench"]), ("model6", runs["model6"], limits["model6"]),
-            ("model1", runs["model1"], limits["model1"]), ("seeds", sweep, limits["seeds"])]
+            ("model1", runs["model1"], limits["model1"]), ("seeds", sweep, limits["seeds"]),
+            ("referee", referee, limits["referee"])]
 
 
 def run_step(name: str, cmd: list[str], limit: int, logs: Path) -> dict:
@@ -141,7 +150,7 @@ def summary_table(records: list[dict]) -> str:
             found = re.findall(r"^.*\d+ (?:passed|failed).*$", r["output"], re.M)
             details = found[-1].strip("= ") if found else ""
         elif r["step"] == "seeds":
-            found = re.findall(r"^model6: last-3 mean .*$", r["output"], re.M)
+            found = re.findall(r"^model6 \(default recipe\): last-3 mean .*$", r["output"], re.M)
             details = found[-1] if found else ""
         elif r["step"] == "device":
             details = next((x for x in r["output"].splitlines() if x.startswith("JAX")), "")
@@ -160,6 +169,10 @@ def main(argv=None) -> int:
             continue
         if name in ("model6", "model1"):
             shutil.rmtree(out / "results" / "gpu" / f"{name}-seed-0", ignore_errors=True)
+        if name == "referee" and importlib.util.find_spec("torch") is None:
+            records.append({"step": name, "status": "skipped (no torch)", "seconds": 0.0,
+                            "command": cmd, "output": ""})
+            continue
         record = run_step(name, cmd, limit, logs)
         if name == "device" and shutil.which("nvidia-smi"):
             smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True)
@@ -174,7 +187,7 @@ def main(argv=None) -> int:
          "steps": [{k: v for k, v in r.items() if k != "output"} for r in records],
          "table": table}, indent=2) + "\n")
     print(f"\nwrote {out / 'gpu_check.json'}, logs in {logs}")
-    return 0 if all(r["status"] == "ok" for r in records) else 1
+    return 0 if all(r["status"] in ("ok", "skipped (no torch)") for r in records) else 1
 
 
 if __name__ == "__main__":

@@ -100,10 +100,20 @@ def add_config_flags(p: argparse.ArgumentParser, argv=None) -> None:
         groups[group].add_argument(_flag(f.name), help=help_text, **kwargs)
     groups["data"].add_argument("--no-augment", action="store_true",
                                 help="train without augmentation")
-    groups["data"].add_argument("--data-dir",
-                                help="TFDS data_dir (default: TFDS's, honouring TFDS_DATA_DIR)")
-    groups["data"].add_argument("--manual-dir",
-                                help="folder with the four official MNIST files and SHA256SUMS")
+    add_data_flags(groups["data"])
+
+
+def add_data_flags(p, tfds: bool = True) -> None:
+    """Where MNIST comes from: ``--manual-dir`` (and ``--data-dir`` where TFDS
+    may be used)."""
+    if tfds:
+        p.add_argument("--data-dir", help="TFDS data_dir (default: TFDS's, honouring TFDS_DATA_DIR)")
+    p.add_argument("--manual-dir", help="folder with the four official MNIST files and SHA256SUMS "
+                                        "(default: the copy inside the package)")
+
+
+def add_progress_flag(p) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
 
 
 def config_from_args(args: argparse.Namespace, **overrides):

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 
-from s7jax.cli import OneLineErrorParser, exit_on_known_errors
+from s7jax.cli import OneLineErrorParser, add_data_flags, exit_on_known_errors
 from s7jax.errors import ConfigError
 
 
@@ -31,8 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="a weights file (results/<model>/seed-<s>/weights.msgpack)")
     p.add_argument("--misclassified", metavar="FILE.png", help="draw the misclassified digits here")
     p.add_argument("--max-digits", type=int, default=48, help="at most this many in the gallery")
-    p.add_argument("--data-dir", help="TFDS data_dir")
-    p.add_argument("--manual-dir", help="folder with the four official MNIST files")
+    add_data_flags(p)
     return p.parse_args(argv)
 
 

@@ -13,10 +13,10 @@ original" table. Needs PyTorch and torchvision (``pip install -e '.[bench]'``).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 
-from s7jax.cli import OneLineErrorParser, exit_on_known_errors
+from s7jax.cli import (
+    OneLineErrorParser, add_data_flags, add_progress_flag, exit_on_known_errors)
 
 
 def parse_args(argv=None):
@@ -28,9 +28,9 @@ def parse_args(argv=None):
     p.add_argument("--test-subset", type=int, help="evaluate on the first N test images only")
     p.add_argument("--results", default="results",
                    help="results folder; the run goes to RESULTS/<model>/torch-seed-<seed>")
-    p.add_argument("--manual-dir", help="folder of the four official MNIST files")
+    add_data_flags(p, tfds=False)
     p.add_argument("--overwrite", action="store_true", help="replace a run already there")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_flag(p)
     return p.parse_args(argv)
 
 

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from s7jax.cli import OneLineErrorParser, exit_on_known_errors
-from s7jax.report import PERF_BEGIN, PERF_END, BEGIN, END, performance_section, replace_between, results_section
+from s7jax.report import (
+    BEGIN, END, PERF_BEGIN, PERF_END, performance_section, replace_between, results_section)
 
 
 def main(argv=None) -> int:

@@ -21,16 +21,16 @@ import time
 from pathlib import Path
 
 
-from s7jax.cli import OneLineErrorParser, exit_on_known_errors
+from s7jax.cli import (
+    OneLineErrorParser, add_data_flags, add_progress_flag, exit_on_known_errors)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="a run directory with config.json and metrics.jsonl")
     p.add_argument("--workdir", help="where the repeat goes (default runs/reproduce-...)")
-    p.add_argument("--data-dir", help="TFDS data_dir (default: TFDS's, honouring TFDS_DATA_DIR)")
-    p.add_argument("--manual-dir", help="folder with the four official MNIST files and SHA256SUMS")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+    add_data_flags(p)
+    add_progress_flag(p)
     return p.parse_args(argv)
 
 
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
         expected = runfiles.read_metrics(run)
         if not expected:
             raise ConfigError(f"{run}: no metrics.jsonl rows to compare with")
-        recorded = json.loads(runfiles.config_path(run).read_text())  # one read: config + environment
+        recorded = runfiles.read_record(run)
         config = Config.from_json(recorded["config"])
         workdir = Path(args.workdir) if args.workdir else rundir.unique_dir(
             Path("runs"), f"reproduce-{config.model}-seed-{config.seed}")

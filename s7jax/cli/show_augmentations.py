@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
-from s7jax.cli import OneLineErrorParser, exit_on_known_errors
+from s7jax.cli import OneLineErrorParser, add_data_flags, exit_on_known_errors
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -25,8 +24,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--brightness", type=float, default=0.2)
     p.add_argument("--contrast", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", help="TFDS data_dir")
-    p.add_argument("--manual-dir", help="folder with the four official MNIST files")
+    add_data_flags(p)
     args = p.parse_args(argv)
     if not (1 <= args.digits <= 32 and 1 <= args.versions <= 16):
         p.error("--digits must be in 1..32 and --versions in 1..16")

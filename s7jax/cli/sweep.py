@@ -25,8 +25,8 @@ import sys
 from pathlib import Path
 
 
-from s7jax.cli import (
-    OneLineErrorParser, add_config_flags, config_from_args, exit_on_known_errors)
+from s7jax.cli import (OneLineErrorParser, add_config_flags, add_progress_flag, config_from_args,
+                       exit_on_known_errors)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_config_flags(p)
     p.add_argument("--seeds", type=int, default=5, help="train seeds 0 .. SEEDS-1")
     p.add_argument("--results", default="results", help="results folder")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_flag(p)
     p.add_argument("--overwrite", action="store_true",
                    help="replace a seed's folder that holds a run of another config")
     p.add_argument("--together", action="store_true",

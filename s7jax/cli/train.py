@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 
-from s7jax.cli import (
-    OneLineErrorParser, add_config_flags, config_flags_given, config_from_args, exit_on_known_errors)
+from s7jax.cli import (OneLineErrorParser, add_config_flags, add_progress_flag, config_flags_given,
+                       config_from_args, exit_on_known_errors)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "recorded config (config flags are refused)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run that --workdir already holds (its files are deleted)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
+    add_progress_flag(p)
     p.add_argument("--print-config", action="store_true",
                    help="print the config the run would use, as JSON (its auto settings "
                         "resolved for this machine), and exit")
