@@ -1,0 +1,221 @@
+"""What each speed choice in model6's training step is worth, in one run.
+
+    python scripts/bench_step.py
+
+times model6's jitted train step (batch 128, four fixed MNIST-like batches,
+clocks read after ``block_until_ready``) as s7jax builds it, and with one choice at a
+time swapped for the stock alternative or removed:
+
+* ``reshape max-pool``: pooling as a max over a reshape, whose gradient
+  splits a tie among the tied entries, instead of ``nn.max_pool``
+  (``reduce_window``, whose gradient XLA:CPU lowers to an arg-max over
+  four index arrays and a scatter);
+* ``XLA conv weight gradient``: XLA's own gradient for the convolution
+  weights instead of the nine shifted matrix products of ``s7jax.ops``;
+* ``jax.random.bernoulli dropout``: the stock mask instead of the hashed one;
+* ``no conv weight gradient``: zero weight gradients for every convolution,
+  a bound on what a faster weight gradient could save (not a valid step);
+* ``4 steps per jit call``: four steps in one compiled call
+  (``train_steps``, ``--steps-per-call 4``);
+* ``4 steps per jit call, fenced``: the same with an optimisation barrier
+  around each step, to see whether forbidding fusion across steps keeps
+  the single step's rounding.
+
+Variants run in turn, ``--rounds`` times, each round in a new order; the
+table gives each variant's median step time and its ratio to s7jax's step in
+the same run (>1: slower than s7jax's), plus its compile time, and whether
+its parameters and BatchNorm statistics after ``--steps`` steps equal s7jax's bit for bit. Writes
+``results/step-<backend>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import hashlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+from s7jax.benchreport import step_table
+from s7jax.cli import OneLineErrorParser, exit_on_known_errors
+
+BATCH_SIZE = 128
+STEPS_PER_CALL = 4
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=24, help="steps timed per variant and round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds over all variants")
+    p.add_argument("--out", help="result JSON (default results/step-<backend>.json)")
+    args = p.parse_args(argv)
+    if args.steps < STEPS_PER_CALL or args.steps % STEPS_PER_CALL:
+        p.error(f"--steps must be a positive multiple of {STEPS_PER_CALL}, got {args.steps}")
+    if args.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {args.rounds}")
+    return args
+
+
+def variants():
+    """name -> a context in which the train step is traced with that choice."""
+    import contextlib
+
+    import jax
+    import jax.numpy as jnp
+
+    from s7jax import models, ops
+
+    @contextlib.contextmanager
+    def patched(obj, name, value):
+        old = getattr(obj, name)
+        setattr(obj, name, value)
+        try:
+            yield
+        finally:
+            setattr(obj, name, old)
+
+    def reshape_pool(self, x):
+        b, h, w, c = x.shape
+        return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+    def bernoulli(key, shape, keep_prob):
+        return jax.random.bernoulli(key, keep_prob, shape)
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+    def no_weight_grad(x, w, padding):
+        return ops._xla_conv(x, w, padding)
+
+    def fwd(x, w, padding):
+        return ops._xla_conv(x, w, padding), (x, w)
+
+    def bwd(padding, residuals, g):
+        x, w = residuals
+        _, x_vjp = jax.vjp(lambda x: ops._xla_conv(x, w, padding), x)
+        return x_vjp(g)[0], jnp.zeros_like(w)
+
+    no_weight_grad.defvjp(fwd, bwd)
+    return {
+        "s7jax": contextlib.nullcontext,
+        "reshape max-pool": lambda: patched(models.MaxPool, "__call__", reshape_pool),
+        "XLA conv weight gradient": lambda: patched(ops, "_conv_stride1", ops._xla_conv),
+        "jax.random.bernoulli dropout": lambda: patched(ops, "keep_mask", bernoulli),
+        "no conv weight gradient": lambda: patched(ops, "_conv_stride1", no_weight_grad),
+        f"{STEPS_PER_CALL} steps per jit call": contextlib.nullcontext,
+        f"{STEPS_PER_CALL} steps per jit call, fenced": contextlib.nullcontext,
+    }
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    import jax
+    import numpy as np
+
+    from s7jax.config import default_config
+    from s7jax.data import normalize
+    from s7jax.steps import initial_state, learning_rate_schedule, train_step, train_steps
+
+    config = default_config("model6")
+    schedule = learning_rate_schedule(config, 468)
+    rng = np.random.default_rng(0)
+    # MNIST-like: mostly a constant (black) background, so activations tie
+    # within pooling windows as they do on real digits.
+    pixels = np.where(rng.random((STEPS_PER_CALL, BATCH_SIZE, 28, 28, 1)) < 0.8, 0,
+                      rng.integers(1, 256, (STEPS_PER_CALL, BATCH_SIZE, 28, 28, 1)))
+    batches = [{"image": normalize(p, np.float64),
+                "label": rng.integers(0, 10, BATCH_SIZE).astype(np.int32)} for p in pixels]
+    batches = jax.device_put(batches)
+    stacked = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *batches)
+    host_state, key = initial_state(config, schedule)
+    host_state = jax.device_get(host_state)
+
+    def several(state, stacked, key, fenced=False):
+        group = tuple(jax.tree.map(lambda x: x[i], stacked) for i in range(STEPS_PER_CALL))
+        if not fenced:
+            return train_steps(state, group, key)[0]
+        # Barriers around each step keep XLA from fusing across steps.
+        fence = jax.lax.optimization_barrier
+        for batch in group:
+            state = fence(train_step(state, fence(batch), key)[0])
+        return state
+
+    runners, results = {}, {}
+    for name, context in variants().items():
+        multi = "per jit call" in name
+        # A new function object per variant: jit's trace cache is keyed on it.
+        fn = ((lambda s, b, k, f=name.endswith("fenced"): several(s, b, k, f)) if multi
+              else (lambda s, b, k: train_step(s, b, k)[0]))
+        with context():
+            step = jax.jit(fn, donate_argnums=0)
+            state = jax.device_put(host_state)
+            t = time.perf_counter()
+            compiled = step.lower(state, stacked if multi else batches[0], key).compile()
+            compile_s = time.perf_counter() - t
+        if multi:
+            def run(state, n, compiled=compiled):
+                for _ in range(n // STEPS_PER_CALL):
+                    state = compiled(state, stacked, key)
+                return state
+        else:
+            def run(state, n, compiled=compiled):
+                for i in range(n):
+                    state = compiled(state, batches[i % STEPS_PER_CALL], key)
+                return state
+        state = jax.block_until_ready(run(state, args.steps))  # the same steps for every variant
+        leaves = jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))
+        digest = hashlib.sha256(b"".join(np.asarray(x).tobytes() for x in leaves)).hexdigest()
+        runners[name] = (run, state)
+        results[name] = {"compile_s": compile_s, "state_sha256": digest, "ms_per_step": []}
+        print(f"[bench_step] compiled {name!r} in {compile_s:.2f} s", file=sys.stderr, flush=True)
+
+    names = list(runners)
+    for r in range(args.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            run, state = runners[name]
+            t = time.perf_counter()
+            state = jax.block_until_ready(run(state, args.steps))
+            results[name]["ms_per_step"].append((time.perf_counter() - t) / args.steps * 1e3)
+            runners[name] = (run, state)
+
+    base = statistics.median(results["s7jax"]["ms_per_step"])
+    for name, r in results.items():
+        r["median_ms_per_step"] = statistics.median(r["ms_per_step"])
+        r["ratio_to_s7jax"] = r["median_ms_per_step"] / base
+        r["images_per_s"] = BATCH_SIZE / r["median_ms_per_step"] * 1e3
+        r["same_state_as_s7jax"] = r["state_sha256"] == results["s7jax"]["state_sha256"]
+
+    out = {
+        "command": " ".join(["python scripts/bench_step.py", *argv]),
+        "date": datetime.date.today().isoformat(),
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "cpu_count": os.cpu_count(),
+        "loadavg_before": list(os.getloadavg()),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "batch_size": BATCH_SIZE, "steps": args.steps, "rounds": args.rounds,
+        "variants": results,
+    }
+    print(step_table(out))
+    path = Path(args.out or Path("results") / f"step-{out['backend']}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    with exit_on_known_errors():
+        return run(args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
