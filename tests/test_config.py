@@ -64,3 +64,38 @@ def test_precise_bn_needs_a_model_with_batch_norm():
     with pytest.raises(ConfigError, match="model1 has no BatchNorm"):
         default_config("model1", precise_bn=256)
     assert default_config("model3", precise_bn=256).precise_bn == 256
+
+
+def test_every_config_field_is_a_flag_with_help_and_the_recipe_in_brackets():
+    import argparse
+    import dataclasses
+
+    from s7jax.augment import AugmentConfig
+    from s7jax.cli import add_config_flags
+    from s7jax.config import Config
+
+    p = argparse.ArgumentParser()
+    add_config_flags(p, ["--model", "model4"])
+    flags = {a.dest: a for a in p._actions}
+    names = [f.name for f in dataclasses.fields(Config) if f.name != "augment"]
+    names += [f.name for f in dataclasses.fields(AugmentConfig)]
+    for name in names:
+        assert name in flags and flags[name].help, name
+        assert name == "model" or "[model4: " in flags[name].help, name
+    assert "[model4: 0.05]" in flags["lr"].help and "[model4: onecycle]" in flags["schedule"].help
+
+
+def test_recipe_original_gives_the_study_recipe_through_the_flags():
+    import argparse
+
+    from s7jax.cli import add_config_flags, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_config_flags(p)
+    config = config_from_args(p.parse_args(["--model", "model5", "--recipe", "original",
+                                            "--seed", "2"]))
+    assert (config.schedule, config.lr, config.nesterov, config.seed) == ("constant", 0.01, False, 2)
+    assert (config.augment.degrees, config.augment.brightness) == (7.0, 0.1)
+    flagged = config_from_args(p.parse_args(["--model", "model6", "--recipe", "original",
+                                             "--lr", "0.02", "--no-augment"]))
+    assert (flagged.lr, flagged.augment.enabled, flagged.precise_bn) == (0.02, False, 0)

@@ -136,7 +136,7 @@ def config_from_args(args: argparse.Namespace, **overrides):
 
 
 def config_flags_given(args: argparse.Namespace) -> list[str]:
-    """The config flags set on the command line (``--recipe`` included)."""
+    """The config flags set on the command line (``--recipe`` included), sorted."""
     names = [f.name for f, _ in _config_fields()] + ["recipe"]
-    return ([_flag(n) for n in names if getattr(args, n, None) is not None]
-            + ["--no-augment"] * bool(args.no_augment))
+    return sorted([_flag(n) for n in names if getattr(args, n, None) is not None]
+                  + ["--no-augment"] * bool(args.no_augment))
