@@ -69,11 +69,13 @@ class RefereeConfig:
     @classmethod
     def original(cls, model: str, seed: int = 0, epochs: int = MAX_EPOCHS,
                  train_subset: int | None = None, test_subset: int | None = None,
-                 ) -> "RefereeConfig":
-        """The study's recipe for ``model``, checked like s7jax's own settings."""
+                 allow_long: bool = False) -> "RefereeConfig":
+        """The study's recipe for ``model``, checked like s7jax's own settings
+        (``allow_long``: more than 15 epochs, as the study's own 20)."""
         validate_model(model)
         s7jax_side = default_config(model, "original", seed=seed, epochs=epochs,
-                                    train_subset=train_subset, test_subset=test_subset)
+                                    train_subset=train_subset, test_subset=test_subset,
+                                    allow_long=allow_long)
         return cls(model=model, seed=seed, epochs=epochs, batch_size=s7jax_side.batch_size,
                    lr=s7jax_side.lr, momentum=s7jax_side.momentum, augment=s7jax_side.augment,
                    train_subset=train_subset, test_subset=test_subset)

@@ -24,11 +24,14 @@ def parse_args(argv=None):
     p.add_argument("--model", default="model6", help="model1 .. model6 (default model6)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and order seed (default 0)")
     p.add_argument("--epochs", type=int, default=15, help="epochs (default 15)")
+    p.add_argument("--allow-long", action="store_true",
+                   help="allow more than 15 epochs (the study itself trained 20)")
     p.add_argument("--train-subset", type=int, help="train on the first N images only (quick runs)")
     p.add_argument("--test-subset", type=int, help="evaluate on the first N test images only")
     p.add_argument("--results", default="results",
                    help="results folder; the run goes to RESULTS/<model>/torch-seed-<seed>")
     add_data_flags(p, tfds=False)
+    p.add_argument("--workdir", help="the run's folder (default RESULTS/<model>/torch-seed-<seed>)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already there")
     add_progress_flag(p)
     return p.parse_args(argv)
@@ -40,8 +43,9 @@ def main(argv=None) -> int:
         from s7jax.referee import RefereeConfig, train_referee, workdir_for
 
         config = RefereeConfig.original(args.model, args.seed, args.epochs, args.train_subset,
-                                        args.test_subset)
-        train_referee(config, workdir_for(args.results, config), manual_dir=args.manual_dir,
+                                        args.test_subset, args.allow_long)
+        workdir = args.workdir or workdir_for(args.results, config)
+        train_referee(config, workdir, manual_dir=args.manual_dir,
                       overwrite=args.overwrite, show_progress=not args.no_progress)
     return 0
 
