@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -40,8 +41,14 @@ def run(cmd, **kwargs):
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "-w", out, ROOT])
+    # setuptools builds in the checkout's build/ (ignored by git): start it
+    # empty, so that no module deleted since an earlier build slips in.
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
+    try:
+        run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+             "-w", out, ROOT])
+    finally:
+        shutil.rmtree(ROOT / "build", ignore_errors=True)
     (path,) = out.glob("s7jax-*.whl")
     return path
 
