@@ -66,6 +66,10 @@ def _config_fields():
             yield f, None
 
 
+# Config's annotations, as strings (``from __future__ import annotations``).
+_PARSERS = {"int": int, "float": float, "str": str, "int | None": int}
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -88,10 +92,12 @@ def add_config_flags(p: argparse.ArgumentParser, argv=None) -> None:
         if group not in groups:
             groups[group] = p.add_argument_group(group)
         kwargs = {k: v for k, v in f.metadata.items() if k not in ("help", "group")}
-        if f.type in ("bool", bool):
+        if f.type == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = {"int": int, "float": float, "int | None": int}.get(f.type, str)
+        elif f.type in _PARSERS:
+            kwargs["type"] = _PARSERS[f.type]
+        else:  # a new field of a new type: say so here, not with a wrong parse
+            raise TypeError(f"Config.{f.name}: no command-line parser for type {f.type}")
         value = getattr(values.augment if parent else values, f.name)
         shown = "all" if value is None and f.name.endswith("subset") else value
         help_text = f.metadata["help"]
