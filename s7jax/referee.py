@@ -37,7 +37,6 @@ non-deterministic kernels.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import time
@@ -133,8 +132,8 @@ def train_referee(config: RefereeConfig, workdir: str | os.PathLike, *, manual_d
         torch.manual_seed(config.seed)
         net = torch_reference.build(config.model).to(device)
         optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum)
-        payload = {"config": config.to_json(), "environment": _environment(torch, device)}
-        runfiles.config_path(workdir).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        runfiles.write_record(workdir, {"config": config.to_json(),
+                                        "environment": _environment(torch, device)})
 
         def tensor(images_uint8):  # (N, 28, 28, 1) uint8 -> (N, 1, 28, 28) normalised
             x = torch.from_numpy(images_uint8.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)

@@ -97,11 +97,16 @@ def _writing(path: Path):
 
 
 def write_config(workdir: Path, config: Config) -> None:
+    write_record(workdir, {"config": config.to_json(), "environment": environment()})
+
+
+def write_record(workdir: Path, record: dict[str, Any]) -> None:
+    """Write ``config.json``: ``{"config": ..., "environment": ...}`` (an s7jax
+    run's, or the PyTorch referee's, which records its own settings)."""
     if not writes_files():
         return
-    payload = {"config": config.to_json(), "environment": environment()}
     with _writing(config_path(workdir)):
-        config_path(workdir).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        config_path(workdir).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def read_record(workdir: Path) -> dict[str, Any]:

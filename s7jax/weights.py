@@ -76,7 +76,9 @@ def load(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, Any]]:
 
 
 def trained_path(model: str, seed: int = 0, results_dir: str | os.PathLike = "results") -> Path:
-    return Path(results_dir) / model / f"seed-{seed}" / FILENAME
+    from s7jax.results import run_dir
+
+    return run_dir(results_dir, model, seed) / FILENAME
 
 
 def load_trained(model: str, seed: int = 0, results_dir: str | os.PathLike = "results"):

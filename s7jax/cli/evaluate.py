@@ -57,6 +57,7 @@ def main(argv=None) -> int:
         import numpy as np
 
         from s7jax import checkpoint, data, plots, runfiles, weights
+        from s7jax.config import Config
         from s7jax.models import get_model
         from s7jax.steps import eval_step, initial_state, learning_rate_schedule
         from s7jax.train import device_eval_batches, evaluate
@@ -64,7 +65,8 @@ def main(argv=None) -> int:
         if args.weights:
             name, variables, info = weights.load(args.weights)
             model = get_model(name)
-            state, test_subset, eval_batch_size = weights.as_state(model, variables), None, 1000
+            state, test_subset = weights.as_state(model, variables), None
+            eval_batch_size = Config.eval_batch_size  # the default every recorded run used
             source = "auto"
             where = f"{name} from {args.weights} (epoch {info.get('epoch')})"
         else:
