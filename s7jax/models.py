@@ -29,9 +29,7 @@ from s7jax import ops
 from s7jax.errors import ConfigError
 
 # Every convolution of the study is 3x3, stride 1; only padding and bias vary.
-# `ops.conv` is lax's convolution with a faster weight gradient on CPU.
-Conv3x3 = functools.partial(nn.Conv, kernel_size=(3, 3), strides=(1, 1),
-                            conv_general_dilated=ops.conv)
+Conv3x3 = functools.partial(nn.Conv, kernel_size=(3, 3), strides=(1, 1))
 SAME, VALID = 1, 0
 
 # PyTorch's BatchNorm2d(eps=1e-5, momentum=0.1) weighs a new batch by 0.1;
@@ -46,7 +44,7 @@ class MaxPool(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
+        return ops.max_pool_2x2(x)
 
 
 def _batch_norm(index: int, train: bool, momentum: float) -> nn.BatchNorm:

@@ -1,24 +1,29 @@
 """Two layers written for speed on XLA:CPU, same maths as the stock ones.
 
-Measured on the 2-core CPU this project is developed on (``scripts/bench.py``
-has the end-to-end figures), for model6's shapes at batch 128:
+Measured on the 2-core CPU this project is developed on
+(``python scripts/bench_step.py`` times each choice against the stock one in
+one run), for model6's shapes at batch 128:
 
-* The weight gradient of a 3x3 convolution: XLA lowers it to a convolution
-  that runs ~5x slower than the forward pass (44 ms vs 5.5 ms for conv2,
-  8 -> 12 channels at 28x28). Written as nine shifted ``(N, Cin)^T (N, Cout)``
-  matrix products it takes ~9 ms. :func:`conv` keeps XLA's forward and input
-  gradient and swaps in that weight gradient.
-* Dropout masks: ``jax.random.bernoulli`` costs 10-14 ms per (128, 28, 28, 12)
-  mask (threefry or rbg), a third of a model6 step. :class:`Dropout` draws
-  two 32-bit words from the ``dropout`` rng and hashes each element's index
-  with them instead (0.9 ms): one random word per element, as before, from a
-  keyed integer hash rather than a cipher. Being a function of the global
-  element index, the mask is the same whatever the sharding.
+* 2x2 max pooling: ``nn.max_pool``'s gradient (``select_and_scatter``) is
+  lowered by XLA:CPU to an arg-max over four materialised index arrays and
+  a scatter, and took close to half of the train step. :func:`max_pool_2x2`
+  pools over a reshape and routes the gradient with elementwise compares:
+  the same values and the same gradient, bit for bit (tested), on every
+  backend.
+* Dropout masks: ``jax.random.bernoulli`` costs more than the rest of a
+  dropout layer several times over (XLA's ``RngBitGenerator`` on CPU).
+  :class:`Dropout` draws two 32-bit words from the ``dropout`` rng and
+  hashes each element's index with them instead: one random word per
+  element, as before, from a keyed integer hash rather than a cipher. Being
+  a function of the global element index, the mask is the same whatever the
+  sharding.
+
+The convolutions are XLA's own: with JAX 0.10's CPU backend its weight
+gradient is faster than the nine shifted matrix products s7jax used before
+(``bench_step.py``'s "shifted-matmul weight gradient" row).
 """
 
 from __future__ import annotations
-
-import functools
 
 import flax.linen as nn
 import jax
@@ -27,58 +32,43 @@ from jax import lax
 
 from s7jax.seedwise import seedwise
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max pooling, stride 2, NHWC (odd edges dropped, as VALID pooling
+    does), whose gradient goes to the first maximum of each window in row-major
+    order: bit for bit the gradient of ``nn.max_pool``."""
+    b, h, w, c = x.shape
+    x = x[:, :h - h % 2, :w - w % 2, :]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-def _xla_conv(x, w, padding):
-    return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC)
+def _pool_fwd(x):
+    y = max_pool_2x2(x)
+    return y, (x, y)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_stride1(x, w, padding):
-    return _xla_conv(x, w, padding)
+def _pool_bwd(residuals, g):
+    x, y = residuals
+    b, h, w, c = x.shape
+    windows = x[:, :h - h % 2, :w - w % 2, :].reshape(b, h // 2, 2, w // 2, 2, c)
+    # XLA lowers reduce_window's gradient on CPU to an arg-max over four
+    # materialised index arrays and a scatter (half of model6's step); a
+    # compare against the max is elementwise and fuses.
+    taken = jnp.zeros(y.shape, bool)
+    rows = []
+    for i in range(2):
+        cols = []
+        for j in range(2):
+            hit = ~taken if i == j == 1 else (windows[:, :, i, :, j, :] == y) & ~taken
+            taken = taken | hit
+            cols.append(jnp.where(hit, g, jnp.zeros_like(g)))
+        rows.append(jnp.stack(cols, axis=3))
+    dx = jnp.stack(rows, axis=2).reshape(b, h - h % 2, w - w % 2, c)
+    return (jnp.pad(dx, [(0, 0), (0, h % 2), (0, w % 2), (0, 0)]),)
 
 
-def _conv_fwd(x, w, padding):
-    return _xla_conv(x, w, padding), (x, w)
-
-
-def _conv_bwd(padding, residuals, g):
-    x, w = residuals
-    _, x_vjp = jax.vjp(lambda x: _xla_conv(x, w, padding), x)
-    (dx,) = x_vjp(g)
-    kh, kw, cin, cout = w.shape
-    height, width = g.shape[1], g.shape[2]
-    xp = jnp.pad(x, [(0, 0), padding[0], padding[1], (0, 0)])
-    # The barrier keeps XLA from fusing the slices into the matmuls, which
-    # sends them down a slow generic path.
-    shifts = lax.optimization_barrier(
-        [xp[:, i:i + height, j:j + width, :] for i in range(kh) for j in range(kw)])
-    g2 = g.reshape(-1, cout)
-    dw = jnp.stack([s.reshape(-1, cin).T @ g2 for s in shifts]).reshape(kh, kw, cin, cout)
-    return dx, dw
-
-
-_conv_stride1.defvjp(_conv_fwd, _conv_bwd)
-
-
-def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-    """Drop-in for ``lax.conv_general_dilated`` (``nn.Conv(conv_general_dilated=conv)``).
-
-    Takes the fast path for what the study uses (NHWC, stride 1, no dilation,
-    no groups, explicit padding) on CPU and defers to XLA otherwise.
-    """
-    simple = (tuple(window_strides) == (1, 1) and feature_group_count == 1
-              and not kwargs and precision is None
-              and all(d in (None, 1, (1, 1)) for d in (lhs_dilation, rhs_dilation))
-              and not isinstance(padding, str) and lhs.ndim == 4
-              and jax.default_backend() == "cpu")
-    if simple:
-        return _conv_stride1(lhs, rhs, tuple(tuple(int(p) for p in pair) for pair in padding))
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                    dimension_numbers, feature_group_count, precision=precision,
-                                    **kwargs)
+max_pool_2x2.defvjp(_pool_fwd, _pool_bwd)
 
 
 def _mix(h):

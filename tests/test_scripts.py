@@ -159,10 +159,9 @@ def test_bench_step_times_every_variant_and_checks_bit_identity(tmp_path):
     v = json.loads(out.read_text())["variants"]
     assert v["s7jax"]["ratio_to_s7jax"] == 1.0
     assert all(r["median_ms_per_step"] > 0 for r in v.values())
-    # On MNIST-like batches pooling windows tie; the reshape pool's gradient
-    # splits ties where reduce_window's picks one entry, so the states part.
-    assert not v["reshape max-pool"]["same_state_as_s7jax"]
+    # A step without the weight gradient trains something else.
     assert not v["no conv weight gradient"]["same_state_as_s7jax"]
+    assert v["s7jax"]["same_state_as_s7jax"]
     assert "| s7jax | " in result.stdout
 
 

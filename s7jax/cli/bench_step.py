@@ -6,12 +6,11 @@ times model6's jitted train step (batch 128, four fixed MNIST-like batches,
 clocks read after ``block_until_ready``) as s7jax builds it, and with one choice at a
 time swapped for the stock alternative or removed:
 
-* ``reshape max-pool``: pooling as a max over a reshape, whose gradient
-  splits a tie among the tied entries, instead of ``nn.max_pool``
-  (``reduce_window``, whose gradient XLA:CPU lowers to an arg-max over
-  four index arrays and a scatter);
-* ``XLA conv weight gradient``: XLA's own gradient for the convolution
-  weights instead of the nine shifted matrix products of ``s7jax.ops``;
+* ``nn.max_pool``: Flax's pooling (``reduce_window``, whose gradient
+  XLA:CPU lowers to an arg-max over four index arrays and a scatter)
+  instead of ``ops.max_pool_2x2`` (bit for bit the same maths);
+* ``shifted-matmul weight gradient``: the convolutions' weight gradient as
+  nine shifted matrix products (s7jax's before JAX 0.10) instead of XLA's;
 * ``jax.random.bernoulli dropout``: the stock mask instead of the hashed one;
 * ``no conv weight gradient``: zero weight gradients for every convolution,
   a bound on what a faster weight gradient could save (not a valid step);
@@ -67,8 +66,10 @@ def variants():
     """name -> a context in which the train step is traced with that choice."""
     import contextlib
 
+    import flax.linen as nn
     import jax
     import jax.numpy as jnp
+    from jax import lax
 
     from s7jax import models, ops
 
@@ -81,32 +82,59 @@ def variants():
         finally:
             setattr(obj, name, old)
 
-    def reshape_pool(self, x):
-        b, h, w, c = x.shape
-        return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    def conv_with(weight_grad):
+        """A ``conv_general_dilated`` for ``nn.Conv`` (stride 1, explicit
+        padding, NHWC) with XLA's forward and input gradient and the weight
+        gradient ``weight_grad(x, w, padding, g)``."""
+        def xla(x, w, padding):
+            return lax.conv_general_dilated(x, w, (1, 1), padding,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+        @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+        def conv(x, w, padding):
+            return xla(x, w, padding)
+
+        def fwd(x, w, padding):
+            return xla(x, w, padding), (x, w)
+
+        def bwd(padding, residuals, g):
+            x, w = residuals
+            _, x_vjp = jax.vjp(lambda x: xla(x, w, padding), x)
+            return x_vjp(g)[0], weight_grad(x, w, padding, g)
+
+        conv.defvjp(fwd, bwd)
+
+        def conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs):
+            return conv(lhs, rhs, tuple(tuple(int(p) for p in pair) for pair in padding))
+
+        return functools.partial(nn.Conv, kernel_size=(3, 3), strides=(1, 1),
+                                 conv_general_dilated=conv_general_dilated)
+
+    def shifted_matmuls(x, w, padding, g):
+        # s7jax's weight gradient before JAX 0.10: nine (N, Cin)^T (N, Cout)
+        # products of shifted input slices.
+        kh, kw, cin, cout = w.shape
+        height, width = g.shape[1], g.shape[2]
+        xp = jnp.pad(x, [(0, 0), padding[0], padding[1], (0, 0)])
+        shifts = lax.optimization_barrier(
+            [xp[:, i:i + height, j:j + width, :] for i in range(kh) for j in range(kw)])
+        g2 = g.reshape(-1, cout)
+        return jnp.stack([s.reshape(-1, cin).T @ g2 for s in shifts]).reshape(w.shape)
 
     def bernoulli(key, shape, keep_prob):
         return jax.random.bernoulli(key, keep_prob, shape)
 
-    @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-    def no_weight_grad(x, w, padding):
-        return ops._xla_conv(x, w, padding)
+    def stock_pool(x):
+        return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
 
-    def fwd(x, w, padding):
-        return ops._xla_conv(x, w, padding), (x, w)
-
-    def bwd(padding, residuals, g):
-        x, w = residuals
-        _, x_vjp = jax.vjp(lambda x: ops._xla_conv(x, w, padding), x)
-        return x_vjp(g)[0], jnp.zeros_like(w)
-
-    no_weight_grad.defvjp(fwd, bwd)
     return {
         "s7jax": contextlib.nullcontext,
-        "reshape max-pool": lambda: patched(models.MaxPool, "__call__", reshape_pool),
-        "XLA conv weight gradient": lambda: patched(ops, "_conv_stride1", ops._xla_conv),
+        "nn.max_pool": lambda: patched(ops, "max_pool_2x2", stock_pool),
+        "shifted-matmul weight gradient": lambda: patched(models, "Conv3x3",
+                                                          conv_with(shifted_matmuls)),
         "jax.random.bernoulli dropout": lambda: patched(ops, "keep_mask", bernoulli),
-        "no conv weight gradient": lambda: patched(ops, "_conv_stride1", no_weight_grad),
+        "no conv weight gradient": lambda: patched(
+            models, "Conv3x3", conv_with(lambda x, w, padding, g: jnp.zeros_like(w))),
         f"{STEPS_PER_CALL} steps per jit call": contextlib.nullcontext,
         f"{STEPS_PER_CALL} steps per jit call, fenced": contextlib.nullcontext,
     }
