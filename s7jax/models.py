@@ -29,7 +29,9 @@ from s7jax import ops
 from s7jax.errors import ConfigError
 
 # Every convolution of the study is 3x3, stride 1; only padding and bias vary.
-Conv3x3 = functools.partial(nn.Conv, kernel_size=(3, 3), strides=(1, 1))
+# `ops.conv` is lax's convolution with gradients XLA:CPU runs fast in a loop.
+Conv3x3 = functools.partial(nn.Conv, kernel_size=(3, 3), strides=(1, 1),
+                            conv_general_dilated=ops.conv)
 SAME, VALID = 1, 0
 
 # PyTorch's BatchNorm2d(eps=1e-5, momentum=0.1) weighs a new batch by 0.1;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,29 @@ import numpy as np
 import pytest
 
 from s7jax import ops
+
+
+@pytest.mark.parametrize("cin,cout,size,pad", [(1, 8, 28, 1), (8, 12, 28, 1), (10, 14, 7, 0)])
+def test_conv_and_its_gradients_match_lax(cin, cout, size, pad):
+    """The canonical gradients are the convolution's gradients (up to the
+    order of float sums), for SAME and VALID padding, inside jit and scan."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, size, size, cin)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, cin, cout)), jnp.float32)
+    padding = ((pad, pad), (pad, pad))
+
+    def loss(conv):
+        def f(x, w):
+            y = conv(x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            return jnp.sum(jnp.sin(y))  # a non-trivial cotangent
+        return f
+
+    ours = jax.jit(jax.value_and_grad(loss(ops.conv), argnums=(0, 1)))(x, w)
+    in_loop = jax.lax.scan(lambda c, _: (c, jax.value_and_grad(loss(ops.conv), argnums=(0, 1))(x, w)),
+                           0, None, length=1)[1]
+    ref = jax.value_and_grad(loss(jax.lax.conv_general_dilated), argnums=(0, 1))(x, w)
+    chex.assert_trees_all_close(ours, ref, rtol=2e-4, atol=2e-4)
+    chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], in_loop), ref, rtol=2e-4, atol=2e-4)
 
 
 @pytest.mark.parametrize("shape", [(4, 28, 28, 12), (3, 14, 14, 10), (2, 7, 9, 3)])

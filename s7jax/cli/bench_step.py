@@ -9,8 +9,10 @@ time swapped for the stock alternative or removed:
 * ``nn.max_pool``: Flax's pooling (``reduce_window``, whose gradient
   XLA:CPU lowers to an arg-max over four index arrays and a scatter)
   instead of ``ops.max_pool_2x2`` (bit for bit the same maths);
+* ``XLA's conv gradients``: ``nn.Conv``'s own gradients instead of the
+  canonical convolutions of ``ops.conv``;
 * ``shifted-matmul weight gradient``: the convolutions' weight gradient as
-  nine shifted matrix products (s7jax's before JAX 0.10) instead of XLA's;
+  nine shifted matrix products (s7jax's before JAX 0.10);
 * ``jax.random.bernoulli dropout``: the stock mask instead of the hashed one;
 * ``no conv weight gradient``: zero weight gradients for every convolution,
   a bound on what a faster weight gradient could save (not a valid step);
@@ -18,7 +20,10 @@ time swapped for the stock alternative or removed:
   (``train_steps``, ``--steps-per-call 4``);
 * ``4 steps per jit call, fenced``: the same with an optimisation barrier
   around each step, to see whether forbidding fusion across steps keeps
-  the single step's rounding.
+  the single step's rounding;
+* ``4 steps per jit call, lax.scan``: the four steps as a rolled loop, as
+  ``--pipeline scan`` runs an epoch; and the same with XLA's own gradients
+  of the convolutions, which XLA:CPU leaves in a slow form inside a loop.
 
 Variants run in turn, ``--rounds`` times, each round in a new order; the
 table gives each variant's median step time and its ratio to s7jax's step in
@@ -127,9 +132,11 @@ def variants():
     def stock_pool(x):
         return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
 
+    stock_conv = functools.partial(nn.Conv, kernel_size=(3, 3), strides=(1, 1))
     return {
         "s7jax": contextlib.nullcontext,
         "nn.max_pool": lambda: patched(ops, "max_pool_2x2", stock_pool),
+        "XLA's conv gradients": lambda: patched(models, "Conv3x3", stock_conv),
         "shifted-matmul weight gradient": lambda: patched(models, "Conv3x3",
                                                           conv_with(shifted_matmuls)),
         "jax.random.bernoulli dropout": lambda: patched(ops, "keep_mask", bernoulli),
@@ -137,6 +144,9 @@ def variants():
             models, "Conv3x3", conv_with(lambda x, w, padding, g: jnp.zeros_like(w))),
         f"{STEPS_PER_CALL} steps per jit call": contextlib.nullcontext,
         f"{STEPS_PER_CALL} steps per jit call, fenced": contextlib.nullcontext,
+        f"{STEPS_PER_CALL} steps per jit call, lax.scan": contextlib.nullcontext,
+        f"{STEPS_PER_CALL} steps per jit call, lax.scan, XLA's conv gradients":
+            lambda: patched(models, "Conv3x3", stock_conv),
     }
 
 
@@ -162,7 +172,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     host_state, key = initial_state(config, schedule)
     host_state = jax.device_get(host_state)
 
-    def several(state, stacked, key, fenced=False):
+    def several(state, stacked, key, fenced=False, scan=False):
+        if scan:  # the loop of --pipeline scan
+            return jax.lax.scan(lambda s, b: (train_step(s, b, key)[0], None), state, stacked)[0]
         group = tuple(jax.tree.map(lambda x: x[i], stacked) for i in range(STEPS_PER_CALL))
         if not fenced:
             return train_steps(state, group, key)[0]
@@ -176,7 +188,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     for name, context in variants().items():
         multi = "per jit call" in name
         # A new function object per variant: jit's trace cache is keyed on it.
-        fn = ((lambda s, b, k, f=name.endswith("fenced"): several(s, b, k, f)) if multi
+        fn = ((lambda s, b, k, f="fenced" in name, sc="lax.scan" in name: several(s, b, k, f, sc))
+              if multi
               else (lambda s, b, k: train_step(s, b, k)[0]))
         with context():
             step = jax.jit(fn, donate_argnums=0)
