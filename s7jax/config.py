@@ -59,17 +59,19 @@ class Config:
     eval_batch_size: int = _flag(1000, "evaluation batch size", "data")
     data_source: str = _flag(
         "auto", "tfds, or idx (the official files read with numpy, no TensorFlow); auto: tfds "
-                "where it is installed; a run records what auto resolved to", "data",
+                "for --pipeline tfds, idx for the on-device pipelines (no TensorFlow in the "
+                "process); a run records what auto resolved to", "data",
         choices=DATA_SOURCES)
     pipeline: str = _flag(
         "auto", "tfds: tf.data on the host, one call per step; device: data and augmentation on "
                 "the accelerator, one call per step; scan: on the accelerator, one compiled call "
                 "per epoch (train, BN re-estimation, evaluation). auto: scan on GPU/TPU, where "
-                "per-step dispatch would set the pace; tfds on CPU (device without TensorFlow), "
-                "where a rolled scan runs slower and every recorded run used tfds (see "
-                "s7jax.train)", "data", choices=PIPELINES)
-    steps_per_call: int = _flag(1, "train steps per compiled call: faster on CPU, but rounds "
-                                   "differently from 1, the setting of every run under results/",
+                "per-step dispatch would set the pace; device on CPU, where it costs nothing "
+                "and the progress bar moves with the steps (see s7jax.train)", "data",
+        choices=PIPELINES)
+    steps_per_call: int = _flag(1, "train steps per compiled call (tfds and device pipelines); "
+                                   "rounds differently from 1, the setting of every run under "
+                                   "results/",
                                 "optimisation")
     allow_long: bool = _flag(False, f"allow more than {MAX_EPOCHS} epochs")
 

@@ -202,10 +202,12 @@ def test_auto_settings_resolve_per_backend(monkeypatch):
     assert (config.pipeline, config.data_source) == ("auto", "auto")
     for backend in ("gpu", "tpu"):
         assert resolve(config, backend).pipeline == "scan"
-    assert resolve(config, "cpu").pipeline == "tfds"  # every committed run's path
-    assert resolve(config, "cpu").data_source == "tfds"
+    cpu = resolve(config, "cpu")
+    assert (cpu.pipeline, cpu.data_source) == ("device", "idx")  # every committed run's path
+    assert resolve(default_config("model6", pipeline="tfds"), "cpu").data_source == "tfds"
+    assert resolve(default_config("model6", data_source="tfds"), "cpu").pipeline == "device"
     monkeypatch.setattr("s7jax.data.tfds_available", lambda: False)
-    assert (resolve(config, "cpu").pipeline, resolve(config, "cpu").data_source) == ("device", "idx")
+    assert resolve(config, "cpu") == cpu  # TensorFlow is not needed by default
     with pytest.raises(ConfigError, match="--pipeline tfds needs tensorflow"):
         resolve(default_config("model6", pipeline="tfds"), "cpu")
     with pytest.raises(ConfigError, match="--steps-per-call applies to"):
