@@ -53,11 +53,21 @@ def rows(result: dict[str, Any]) -> list[Row]:
     seconds("compile train step / first step (s)", j.get("compile_train_step_s"),
             t.get("first_step_s"), ratio=False)
     rate("train step, fixed batch (img/s)", j.get("step_images_per_s"), t.get("step_images_per_s"))
+    names = {"channels_last": "channels-last", "compile": "torch.compile",
+             "compile_channels_last": "torch.compile, channels-last"}
+    for key, r in (t.get("step_tuned") or {}).items():
+        if "images_per_s" in r:
+            rate(f"train step, fixed batch, PyTorch {names.get(key, key)} (img/s)",
+                 j.get("step_images_per_s"), r["images_per_s"])
+    # The CPU default since the on-device pipeline's speed-up ("device");
+    # older files measured "tfds" as the default.
+    default = "device" if j.get("default_path") else "tfds"
     pipelines = [("tfds", "tf.data pipeline"), ("device", "on-device pipeline")]
-    epochs = [("tfds", "tf.data pipeline"),
-              ("tfds_grouped", f"tf.data pipeline, {j.get('steps_per_call')} steps per call"),
-              ("device", "on-device pipeline"),
-              ("scan", "on-device, one call per epoch")]
+    epochs = [("device", "on-device pipeline"),
+              ("scan", "on-device, one call per epoch"),
+              ("tfds", "tf.data pipeline"),
+              ("tfds_grouped", f"tf.data pipeline, {j.get('steps_per_call')} steps per call")]
+    epochs = [(k, label + (" (default)" if k == default else "")) for k, label in epochs]
     for key, label in epochs:
         e = j.get(f"epoch_{key}")
         if not e:  # not measured in this run (older files, or no TensorFlow)
@@ -79,7 +89,14 @@ def rows(result: dict[str, Any]) -> list[Row]:
     if j.get("eval_one_call"):
         seconds("evaluation of the test set, one call (s)", j["eval_one_call"]["seconds"],
                 (t.get("eval") or {}).get("seconds"))
-    out.append(("peak memory, main process", _mib(j.get("maxrss_kib")), _mib(t.get("maxrss_kib")), ""))
+    if j.get("default_path"):
+        out.append(("peak memory, main process, default run (on-device pipeline)",
+                    _mib(j["default_path"]["maxrss_kib"]), _mib(t.get("maxrss_kib")), ""))
+        out.append(("peak memory, main process, after the tf.data epochs (TensorFlow loaded)",
+                    _mib(j.get("maxrss_kib")), "-", ""))
+    else:
+        out.append(("peak memory, main process", _mib(j.get("maxrss_kib")),
+                    _mib(t.get("maxrss_kib")), ""))
     if t.get("maxrss_children_kib"):
         out.append(("peak memory, largest loader worker", "-", _mib(t.get("maxrss_children_kib")), ""))
     if j.get("device_peak_bytes") or t.get("device_peak_bytes"):
@@ -184,3 +201,59 @@ def seeds_table(result: dict) -> str:
                  + (f"{single['memory_bytes'] / 2**20:,.0f} MiB |" if single.get("memory_bytes")
                     else "- |"))
     return "\n".join(lines)
+
+
+def parts_table(result: dict) -> str:
+    """``scripts/bench_parts.py``'s result (``results/parts-*.json``) as two
+    Markdown tables: the step's parts, summed over layers, and the epoch."""
+    step_ms = result["step"]["ms"]
+    groups: dict[str, dict] = {}
+    for r in result["parts"]:
+        g = groups.setdefault(r["part"], {"ms": 0.0, "flops": 0.0, "bytes": 0.0, "layers": 0})
+        for k in ("ms", "flops", "bytes"):
+            g[k] += r[k]
+        g["layers"] += 1
+    limit = result["limit"]
+
+    def row(name, r, share_of_step=True):
+        s = r["ms"] / 1e3
+        gf, gb = r["flops"] / s / 1e9, r["bytes"] / s / 1e9
+        share = max(gf / limit["gflops"], gb / limit["gbytes_per_s"])
+        return (f"| {name} | {r['ms']:.2f} | "
+                + (f"{100 * r['ms'] / step_ms:.0f}% | " if share_of_step else "| ")
+                + f"{r['flops'] / 1e6:,.1f} | {r['bytes'] / 2**20:,.1f} | {gf:.1f} | {gb:.1f} | "
+                f"{100 * share:.1f}% |")
+
+    order = ["conv forward", "conv input gradient", "conv weight gradient"]
+    groups = dict(sorted(groups.items(), key=lambda kv: (
+        order.index(kv[0]) if kv[0] in order else len(order), kv[0].split()[0])))
+    lines = [f"| {result['model']} train step, batch {result['batch_size']} | ms | of the step "
+             "| MFLOP | MiB moved | GFLOP/s | GB/s | of the machine's limit |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, g in groups.items():
+        lines.append(row(f"{name} ({g['layers']} layer{'s' if g['layers'] > 1 else ''})"
+                         if g["layers"] > 1 else name, g))
+    parts = {k: sum(g[k] for g in groups.values()) for k in ("ms", "flops", "bytes")}
+    lines.append(row("sum of the parts", parts))
+    rest = step_ms - parts["ms"]
+    lines.append(f"| the rest (ReLU, loss, fusion across parts) | {rest:.2f} | "
+                 f"{100 * rest / step_ms:.0f}% | | | | | |")
+    lines.append(row("**the whole step**", result["step"]))
+    steps = result["steps_per_epoch"]
+    epoch = [f"| per epoch ({steps} steps) | ms each | times | s per epoch |",
+             "|---|---:|---:|---:|",
+             f"| train step | {step_ms:.2f} | {steps} | {step_ms * steps / 1e3:.2f} |"]
+    total = step_ms * steps
+    for r in result["per_step"]:
+        epoch.append(f"| {r['part']} | {r['ms']:.2f} | {steps} | {r['ms'] * steps / 1e3:.2f} |")
+        total += r["ms"] * steps
+    for r in result["per_epoch"]:
+        epoch.append(f"| {r['part']} | {r['ms']:.1f} | 1 | {r['ms'] / 1e3:.2f} |")
+        total += r["ms"]
+    epoch.append(f"| **an epoch, from its parts** | | | {total / 1e3:.2f} |")
+    note = (f"The machine's limit, measured in the same run: {limit['gflops']:.0f} GFLOP/s "
+            f"(a 2048^3 float32 matrix product) and {limit['gbytes_per_s']:.0f} GB/s (an "
+            "elementwise pass over 4 MiB, the size of the largest activations; "
+            f"{limit.get('gbytes_per_s_256mib', 0):.0f} GB/s over 256 MiB). A part's share is "
+            "the larger of its FLOP rate over the peak and its byte rate over the bandwidth.")
+    return "\n".join(lines) + "\n\n" + note + "\n\n" + "\n".join(epoch)

@@ -407,34 +407,32 @@ def analysis(name: str, history: list[dict], m: dict, previous, regularisers: di
 def performance_section(results_dir: Path) -> str:
     import json
 
-    from s7jax.benchreport import performance_markdown, seeds_table, step_table
+    from s7jax.benchreport import parts_table, performance_markdown, seeds_table, step_table
 
     paths = sorted(results_dir.glob("bench-*.json"))
     text = (performance_markdown(paths) if paths
             else "No benchmark results committed yet: run `python scripts/bench.py`.\n")
+    for path in sorted(results_dir.glob("parts-*.json")):
+        result = json.loads(path.read_text())
+        cpu = (result.get("cpu") or {}).get("model_name") or result["device_kind"]
+        text += "\n".join([
+            "", f"**Where the step's time goes** ({path.name}: `{result['command'].strip()}`, "
+            f"{result['backend']}, {cpu}, {result['date']}; each part compiled and timed alone "
+            f"on the shapes the model gives it, median of {result['repeats']} runs, FLOPs and "
+            "bytes from XLA's cost analysis of each part's program)", "",
+            parts_table(result), ""])
     for path in sorted(results_dir.glob("step-*.json")):
         result = json.loads(path.read_text())
         v = result["variants"]
         same = [n for n in v if n != "s7jax" and v[n]["same_state_as_s7jax"]]
-        faster = [n for n in v if n not in same + ["s7jax", BOUND] and v[n]["ratio_to_s7jax"] < 1]
         notes = ["Above 1x, the variant is slower than s7jax's step. \"Same state\": its "
                  f"parameters and BatchNorm statistics after {result['steps']} steps equal "
-                 "s7jax's bit for bit, so switching to it would keep every committed run "
-                 "repeatable" + (f" ({', '.join(same)})." if same else
-                                 "; no variant here does.")]
-        if faster:
-            notes.append(f"Faster but not bit-identical, so not the default: {', '.join(faster)} "
-                         "(every committed run would have to be trained again); several steps "
-                         "per call is there to choose with `--steps-per-call`.")
-        fenced = [n for n in v if n.endswith(", fenced") and n not in same]
-        if fenced:
-            notes.append("Optimisation barriers around each step do not keep the single step's "
-                         f"rounding either ({', '.join(fenced)}).")
+                 "s7jax's bit for bit" + (f" ({', '.join(same)})." if same else
+                                          "; no variant here does.")]
         if BOUND in v:
             notes.append(f"With no weight gradient at all, the step takes "
-                         f"{v[BOUND]['ratio_to_s7jax']:.2f}x s7jax's time: the convolutions' "
-                         "weight gradient is the largest cost left, and any faster formulation "
-                         "sums in another order, changing the rounding.")
+                         f"{v[BOUND]['ratio_to_s7jax']:.2f}x s7jax's time: a bound on what a "
+                         "faster weight gradient could save.")
         text += "\n".join([
             "", f"**The train step's speed choices** ({path.name}: `{result['command'].strip()}`, "
             f"{result['backend']}, {result['cpu_count']} cores, {result['date']}; median of "

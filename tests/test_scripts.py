@@ -165,6 +165,29 @@ def test_bench_step_times_every_variant_and_checks_bit_identity(tmp_path):
     assert "| s7jax | " in result.stdout
 
 
+def test_bench_parts_covers_every_layer_of_the_step(tmp_path):
+    """Every layer's parts are timed, the parts' FLOPs add up to the step's
+    (what XLA fuses across parts moves bytes, not FLOPs), and the table and
+    the machine's limit are reported."""
+    out = tmp_path / "parts.json"
+    result = run("bench_parts.py", "--repeats", "1", "--batch-size", "16", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r = json.loads(out.read_text())
+    layers = {}
+    for p in r["parts"]:
+        layers.setdefault(p["part"], []).append(p["layer"])
+    assert layers["conv forward"] == [f"conv{i}" for i in range(1, 8)]
+    assert layers["conv input gradient"] == [f"conv{i}" for i in range(2, 8)]  # not the images'
+    assert layers["conv weight gradient"] == [f"conv{i}" for i in range(1, 8)]
+    assert layers["BatchNorm forward"] == [f"bn{i}" for i in range(1, 6)]
+    assert layers["dropout forward"] == [f"drop{i}" for i in range(1, 5)]
+    assert layers["max-pool backward"] == ["pool1", "pool2"]
+    parts_flops = sum(p["flops"] for p in r["parts"])
+    assert abs(parts_flops / r["step"]["flops"] - 1) < 0.1
+    assert r["limit"]["gflops"] > 0 and r["limit"]["gbytes_per_s"] > 0
+    assert "| **the whole step** |" in result.stdout
+
+
 def test_bench_step_rejects_a_step_count_it_cannot_split(tmp_path):
     assert_clean_error(run("bench_step.py", "--steps", "3"), 2, r"--steps must be a positive multiple of 4")
 
