@@ -111,7 +111,8 @@ def _notes(result: dict[str, Any]) -> list[str]:
     v = result.get("versions", {})
     s = result.get("settings", {})
     device = m.get("accelerator") or m.get("cpu_model") or "CPU"
-    lines = [
+    lines = [goals(result)] if goals(result) else []
+    lines += [
         f"{result.get('device', '?').upper()}: {device}, {m.get('cpu_count', '?')} CPU cores; "
         f"JAX {v.get('jax', '?')}, "
         f"PyTorch {(v.get('torch') or 'not installed') if result.get('pytorch') else 'not run'}; "
@@ -123,6 +124,12 @@ def _notes(result: dict[str, Any]) -> list[str]:
             f"step rate over {s.get('steps', '?')} steps; PyTorch: DataLoader with "
             f"{s.get('torch_workers', '?')} workers, eval batch {s.get('torch_eval_batch_size', '?')}; "
             f"s7jax eval batch {s.get('eval_batch_size', '?')}, test set kept on the device.")
+    stages = (result.get("s7jax") or {}).get("memory_stages")
+    if stages:
+        lines.append("s7jax's peak memory after each stage: " + "; ".join(
+            f"{name} {_mib(kib)}" for name, kib in stages.items())
+            + (f"; the tf.data epochs (TensorFlow) {_mib(result['s7jax']['maxrss_kib'])}"
+               if result["s7jax"].get("epoch_tfds") else "") + ".")
     if result.get("pytorch_skipped"):
         lines.append(f"PyTorch side skipped: {result['pytorch_skipped']}.")
     if (result.get("s7jax") or {}).get("tfds_skipped"):
@@ -133,6 +140,35 @@ def _notes(result: dict[str, Any]) -> list[str]:
     if result.get("quick"):
         lines.append("QUICK run (--quick): tiny counts, not a measurement.")
     return lines
+
+
+GOALS = {"epoch": 2.0, "step": 1.5, "eval": 2.0}  # s7jax over the PyTorch original
+
+
+def goals(result: dict[str, Any]) -> str | None:
+    """One sentence: s7jax's default path against the PyTorch original, goal
+    by goal (issue 21's), and against PyTorch at its best on the step."""
+    j, t = result.get("s7jax") or {}, result.get("pytorch") or {}
+    if not j.get("default_path") or not t.get("epoch"):
+        return None
+    measured = {
+        "epoch": t["epoch"]["seconds"] / j["epoch_device"]["seconds"],
+        "step": j["step_images_per_s"] / t["step_images_per_s"],
+        "eval": t["eval"]["seconds"] / j["eval"]["seconds"],
+    }
+    names = {"epoch": "training epoch", "step": "train step", "eval": "evaluation"}
+    parts = [f"{names[k]} {v:.2f}x (goal {GOALS[k]:g}x: {'met' if v >= GOALS[k] else 'not met'})"
+             for k, v in measured.items()]
+    ours, theirs = j["default_path"]["maxrss_kib"], t["maxrss_kib"]
+    parts.append(f"peak memory {_mib(ours)} against {_mib(theirs)} (goal: at most PyTorch's: "
+                 f"{'met' if ours <= theirs else 'not met'})")
+    text = "Against the goals, s7jax's default path over the PyTorch original: " + "; ".join(parts) + "."
+    best = t.get("step_best")
+    if best:
+        text += (f" Against PyTorch at its best on the step ({best['variant'].replace('_', ' ')}, "
+                 f"{best['images_per_s']:,.0f} img/s): "
+                 f"{j['step_images_per_s'] / best['images_per_s']:.2f}x.")
+    return text
 
 
 def text_table(result: dict[str, Any]) -> str:

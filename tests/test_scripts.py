@@ -232,7 +232,7 @@ def test_print_config_prints_the_resolved_config_and_writes_nothing(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     config = json.loads(result.stdout)
     assert (config["model"], config["lr"], config["schedule"]) == ("model5", 0.2, "onecycle")
-    assert config["pipeline"] == "tfds" and config["data_source"] == "tfds"  # auto, resolved
+    assert config["pipeline"] == "device" and config["data_source"] == "idx"  # auto, resolved
     assert list(tmp_path.iterdir()) == []
 
 

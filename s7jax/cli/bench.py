@@ -135,6 +135,8 @@ def run_s7jax(spec: dict) -> dict:
     from s7jax.models import get_model
 
     out: dict = {"import_s": time.perf_counter() - t0}
+    # What holds the memory: the peak resident size after each stage.
+    out["memory_stages"] = {"imports (JAX, Flax, Optax, s7jax)": maxrss()["maxrss_kib"]}
     t = time.perf_counter()
     # As the default run reads them (s7jax.train.resolve): on a CPU or an
     # accelerator, the IDX files, without TensorFlow in the process.
@@ -145,6 +147,7 @@ def run_s7jax(spec: dict) -> dict:
     test_split = splits["test"].subset(spec["test_images"])
     out["load_data_s"] = time.perf_counter() - t
     out["train_images"] = len(train_split)
+    out["memory_stages"]["MNIST in host memory"] = maxrss()["maxrss_kib"]
 
     batch_size = spec["batch_size"]
     epochs = spec["epochs_measured"]
@@ -183,6 +186,7 @@ def run_s7jax(spec: dict) -> dict:
     step = lowered.compile()
     out["compile_train_step_s"] = time.perf_counter() - t
     log(f"s7jax: train step traced and compiled in {out['compile_train_step_s']:.2f} s")
+    out["memory_stages"]["train step compiled"] = maxrss()["maxrss_kib"]
 
     # Steady-state step rate on the fixed batch.
     totals = jax.device_put(zero_totals(), replicated)
@@ -250,25 +254,7 @@ def run_s7jax(spec: dict) -> dict:
     it = device_data().batches(0, sharded)
     first = first_ready(it)
     out["epoch_device"] = timed_epochs(chain(first, it), "on-device", time.perf_counter() - t)
-
-    # The same batches, a whole epoch of steps per compiled call (lax.scan),
-    # compiled untimed; training only, as the rows above.
-    source = device_data()
-    scan_epoch = jax.jit(functools.partial(train_epoch, batch_sharding=sharded),
-                         donate_argnums=0, out_shardings=(replicated, replicated))
-    state = fresh_state()
-    t = time.perf_counter()
-    scan_epoch = scan_epoch.lower(state, source, dropout_key, np.int32(0)).compile()
-    out["compile_epoch_scan_s"] = time.perf_counter() - t
-    per_epoch = []
-    for epoch in range(epochs):
-        t = time.perf_counter()
-        state, totals = scan_epoch(state, source, dropout_key, np.int32(epoch))
-        loss, acc = summarize(jax.device_get(totals))
-        per_epoch.append(time.perf_counter() - t)
-        log(f"s7jax: one call per epoch, epoch {epoch + 1}: {per_epoch[-1]:.2f} s "
-            f"(train loss {loss:.4f}, acc {acc:.2f}%)")
-    out["epoch_scan"] = epoch_summary(per_epoch, steps * batch_size, steps=steps)
+    out["memory_stages"]["an epoch of the on-device pipeline"] = maxrss()["maxrss_kib"]
 
     # The recipe's BN re-estimation on clean training images, once per epoch.
     if recipe.precise_bn:
@@ -301,6 +287,32 @@ def run_s7jax(spec: dict) -> dict:
                    "test_loss": loss, "test_acc": acc}
     log(f"s7jax: evaluation of {len(test_split):,} images {seconds:.3f} s (acc {acc:.2f}%)")
 
+    # Everything the default run does has run: its peak memory. The one-call
+    # epoch (its program holds more) and the tf.data epochs (they load
+    # TensorFlow, ~750 MB resident) come after.
+    out["default_path"] = maxrss()
+    out["memory_stages"]["BN re-estimation, evaluation"] = out["default_path"]["maxrss_kib"]
+
+    # The same batches, a whole epoch of steps per compiled call (lax.scan),
+    # compiled untimed; training only, as the rows above.
+    source = device_data()
+    scan_epoch = jax.jit(functools.partial(train_epoch, batch_sharding=sharded),
+                         donate_argnums=0, out_shardings=(replicated, replicated))
+    state = fresh_state()
+    t = time.perf_counter()
+    scan_epoch = scan_epoch.lower(state, source, dropout_key, np.int32(0)).compile()
+    out["compile_epoch_scan_s"] = time.perf_counter() - t
+    per_epoch = []
+    for epoch in range(epochs):
+        t = time.perf_counter()
+        state, totals = scan_epoch(state, source, dropout_key, np.int32(epoch))
+        loss, acc = summarize(jax.device_get(totals))
+        per_epoch.append(time.perf_counter() - t)
+        log(f"s7jax: one call per epoch, epoch {epoch + 1}: {per_epoch[-1]:.2f} s "
+            f"(train loss {loss:.4f}, acc {acc:.2f}%)")
+    out["epoch_scan"] = epoch_summary(per_epoch, steps * batch_size, steps=steps)
+    out["memory_stages"]["then the one-call epoch (--pipeline scan)"] = maxrss()["maxrss_kib"]
+
     # The same evaluation as one compiled call over the stacked batches (as
     # the one-call-per-epoch loop runs it).
     stacked = jax.device_put(data.eval_batches(test_split, batch_size=EVAL_BATCH_SIZE),
@@ -315,10 +327,6 @@ def run_s7jax(spec: dict) -> dict:
     out["eval_one_call"] = {"seconds": min(times), "images": len(test_split),
                             "images_per_s": len(test_split) / min(times)}
     log(f"s7jax: evaluation as one call {min(times) * 1e3:.1f} ms (best of 5)")
-
-    # Everything the default run does has run: its peak memory. The tf.data
-    # epochs come last, since they load TensorFlow (~750 MB resident).
-    out["default_path"] = maxrss()
 
     if data.tfds_available():
         state = fresh_state()
