@@ -112,13 +112,18 @@ def results_section(results_dir: Path, write_plots: bool = True) -> str:
               "cost of each model, not a benchmark (the Performance section has one)."]
     if "model6" in models:
         m = models["model6"]
-        per_seed = ", ".join(f"seed {s}: {' / '.join(f'{a:.2f}' for a in v['last3'])}"
-                             for s, v in m["seeds"].items())
-        lines += ["", f"**model6 over {m['n_seeds']} seeds**: last-3-epoch mean "
-                  f"{m['mean']:.3f} +/- {m['std']:.3f}% (std over seeds), lowest single epoch "
-                  f"among the last three {m['min']:.2f}%; {m['seeds_holding_target']} of "
-                  f"{m['n_seeds']} seeds hold >= {summary['target']}% in each of the last "
-                  f"three epochs ({per_seed}).",
+        worst = m["seeds"][m["worst_seed"]]
+        interval = f" (95% interval +/- {m['ci95']:.3f})" if m.get("ci95") else ""
+        if write_plots:
+            plots.last_epochs({int(s): v["last3"] for s, v in m["seeds"].items()},
+                              results_dir / "model6" / "last3.png", m["mean"], m.get("ci95"),
+                              title=f"model6: the last three epochs of {m['n_seeds']} seeds")
+        lines += ["", f"**model6 over {m['n_seeds']} seeds**: {m['seeds_holding_target']} of "
+                  f"{m['n_seeds']} hold >= {summary['target']}% in each of the last three "
+                  f"epochs. The mean of their last-3 means is {m['mean']:.3f}%{interval}, "
+                  f"std {m['std']:.3f} over seeds. The worst seed, {m['worst_seed']}: "
+                  f"{' / '.join(f'{a:.2f}' for a in worst['last3'])}.",
+                  "", "![model6, the last three epochs of every seed](results/model6/last3.png)",
                   "", "![model6 test accuracy per seed](results/model6/seeds.png)"]
     if histories:
         if write_plots:

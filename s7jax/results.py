@@ -3,7 +3,8 @@
 ``results/<model>/seed-<s>/`` holds one run's ``config.json`` and
 ``metrics.jsonl``; :func:`summarize` reads them all and computes, per seed,
 the test accuracies of the last three epochs (the target: each >= 99.4%),
-and per model the mean and standard deviation over seeds of the last-3 mean.
+and per model the mean and standard deviation over seeds of the last-3 mean,
+its 95% interval, and the worst seed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ from s7jax import runfiles
 from s7jax.config import TARGET
 
 LAST = 3
+
+# Student's t, the 0.975 quantile, by degrees of freedom (1..30): the 95%
+# interval of a mean over a few seeds. Beyond 30 the normal's 1.96 is close.
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 # A run's folder under results/<model>/ names how it was trained: s7jax's
@@ -50,13 +57,20 @@ def run_summary(run: Path) -> dict[str, Any]:
 def over_seeds(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Mean +/- std over seeds of the runs' last-3 means, and the min."""
     means = [s["mean"] for s in runs.values()]
+    std = statistics.stdev(means) if len(means) > 1 else 0.0
+    n = len(means)
+    t = T975[n - 2] if 2 <= n <= len(T975) + 1 else 1.96
+    worst = min(runs, key=lambda seed: (runs[seed]["min"], runs[seed]["mean"]))
     return {
         "seeds": runs,
-        "n_seeds": len(runs),
+        "n_seeds": n,
         "mean": statistics.fmean(means),
-        "std": statistics.stdev(means) if len(means) > 1 else 0.0,
+        "std": std,
+        # 95% interval of the mean of the seeds' last-3 means (Student's t).
+        "ci95": t * std / n ** 0.5 if n > 1 else None,
         "min": min(s["min"] for s in runs.values()),
         "best": max(s["best"] for s in runs.values()),
+        "worst_seed": worst,
         "seeds_holding_target": sum(s["min"] >= TARGET for s in runs.values()),
     }
 
