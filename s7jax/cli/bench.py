@@ -75,6 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help=f"tiny counts on a subset, for smoke tests: {QUICK}")
     p.add_argument("--skip-torch", action="store_true", help="measure the s7jax side only")
+    p.add_argument("--tuned-torch", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time PyTorch's step channels-last and with torch.compile (its "
+                        "compiles take tens of seconds; default: on, off with --quick)")
     p.add_argument("--out", help="result JSON (default results/bench-<cpu|gpu>.json)")
     add_data_flags(p)
     p.add_argument("--train-images", type=int, help="use only the first N training images")
@@ -85,6 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:  # flags given explicitly win over --quick
             setattr(args, name, value)
+    if args.tuned_torch is None:
+        args.tuned_torch = not args.quick
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
     for name in ("epochs_measured", "steps"):
@@ -476,7 +481,7 @@ def run_pytorch(spec: dict) -> dict:
             data_.contiguous(memory_format=cl)),
     }
     out["step_tuned"] = {}
-    for name, make in tuned.items():
+    for name, make in (tuned.items() if spec["tuned_torch"] else ()):
         try:
             variant, data = make()
             out["step_tuned"][name] = r = step_rate(variant, data, target_)
@@ -649,7 +654,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     spec = {"batch_size": BATCH_SIZE, "steps": args.steps, "warmup": args.warmup,
             "epochs_measured": args.epochs_measured, "data_dir": args.data_dir,
             "manual_dir": args.manual_dir, "train_images": args.train_images,
-            "test_images": args.test_images, "torch_workers": TORCH_WORKERS,
+            "test_images": args.test_images, "torch_workers": TORCH_WORKERS, "tuned_torch": args.tuned_torch,
             "torch_eval_batch_size": TORCH_EVAL_BATCH_SIZE}
     result = {"command": shlex.join(["python", "scripts/bench.py", *argv]),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
