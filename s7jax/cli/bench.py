@@ -8,15 +8,20 @@ subprocess (so that their peak memory is their own):
 * s7jax (model6, its default recipe, batch 128): the train step's compile
   time; the jitted step alone on a fixed batch (images/s, clocks read after
   ``block_until_ready``); one full training epoch end to end, input pipeline
-  and steps, with the tf.data pipeline (``data.train_dataset``), with it and
-  4 steps per compiled call (``--steps-per-call 4``), and with the on-device
-  pipeline (``data.DeviceTrainData``); the evaluation of the 10k test
-  images; peak resident memory (``getrusage`` maxrss).
+  and steps, with the on-device pipeline (``data.DeviceTrainData``, the
+  default on a CPU), as one compiled call (``--pipeline scan``), with the
+  tf.data pipeline (``data.train_dataset``), and with it and 4 steps per
+  compiled call (``--steps-per-call 4``); the evaluation of the 10k test
+  images; peak resident memory (``getrusage`` maxrss) after each stage, and
+  as the default run leaves it, before the one-call epoch and TensorFlow
+  (the tf.data epochs run last) are loaded.
 * PyTorch (the original recipe): model6 from ``s7jax.torch_reference``,
   RandomRotation(7) + ColorJitter(brightness=0.2, contrast=0.2) + ToTensor +
   Normalize((0.1307,), (0.3081,)) through a DataLoader with 2 workers, batch
   128, SGD lr 0.01 momentum 0.9: the same quantities (its step on a fixed
-  batch, one epoch end to end, the 10k evaluation).
+  batch, one epoch end to end, the 10k evaluation); and its step as a
+  speed-minded user would run it: channels-last, ``torch.compile``, both
+  (``--no-tuned-torch`` skips them).
 
 It prints a table with the s7jax/PyTorch speed-up (>1: s7jax faster) and
 writes ``results/bench-<cpu|gpu>.json`` (the device is JAX's default backend)
@@ -25,8 +30,8 @@ a subset, for smoke tests (written to a temporary folder unless ``--out``).
 Without PyTorch installed (``pip install -e '.[bench]'``), or with
 ``--skip-torch``, only the s7jax side runs.
 
-MNIST comes from TFDS, prepared offline (``s7jax.data.load_mnist``); the
-PyTorch side reads the same uint8 arrays (no download).
+MNIST comes from the source the default run reads (``s7jax.data.load_mnist``,
+the IDX files on a CPU); the PyTorch side reads the same uint8 arrays.
 """
 
 from __future__ import annotations
@@ -654,7 +659,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     spec = {"batch_size": BATCH_SIZE, "steps": args.steps, "warmup": args.warmup,
             "epochs_measured": args.epochs_measured, "data_dir": args.data_dir,
             "manual_dir": args.manual_dir, "train_images": args.train_images,
-            "test_images": args.test_images, "torch_workers": TORCH_WORKERS, "tuned_torch": args.tuned_torch,
+            "test_images": args.test_images, "torch_workers": TORCH_WORKERS,
+            "tuned_torch": args.tuned_torch,
             "torch_eval_batch_size": TORCH_EVAL_BATCH_SIZE}
     result = {"command": shlex.join(["python", "scripts/bench.py", *argv]),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
