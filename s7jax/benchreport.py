@@ -157,7 +157,8 @@ def goals(result: dict[str, Any]) -> str | None:
         "eval": t["eval"]["seconds"] / j["eval"]["seconds"],
     }
     names = {"epoch": "training epoch", "step": "train step", "eval": "evaluation"}
-    parts = [f"{names[k]} {v:.2f}x (goal {GOALS[k]:g}x: {'met' if v >= GOALS[k] else 'not met'})"
+    # Three decimals: a ratio that rounds to the goal may still miss it.
+    parts = [f"{names[k]} {v:.3f}x (goal {GOALS[k]:g}x: {'met' if v >= GOALS[k] else 'not met'})"
              for k, v in measured.items()]
     ours, theirs = j["default_path"]["maxrss_kib"], t["maxrss_kib"]
     parts.append(f"peak memory {_mib(ours)} against {_mib(theirs)} (goal: at most PyTorch's: "

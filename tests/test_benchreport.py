@@ -20,14 +20,14 @@ def bench_result(epoch_s=10.0, step=6000.0, eval_s=0.5, memory_mib=900):
 
 def test_goals_are_judged_from_the_measured_ratios():
     text = benchreport.goals(bench_result())
-    assert "training epoch 2.30x (goal 2x: met)" in text
-    assert "train step 1.82x (goal 1.5x: met)" in text
-    assert "evaluation 2.00x (goal 2x: met)" in text
+    assert "training epoch 2.300x (goal 2x: met)" in text
+    assert "train step 1.818x (goal 1.5x: met)" in text
+    assert "evaluation 2.000x (goal 2x: met)" in text
     assert "peak memory 900 MiB against 1,150 MiB (goal: at most PyTorch's: met)" in text
     assert "(compile channels last, 4,000 img/s): 1.50x" in text
     slow = benchreport.goals(bench_result(epoch_s=12.0, eval_s=0.6, memory_mib=1200))
-    assert "training epoch 1.92x (goal 2x: not met)" in slow
-    assert "evaluation 1.67x (goal 2x: not met)" in slow
+    assert "training epoch 1.917x (goal 2x: not met)" in slow
+    assert "evaluation 1.667x (goal 2x: not met)" in slow
     assert "(goal: at most PyTorch's: not met)" in slow
     assert benchreport.goals({"s7jax": {}, "pytorch": {}}) is None  # an older file
 
