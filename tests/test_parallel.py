@@ -225,15 +225,19 @@ def _child(data_dir: str, out_path: str, work: str) -> None:
 
     # -- Whole runs, with spies on the 4-device one ----------------------------
     seen = {"train_batch": None, "eval_batch": None, "saved_states": []}
-    real_put, real_save = jax.device_put, checkpoint.save
+    real_put, real_save, real_batches = jax.device_put, checkpoint.save, train.training_batches
 
     def spy_put(x, *args, **kwargs):
         result = real_put(x, *args, **kwargs)
-        if isinstance(x, dict) and "image" in x:
-            kind = "eval_batch" if "mask" in x else "train_batch"
-            if seen[kind] is None:
-                seen[kind] = {k: _describe_sharded(v) for k, v in result.items()}
+        if isinstance(x, dict) and "mask" in x and seen["eval_batch"] is None:
+            seen["eval_batch"] = {k: _describe_sharded(v) for k, v in result.items()}
         return result
+
+    def spy_batches(*args, **kwargs):  # the training batches as the loop gets them
+        for batch in real_batches(*args, **kwargs):
+            if seen["train_batch"] is None:
+                seen["train_batch"] = {k: _describe_sharded(v) for k, v in batch.items()}
+            yield batch
 
     def spy_save(directory, step, state, record):
         seen["saved_states"].append({
@@ -251,12 +255,14 @@ def _child(data_dir: str, out_path: str, work: str) -> None:
         workdir.mkdir()
         if n == DEVICES:
             jax.device_put, checkpoint.save = spy_put, spy_save
+            train.training_batches = spy_batches
         try:
             histories[n] = train.train_and_evaluate(config, workdir, mesh=meshes[n],
                                                     data_dir=data_dir, show_progress=False,
                                                     log=lambda _: None)
         finally:
             jax.device_put, checkpoint.save = real_put, real_save
+            train.training_batches = real_batches
     out["histories"] = {str(n): h for n, h in histories.items()}
     # The same runs with an epoch per compiled call (the accelerators' default).
     scan_config = default_config("model6", **RUN, pipeline="scan")
