@@ -21,9 +21,11 @@ from typing import Any, Callable
 
 import orbax.checkpoint as ocp
 
+from s7jax.checksum import arrays_sha256
 from s7jax.errors import CheckpointError, WriteError
 
 KEEP = 2  # the last completed epoch's state and the one before it
+CHECKSUM_KEY = "arrays_sha256"  # in the record; checked on restore where present
 
 
 def _manager(directory: str | Path) -> ocp.CheckpointManager:
@@ -59,8 +61,10 @@ def _remove_partial(directory: Path) -> None:
 
 
 def save(directory: str | Path, step: int, state: Any, record: dict[str, Any]) -> None:
-    """Write ``state`` and ``record`` as checkpoint ``step`` (replacing one at that step)."""
+    """Write ``state`` and ``record`` as checkpoint ``step`` (replacing one at
+    that step), the record with the checksum of the state's arrays."""
     directory = Path(directory)
+    record = {**record, CHECKSUM_KEY: arrays_sha256(state)}
     try:
         with _manager(directory) as manager:
             if step in manager.all_steps():
@@ -97,8 +101,9 @@ def restore(directory: str | Path, abstract_state: Any, step: int | None = None,
     """``(state, record)`` of checkpoint ``step`` (default: the latest intact
     one), with arrays laid out like ``abstract_state``.
 
-    Without ``step``, a checkpoint that cannot be read is passed over for the
-    one before it, and ``log`` says so. A checkpoint whose arrays do not fit
+    Without ``step``, a checkpoint that cannot be read, or whose arrays do not
+    match the checksum saved with them, is passed over for the one before it,
+    and ``log`` says so. A checkpoint whose arrays do not fit
     ``abstract_state`` (another model than the config names) raises
     CheckpointError, as does a folder with no checkpoint to restore.
     """
@@ -120,6 +125,10 @@ def restore(directory: str | Path, abstract_state: Any, step: int | None = None,
                     f"checkpoint step {candidate} in {directory} does not fit the model and "
                     f"optimiser its run's config.json names ({reason})") from None
             damaged.append((candidate, reason))
+            continue
+        saved_sum = record.pop(CHECKSUM_KEY, None)  # absent in checkpoints older than it
+        if saved_sum is not None and arrays_sha256(state) != saved_sum:
+            damaged.append((candidate, "its arrays do not match the checksum saved with them"))
             continue
         if damaged and log is not None:
             log(f"checkpoint step {damaged[0][0]} in {directory} is damaged ({damaged[0][1]}); "
