@@ -13,9 +13,13 @@ before it, and one that does not fit the run's config raises CheckpointError.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import logging
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,9 +52,53 @@ def _reason(e: BaseException) -> str:
         return os.strerror(int(code.group(1)))
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     text = (lines[0] if lines else type(e).__name__).split(". See full")[0].rstrip(":. ")
-    if "error while reading array" in text:
+    if re.search(r"error (while )?reading|OUT_OF_RANGE|DATA_LOSS", text, re.IGNORECASE):
         text = "its array files cannot be read"
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _is_leftover(unraisable) -> bool:
+    return (isinstance(unraisable.exc_value, RuntimeError)
+            and "Event loop is closed" in str(unraisable.exc_value))
+
+
+class _Leftovers(logging.Filter):
+    """Log records about a failure that is raised anyway."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from_orbax = f"{os.sep}orbax{os.sep}" in record.pathname
+        return not (from_orbax or "exception was never retrieved" in record.getMessage())
+
+
+@contextlib.contextmanager
+def _leftovers_silenced():
+    """Keep Orbax's after-effects of a failed save or restore off stderr.
+
+    When a write or read of array data fails, Orbax raises the error (which
+    the caller turns into one line) but leaves behind asyncio futures whose
+    exception nobody retrieves, logged as each is collected, and TensorStore
+    callbacks into an event loop it has closed, reported as unraisable
+    exceptions; and its threads log each failure, traceback and all, through
+    absl: dozens of tracebacks for one fault. Those are dropped while Orbax
+    works, and the futures are collected before the block ends; every other
+    message still gets through."""
+    loggers, leftovers = [logging.getLogger(n) for n in ("asyncio", "absl")], _Leftovers()
+    previous_hook = sys.unraisablehook
+
+    def hook(unraisable):
+        if not _is_leftover(unraisable):
+            previous_hook(unraisable)
+
+    for logger in loggers:
+        logger.addFilter(leftovers)
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        gc.collect()  # the failed futures, logged (and dropped) now rather than later
+        sys.unraisablehook = previous_hook
+        for logger in loggers:
+            logger.removeFilter(leftovers)
 
 
 def _remove_partial(directory: Path) -> None:
@@ -66,7 +114,7 @@ def save(directory: str | Path, step: int, state: Any, record: dict[str, Any]) -
     directory = Path(directory)
     record = {**record, CHECKSUM_KEY: arrays_sha256(state)}
     try:
-        with _manager(directory) as manager:
+        with _leftovers_silenced(), _manager(directory) as manager:
             if step in manager.all_steps():
                 manager.delete(step)
             manager.save(step, args=ocp.args.Composite(
@@ -90,7 +138,7 @@ def latest_step(directory: str | Path) -> int | None:
 
 
 def _restore_one(directory: Path, abstract_state: Any, step: int):
-    with _manager(directory) as manager:
+    with _leftovers_silenced(), _manager(directory) as manager:
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
     return restored["state"], restored["record"]

@@ -165,9 +165,9 @@ def _train(configs, workdirs, mesh, data_dir, manual_dir, show_progress, log):
 
     histories: list[list[dict[str, Any]]] = [[] for _ in configs]
     run_start = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        interrupted = stack.enter_context(sigint_flag())
-        write_events = [stack.enter_context(events.epoch_events(w, log)) for w in workdirs]
+    with contextlib.ExitStack() as held:
+        interrupted = held.enter_context(sigint_flag())
+        write_events = [held.enter_context(events.epoch_events(w, log)) for w in workdirs]
         log(f"{'seed':>4}  {console.table_header()}")
         for epoch in range(config.epochs):
             epoch_start = time.perf_counter()
