@@ -76,29 +76,49 @@ def _leftovers_silenced():
 
     When a write or read of array data fails, Orbax raises the error (which
     the caller turns into one line) but leaves behind asyncio futures whose
-    exception nobody retrieves, logged as each is collected, and TensorStore
-    callbacks into an event loop it has closed, reported as unraisable
-    exceptions; and its threads log each failure, traceback and all, through
-    absl: dozens of tracebacks for one fault. Those are dropped while Orbax
-    works, and the futures are collected before the block ends; every other
-    message still gets through."""
-    loggers, leftovers = [logging.getLogger(n) for n in ("asyncio", "absl")], _Leftovers()
-    previous_hook = sys.unraisablehook
-
-    def hook(unraisable):
-        if not _is_leftover(unraisable):
-            previous_hook(unraisable)
-
-    for logger in loggers:
-        logger.addFilter(leftovers)
-    sys.unraisablehook = hook
+    exception nobody retrieves, logged whenever each is collected (up to the
+    interpreter's exit), and TensorStore callbacks into an event loop it has
+    closed, reported as unraisable exceptions; its threads also log each
+    failure, traceback and all, through absl: dozens of tracebacks for one
+    fault. Those three kinds of message are dropped while Orbax works and,
+    once a call has failed, for the rest of the process (s7jax has no asyncio
+    of its own); every other message still gets through."""
+    undo = _drop_leftovers()
     try:
         yield
-    finally:
-        gc.collect()  # the failed futures, logged (and dropped) now rather than later
-        sys.unraisablehook = previous_hook
-        for logger in loggers:
-            logger.removeFilter(leftovers)
+    except BaseException:
+        gc.collect()  # most of the failed futures, collected (and dropped) now
+        raise
+    else:
+        undo()
+
+
+def _drop_leftovers() -> Callable[[], None]:
+    """Install the filters unless they are in place; return what removes
+    those installed here."""
+    added = []
+    for name in ("asyncio", "absl"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Leftovers) for f in logger.filters):
+            added.append((logger, _Leftovers()))
+            logger.addFilter(added[-1][1])
+    previous_hook = sys.unraisablehook
+    installed = not getattr(previous_hook, "drops_orbax_leftovers", False)
+    if installed:
+        def hook(unraisable):
+            if not _is_leftover(unraisable):
+                previous_hook(unraisable)
+
+        hook.drops_orbax_leftovers = True
+        sys.unraisablehook = hook
+
+    def undo() -> None:
+        for logger, f in added:
+            logger.removeFilter(f)
+        if installed and sys.unraisablehook is hook:
+            sys.unraisablehook = previous_hook
+
+    return undo
 
 
 def _remove_partial(directory: Path) -> None:

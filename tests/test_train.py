@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s7jax import checkpoint, console, runfiles
+from s7jax import checkpoint, console, runfiles, train
 from s7jax.config import default_config
 from s7jax.errors import ConfigError, Interrupted, NonFiniteLossError
 from s7jax.steps import eval_step, initial_state, learning_rate_schedule, train_step, train_steps
@@ -166,6 +166,68 @@ def test_interrupt_then_resume_equals_uninterrupted(reference_run, tfds_dir, tmp
                                  show_progress=False, log=lambda _: None)
     assert strip_seconds(resumed) == strip_seconds(history)
     assert strip_seconds(runfiles.read_metrics(tmp_path)) == strip_seconds(history)
+
+
+def test_sigterm_then_resume_equals_uninterrupted(reference_run, tfds_dir, tmp_path):
+    """SIGTERM (what timeout, a scheduler or a container runtime sends) is
+    handled as Ctrl-C is: a checkpoint of the current step, exit code 143,
+    and the resumed run equals the uninterrupted one."""
+    _, history = reference_run
+    config = default_config("model6", **QUICK)
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminate_once(line, sent=[]):  # noqa: B006  (state across calls)
+        if line == console.table_header() and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Interrupted, match=r"terminated \(SIGTERM\) at step \d+; checkpoint saved") as e:
+        train_and_evaluate(config, tmp_path, data_dir=tfds_dir, show_progress=False,
+                           log=terminate_once)
+    assert e.value.exit_code == 143 and 0 < e.value.step < 16
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+    resumed = train_and_evaluate(config, tmp_path, resume=True, data_dir=tfds_dir,
+                                 show_progress=False, log=lambda _: None)
+    assert strip_seconds(resumed) == strip_seconds(history)
+
+
+def test_ctrl_c_during_the_last_evaluation_finishes_the_run(reference_run, tfds_dir, tmp_path,
+                                                              monkeypatch):
+    """A run whose last epoch is saved is complete: Ctrl-C then does not
+    advise --resume, the run ends as usual."""
+    _, history = reference_run
+    evaluate, calls = train.evaluate, []
+
+    def interrupted_evaluation(*args):
+        calls.append(True)
+        if len(calls) == 2:  # the last epoch's
+            os.kill(os.getpid(), signal.SIGINT)
+        return evaluate(*args)
+
+    monkeypatch.setattr(train, "evaluate", interrupted_evaluation)
+    done = train_and_evaluate(default_config("model6", **QUICK), tmp_path, data_dir=tfds_dir,
+                              show_progress=False, log=lambda _: None)
+    assert strip_seconds(done) == strip_seconds(history)
+
+
+def test_each_epoch_is_written_for_tensorboard(reference_run):
+    """The event files hold every epoch's figures, as a TensorBoard reader
+    (TensorFlow's own) reads them."""
+    workdir, history = reference_run
+    from s7jax.tf_cpu import tensorflow
+
+    tf = tensorflow()
+    (events,) = (workdir / "tensorboard").glob("events.out.tfevents.*")
+    seen = {}
+    for event in tf.compat.v1.train.summary_iterator(str(events)):
+        for value in event.summary.value:
+            seen[(value.tag, event.step)] = value.simple_value
+    for row in history:
+        assert seen[("accuracy/test", row["epoch"])] == pytest.approx(row["test_acc"])
+        assert seen[("loss/train", row["epoch"])] == pytest.approx(row["train_loss"])
+        assert seen[("learning_rate", row["epoch"])] == pytest.approx(row["lr"])
+        assert seen[("time/ms_per_step", row["epoch"])] == pytest.approx(
+            1000 * row["seconds"] / 8)
 
 
 def test_several_steps_per_call_train_the_same_run(reference_run, tfds_dir, tmp_path):
