@@ -214,19 +214,19 @@ def _starting_point(config: Config, workdir: Path, resume: bool, log: Callable[[
     whose recorded epochs no checkpoint can continue is refused, untouched:
     training it again from step 0 would destroy the record (a run under
     ``results/`` keeps its metrics, not its checkpoints)."""
-    steps = data.steps_per_epoch(config.train_subset or TRAIN_IMAGES, config.batch_size)
-    state, dropout_key = initial_state(config, learning_rate_schedule(config, steps))
     ckpt_dir = runfiles.checkpoint_dir(workdir)
-    if not resume:
-        return state, dropout_key, [], None
-    if checkpoint.latest_step(ckpt_dir) is None:
+    restoring = resume and checkpoint.latest_step(ckpt_dir) is not None
+    if resume and not restoring:
         recorded = runfiles.read_metrics(workdir)
         if recorded:
             raise CheckpointError(
                 f"--resume {workdir}: no checkpoint in {ckpt_dir} to continue its "
                 f"{len(recorded)} recorded epoch(s) from; the run is left as it was (to train it "
                 "again, use scripts/reproduce.py or a new --workdir)")
-        return state, dropout_key, [], None  # the run saved nothing yet: start it
+    steps = data.steps_per_epoch(config.train_subset or TRAIN_IMAGES, config.batch_size)
+    state, dropout_key = initial_state(config, learning_rate_schedule(config, steps))
+    if not restoring:  # a new run, or one that saved nothing yet: from the start
+        return state, dropout_key, [], None
     state, record = checkpoint.restore(ckpt_dir, state, log=log)
     log(f"resumed from step {int(state.step)} (epoch {record['epoch'] + 1})")
     return state, dropout_key, record["history"], record["partial"]

@@ -5,7 +5,8 @@
 runs ``scripts/train.py`` and ``scripts/evaluate.py`` on each fault in a
 fresh process (as a user meets it), checks that it ends with its exit code
 and exactly one line on stderr, and prints the median wall time of
-``--repeats`` runs as a Markdown table (the README's, under "Failure modes").
+``--repeats`` runs, and their CPU time, as a Markdown table (the README's,
+under "Failure modes").
 Every case is refused before TensorFlow, TFDS or the data load; the time is
 Python, JAX, Flax and Orbax starting up. The folders it needs (a recorded run
 without checkpoints, a run with damaged checkpoints, a locked folder, a
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -27,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from s7jax.cli import OneLineErrorParser  # noqa: E402
+from s7jax.cli import OneLineErrorParser, exit_on_known_errors  # noqa: E402
 
 
 def make_cases(tmp: Path) -> list[tuple[str, list[str], int]]:
@@ -50,6 +52,7 @@ def make_cases(tmp: Path) -> list[tuple[str, list[str], int]]:
 
     damaged = tmp / "damaged"  # two checkpoints, both with flipped bytes
     config = default_config("model6", epochs=2, train_subset=1024, batch_size=128)
+    damaged.mkdir()
     runfiles.write_config(damaged, config)
     state, _ = initial_state(config, learning_rate_schedule(config, 8))
     for step in (8, 16):
@@ -83,16 +86,22 @@ def make_cases(tmp: Path) -> list[tuple[str, list[str], int]]:
     ]
 
 
-def timed(command: list[str], code: int) -> tuple[float, str]:
+def timed(command: list[str], code: int) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds, the stderr line) of one run of ``command``.
+    The CPU time (user + system) is the steadier figure on a shared machine:
+    other jobs stretch the wall time, not the work."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, *command], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
     seconds = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     if proc.returncode != code or len(lines) != 1:
         raise SystemExit(f"error: {' '.join(command)} exited {proc.returncode} (expected {code}) "
                          f"with {len(lines)} lines on stderr: {lines[:3]}")
-    return seconds, lines[0]
+    return seconds, cpu, lines[0]
 
 
 def main(argv=None) -> int:
@@ -100,7 +109,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="runs per case (the median is shown)")
     p.add_argument("--out", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="s7jax-refusals-") as tmp:
+    with exit_on_known_errors(), tempfile.TemporaryDirectory(prefix="s7jax-refusals-") as tmp:
         tmp = Path(tmp)
         cases = make_cases(tmp)
         holder = subprocess.Popen(  # holds tmp/held, as a run in progress does
@@ -114,16 +123,17 @@ def main(argv=None) -> int:
             for fault, command, code in cases:
                 runs = [timed(command, code) for _ in range(args.repeats)]
                 rows.append({"fault": fault, "exit": code,
-                             "seconds": statistics.median(s for s, _ in runs),
-                             "line": runs[0][1].replace(str(tmp), "TMP")})
+                             "seconds": statistics.median(s for s, _, _ in runs),
+                             "cpu_seconds": statistics.median(c for _, c, _ in runs),
+                             "line": runs[0][2].replace(str(tmp), "TMP")})
         finally:
             holder.kill()
             holder.wait()
-    print(f"median of {args.repeats} runs each, {os.cpu_count()} CPU cores; "
-          "each ended with exactly one line on stderr\n")
-    print("| fault | exit | seconds |\n|---|---:|---:|")
+    print(f"median of {args.repeats} runs each, {os.cpu_count()} CPU cores, load average "
+          f"{os.getloadavg()[0]:.1f}; each ended with exactly one line on stderr\n")
+    print("| fault | exit | wall s | CPU s |\n|---|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['fault']} | {r['exit']} | {r['seconds']:.1f} |")
+        print(f"| {r['fault']} | {r['exit']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} |")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
         print(f"wrote {args.out}")
