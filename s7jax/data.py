@@ -221,10 +221,10 @@ def _tfds_prepared_dir(data_dir) -> Path:
 
 
 def _mnist_builder(data_dir):
+    tensorflow()  # TF configured (accelerators hidden, banner filtered) before TFDS imports it
     import tensorflow_datasets as tfds
     from absl import logging as absl_logging
 
-    tensorflow()  # TF configured (accelerators hidden) before TFDS initialises it
     absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS's warnings are not the user's errors
     return tfds.builder("mnist", data_dir=None if data_dir is None else str(data_dir))
 
@@ -261,9 +261,9 @@ def prepare_mnist(data_dir=None, manual_dir=None, rebuild: bool = False):
     manual_dir = Path(manual_dir) if manual_dir is not None else default_manual_dir()
     if rebuild or not (_tfds_prepared_dir(data_dir) / "dataset_info.json").is_file():
         read_idx(manual_dir)  # every check, in a fraction of a second, without TensorFlow
+    builder = _mnist_builder(data_dir)
     import tensorflow_datasets as tfds
 
-    builder = _mnist_builder(data_dir)
     if builder.is_prepared() and not rebuild:
         return builder
     with _preparing(data_dir):
