@@ -128,6 +128,7 @@ def test_run_writes_metrics_config_and_checkpoints(reference_run):
     assert checkpoint.latest_step(runfiles.checkpoint_dir(workdir)) == 2 * 512 // 64
 
 
+@pytest.mark.slow  # another full training run: in CI's second command
 def test_same_seed_gives_identical_metrics(reference_run, tfds_dir, tmp_path):
     _, history = reference_run
     again = train_and_evaluate(default_config("model6", **QUICK), tmp_path, data_dir=tfds_dir,
@@ -230,6 +231,7 @@ def test_each_epoch_is_written_for_tensorboard(reference_run):
             1000 * row["seconds"] / 8)
 
 
+@pytest.mark.slow  # another full training run: in CI's second command
 def test_several_steps_per_call_train_the_same_run(reference_run, tfds_dir, tmp_path):
     """3 steps per call over 8-step epochs (3 + 3 + 2): every step taken
     once, the same figures up to float rounding."""
@@ -283,6 +285,7 @@ def scan_run(tfds_dir, tmp_path_factory):
     return workdir, history
 
 
+@pytest.mark.slow  # another full training run: in CI's second command
 def test_an_epoch_per_call_trains_what_the_device_pipeline_trains(scan_run, tfds_dir, tmp_path):
     """Same batches (tested in test_data), same steps: the figures agree up to
     the float rounding of a differently fused program."""
@@ -298,6 +301,7 @@ def test_an_epoch_per_call_trains_what_the_device_pipeline_trains(scan_run, tfds
         assert abs(a["test_acc"] - b["test_acc"]) <= 100 / 256
 
 
+@pytest.mark.slow  # another full training run: in CI's second command
 def test_an_epoch_per_call_resumes_after_ctrl_c(scan_run, tfds_dir, tmp_path):
     """Ctrl-C during an epoch call: the epoch finishes, is saved, and a resume
     ends exactly as the uninterrupted run."""
