@@ -13,17 +13,23 @@ before it, and one that does not fit the run's config raises CheckpointError.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import logging
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import orbax.checkpoint as ocp
 
+from s7jax.checksum import arrays_sha256
 from s7jax.errors import CheckpointError, WriteError
 
 KEEP = 2  # the last completed epoch's state and the one before it
+CHECKSUM_KEY = "arrays_sha256"  # in the record; checked on restore where present
 
 
 def _manager(directory: str | Path) -> ocp.CheckpointManager:
@@ -46,9 +52,73 @@ def _reason(e: BaseException) -> str:
         return os.strerror(int(code.group(1)))
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     text = (lines[0] if lines else type(e).__name__).split(". See full")[0].rstrip(":. ")
-    if "error while reading array" in text:
+    if re.search(r"error (while )?reading|OUT_OF_RANGE|DATA_LOSS", text, re.IGNORECASE):
         text = "its array files cannot be read"
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _is_leftover(unraisable) -> bool:
+    return (isinstance(unraisable.exc_value, RuntimeError)
+            and "Event loop is closed" in str(unraisable.exc_value))
+
+
+class _Leftovers(logging.Filter):
+    """Log records about a failure that is raised anyway."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from_orbax = f"{os.sep}orbax{os.sep}" in record.pathname
+        return not (from_orbax or "exception was never retrieved" in record.getMessage())
+
+
+@contextlib.contextmanager
+def _leftovers_silenced():
+    """Keep Orbax's after-effects of a failed save or restore off stderr.
+
+    When a write or read of array data fails, Orbax raises the error (which
+    the caller turns into one line) but leaves behind asyncio futures whose
+    exception nobody retrieves, logged whenever each is collected (up to the
+    interpreter's exit), and TensorStore callbacks into an event loop it has
+    closed, reported as unraisable exceptions; its threads also log each
+    failure, traceback and all, through absl: dozens of tracebacks for one
+    fault. Those three kinds of message are dropped while Orbax works and,
+    once a call has failed, for the rest of the process (s7jax has no asyncio
+    of its own); every other message still gets through."""
+    undo = _drop_leftovers()
+    try:
+        yield
+    except BaseException:
+        gc.collect()  # most of the failed futures, collected (and dropped) now
+        raise
+    else:
+        undo()
+
+
+def _drop_leftovers() -> Callable[[], None]:
+    """Install the filters unless they are in place; return what removes
+    those installed here."""
+    added = []
+    for name in ("asyncio", "absl"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Leftovers) for f in logger.filters):
+            added.append((logger, _Leftovers()))
+            logger.addFilter(added[-1][1])
+    previous_hook = sys.unraisablehook
+    installed = not getattr(previous_hook, "drops_orbax_leftovers", False)
+    if installed:
+        def hook(unraisable):
+            if not _is_leftover(unraisable):
+                previous_hook(unraisable)
+
+        hook.drops_orbax_leftovers = True
+        sys.unraisablehook = hook
+
+    def undo() -> None:
+        for logger, f in added:
+            logger.removeFilter(f)
+        if installed and sys.unraisablehook is hook:
+            sys.unraisablehook = previous_hook
+
+    return undo
 
 
 def _remove_partial(directory: Path) -> None:
@@ -59,10 +129,12 @@ def _remove_partial(directory: Path) -> None:
 
 
 def save(directory: str | Path, step: int, state: Any, record: dict[str, Any]) -> None:
-    """Write ``state`` and ``record`` as checkpoint ``step`` (replacing one at that step)."""
+    """Write ``state`` and ``record`` as checkpoint ``step`` (replacing one at
+    that step), the record with the checksum of the state's arrays."""
     directory = Path(directory)
+    record = {**record, CHECKSUM_KEY: arrays_sha256(state)}
     try:
-        with _manager(directory) as manager:
+        with _leftovers_silenced(), _manager(directory) as manager:
             if step in manager.all_steps():
                 manager.delete(step)
             manager.save(step, args=ocp.args.Composite(
@@ -86,7 +158,7 @@ def latest_step(directory: str | Path) -> int | None:
 
 
 def _restore_one(directory: Path, abstract_state: Any, step: int):
-    with _manager(directory) as manager:
+    with _leftovers_silenced(), _manager(directory) as manager:
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
     return restored["state"], restored["record"]
@@ -97,8 +169,9 @@ def restore(directory: str | Path, abstract_state: Any, step: int | None = None,
     """``(state, record)`` of checkpoint ``step`` (default: the latest intact
     one), with arrays laid out like ``abstract_state``.
 
-    Without ``step``, a checkpoint that cannot be read is passed over for the
-    one before it, and ``log`` says so. A checkpoint whose arrays do not fit
+    Without ``step``, a checkpoint that cannot be read, or whose arrays do not
+    match the checksum saved with them, is passed over for the one before it,
+    and ``log`` says so. A checkpoint whose arrays do not fit
     ``abstract_state`` (another model than the config names) raises
     CheckpointError, as does a folder with no checkpoint to restore.
     """
@@ -120,6 +193,10 @@ def restore(directory: str | Path, abstract_state: Any, step: int | None = None,
                     f"checkpoint step {candidate} in {directory} does not fit the model and "
                     f"optimiser its run's config.json names ({reason})") from None
             damaged.append((candidate, reason))
+            continue
+        saved_sum = record.pop(CHECKSUM_KEY, None)  # absent in checkpoints older than it
+        if saved_sum is not None and arrays_sha256(state) != saved_sum:
+            damaged.append((candidate, "its arrays do not match the checksum saved with them"))
             continue
         if damaged and log is not None:
             log(f"checkpoint step {damaged[0][0]} in {directory} is damaged ({damaged[0][1]}); "

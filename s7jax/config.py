@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 from s7jax.augment import NO_AUGMENT, AugmentConfig
@@ -80,16 +81,55 @@ class Config:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Config":
-        data = dict(data)
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        """The Config a run's ``config.json`` records, checked like the flags:
+        every setting present (a missing one is not guessed: Config's defaults
+        are not the recipe's), each of its type, and the whole validated."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"the config is a JSON {type(data).__name__}, not an object")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(data) - set(fields)
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        if "augment" in data:
-            data["augment"] = AugmentConfig(**data["augment"])
-        return cls(**data)
+        data = {**ADDED_LATER, **data}
+        missing = sorted(set(fields) - set(data))
+        if missing:
+            raise ConfigError(f"settings missing: {', '.join(missing)} (a run records all of them, "
+                              "and s7jax will not guess what this one used)")
+        values = {name: _typed(name, fields[name].type, value) for name, value in data.items()}
+        strengths = data["augment"]
+        augment_fields = {f.name: f for f in dataclasses.fields(AugmentConfig)}
+        if not isinstance(strengths, dict) or set(strengths) != set(augment_fields):
+            raise ConfigError(f"augment must hold exactly {', '.join(augment_fields)}, "
+                              f"got {strengths!r}")
+        values["augment"] = AugmentConfig(**{name: _typed(name, augment_fields[name].type, v)
+                                             for name, v in strengths.items()})
+        return validate(cls(**values))
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True)
+
+
+# Settings added to Config after runs were recorded: a config.json without
+# one predates it, and ran with this value (TFDS was the only source, and one
+# step per call the only way).
+ADDED_LATER: dict[str, Any] = {"data_source": "tfds", "steps_per_call": 1}
+
+
+def _typed(name: str, annotation: str, value: Any) -> Any:
+    """``value`` as a setting of type ``annotation`` (Config's annotations are
+    strings), or ConfigError: JSON gives bools for ints and strings for numbers
+    as easily as the right thing."""
+    if annotation == "AugmentConfig":
+        return value
+    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "int | None": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "bool": lambda v: isinstance(v, bool),
+          "str": lambda v: isinstance(v, str)}[annotation]
+    if not ok(value):
+        raise ConfigError(f"{name} must be {'an int' if annotation.startswith('int') else 'a ' + annotation}"
+                          f"{' or null' if annotation.endswith('None') else ''}, got {value!r}")
+    return float(value) if annotation == "float" else value
 
 
 # The recipe of the original notebooks: constant SGD 0.01, momentum 0.9.
@@ -156,9 +196,9 @@ def validate(config: Config) -> Config:
         (c.batch_size <= train_images,
          f"--batch-size {c.batch_size} exceeds the {train_images:,} training images"),
         (c.eval_batch_size > 0, f"--eval-batch-size must be positive, got {c.eval_batch_size}"),
-        (c.lr > 0, f"--lr must be positive, got {c.lr}"),
+        (c.lr > 0 and math.isfinite(c.lr), f"--lr must be positive and finite, got {c.lr}"),
         (0 <= c.momentum < 1, f"--momentum must be in [0, 1), got {c.momentum}"),
-        (c.weight_decay >= 0, f"--weight-decay must be >= 0, got {c.weight_decay}"),
+        (0 <= c.weight_decay < math.inf, f"--weight-decay must be >= 0 and finite, got {c.weight_decay}"),
         (c.optimizer in ("sgd", "adam"), f"--optimizer must be sgd or adam, got {c.optimizer!r}"),
         (c.schedule in ("constant", "onecycle"),
          f"--schedule must be constant or onecycle, got {c.schedule!r}"),
@@ -178,6 +218,9 @@ def validate(config: Config) -> Config:
         (c.data_source in DATA_SOURCES,
          f"--data-source must be one of {', '.join(DATA_SOURCES)}, got {c.data_source!r}"),
         (c.steps_per_call > 0, f"--steps-per-call must be positive, got {c.steps_per_call}"),
+        (c.pipeline != "scan" or c.steps_per_call == 1,
+         "--steps-per-call applies to --pipeline tfds or device; --pipeline scan runs a whole "
+         "epoch per call"),
         (0 <= c.augment.degrees <= 180, f"--degrees must be in 0..180, got {c.augment.degrees}"),
         (min(c.augment.brightness, c.augment.contrast) >= 0
          and c.augment.brightness < 1 and c.augment.contrast < 1,

@@ -27,7 +27,9 @@ the batches the uninterrupted run would have seen:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import gzip
 import hashlib
 import importlib.util
@@ -104,11 +106,7 @@ def verify_mnist_files(manual_dir: str | os.PathLike) -> None:
     sums_file = manual_dir / "SHA256SUMS"
     if not sums_file.is_file():
         raise DataError(f"missing {sums_file}: {fix}")
-    expected = {}
-    for line in sums_file.read_text().splitlines():
-        if line.strip():
-            digest, name = line.split()
-            expected[name.lstrip("*")] = digest
+    expected = _read_sums(sums_file, fix)
     for name in MNIST_FILES:
         path = manual_dir / name
         if not path.is_file():
@@ -117,6 +115,27 @@ def verify_mnist_files(manual_dir: str | os.PathLike) -> None:
             raise DataError(f"{sums_file} has no checksum for {name}: {fix}")
         if hashlib.sha256(path.read_bytes()).hexdigest() != expected[name]:
             raise DataError(f"corrupt MNIST file {path} (SHA-256 mismatch): {fix}")
+
+
+def _read_sums(sums_file: Path, fix: str) -> dict[str, str]:
+    """``{file name: SHA-256}`` from a ``sha256sum`` listing (``DIGEST  NAME``
+    or ``DIGEST *NAME``; blank and ``#`` lines skipped), or DataError."""
+    try:
+        text = sums_file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{sums_file} is not a text file of checksums (not UTF-8): {fix}") from None
+    except OSError as e:
+        raise DataError(f"cannot read {sums_file}: {e.strerror or e}") from None
+    expected = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        digest, _, name = line.strip().partition(" ")
+        name = name.strip().lstrip("*")
+        if len(digest) != 64 or not name or any(c not in "0123456789abcdefABCDEF" for c in digest):
+            raise DataError(f"{sums_file}, line {number}: not 'SHA-256  file name': {fix}")
+        expected[name] = digest.lower()
+    return expected
 
 
 def _idx_payload(path: Path, magic: int, dims: tuple[int, ...], fix: str) -> np.ndarray:
@@ -202,32 +221,62 @@ def _tfds_prepared_dir(data_dir) -> Path:
 
 
 def _mnist_builder(data_dir):
+    tensorflow()  # TF configured (accelerators hidden, banner filtered) before TFDS imports it
     import tensorflow_datasets as tfds
     from absl import logging as absl_logging
 
-    tensorflow()  # TF configured (accelerators hidden) before TFDS initialises it
     absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS's warnings are not the user's errors
     return tfds.builder("mnist", data_dir=None if data_dir is None else str(data_dir))
+
+
+@contextlib.contextmanager
+def _preparing(data_dir):
+    """Hold the lock on preparing TFDS's mnist in ``data_dir``: TFDS writes
+    into a temporary folder and renames it, so two processes preparing the
+    same folder at once collide ("Cannot rename ... already exists"). The
+    second waits for the first, then finds the data prepared."""
+    root = _tfds_prepared_dir(data_dir).parent.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / ".s7jax-mnist.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise DataError(f"cannot prepare TFDS mnist in {root}: {e.strerror or e}; "
+                        "pass another --data-dir") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process preparing TFDS mnist in {root}", file=sys.stderr)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def prepare_mnist(data_dir=None, manual_dir=None, rebuild: bool = False):
     """TFDS's ``mnist`` builder, prepared offline from the official files if
     needed (or ``rebuild``). The files are checked first, checksums and IDX
-    headers, before TensorFlow loads when TFDS has not prepared them yet."""
+    headers, before TensorFlow loads when TFDS has not prepared them yet.
+    Processes preparing the same folder take turns (:func:`_preparing`)."""
     manual_dir = Path(manual_dir) if manual_dir is not None else default_manual_dir()
     if rebuild or not (_tfds_prepared_dir(data_dir) / "dataset_info.json").is_file():
         read_idx(manual_dir)  # every check, in a fraction of a second, without TensorFlow
+    builder = _mnist_builder(data_dir)
     import tensorflow_datasets as tfds
 
-    builder = _mnist_builder(data_dir)
-    if rebuild:
-        shutil.rmtree(builder.data_dir, ignore_errors=True)
-        builder = _mnist_builder(data_dir)
-    if not builder.is_prepared():
-        print(f"preparing TFDS mnist in {builder.data_dir} from {manual_dir} (once)", file=sys.stderr)
-        config = tfds.download.DownloadConfig(manual_dir=str(manual_dir), try_download_gcs=False)
-        tfds.disable_progress_bar()  # a dozen nested bars for a 20-second job
-        builder.download_and_prepare(download_config=config)
+    if builder.is_prepared() and not rebuild:
+        return builder
+    with _preparing(data_dir):
+        if rebuild:
+            shutil.rmtree(builder.data_dir, ignore_errors=True)
+        builder = _mnist_builder(data_dir)  # afresh: another process may have prepared it
+        if not builder.is_prepared():
+            print(f"preparing TFDS mnist in {builder.data_dir} from {manual_dir} (once)",
+                  file=sys.stderr)
+            config = tfds.download.DownloadConfig(manual_dir=str(manual_dir),
+                                                  try_download_gcs=False)
+            tfds.disable_progress_bar()  # a dozen nested bars for a 20-second job
+            builder.download_and_prepare(download_config=config)
     return builder
 
 

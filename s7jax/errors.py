@@ -48,11 +48,22 @@ class NonFiniteLossError(RunError):
 
 
 class Interrupted(RunError):
-    """Ctrl-C: a checkpoint of the current step was saved."""
+    """Ctrl-C (SIGINT) or SIGTERM: a checkpoint of the current step was saved.
+    The exit code is the shell's for death by that signal, 128 + its number:
+    130 for SIGINT, 143 for SIGTERM."""
 
-    exit_code = 130
-
-    def __init__(self, step: int, workdir, how: str | None = None):
-        super().__init__(f"interrupted at step {step}; checkpoint saved, "
+    def __init__(self, step: int, workdir, how: str | None = None, signum: int = 2):
+        what = "terminated (SIGTERM)" if signum == 15 else "interrupted"
+        super().__init__(f"{what} at step {step}; checkpoint saved, "
                          + (how or f"continue with --resume {workdir}"))
         self.step = step
+        self.exit_code = 128 + signum
+
+
+class Terminated(BaseException):
+    """SIGTERM outside the training loop (loading data, compiling): raised by
+    the scripts' handler so that the run's folder is cleaned up as for
+    Ctrl-C, then exit 143. A BaseException, like KeyboardInterrupt, so that no
+    ``except Exception`` swallows it."""
+
+    exit_code = 143

@@ -7,7 +7,7 @@ it on purpose). The lock is an ``flock`` on ``<workdir>/.lock``, held while
 the run goes on, with the holder's pid written inside: the kernel drops it
 when the process exits, however it exits, so a lock left by a crashed run is
 never in the way (a stale file is simply locked again), and a live holder is
-named in the refusal.
+named in the refusal. A run that ends removes the file.
 """
 
 from __future__ import annotations
@@ -28,7 +28,12 @@ RUN_FILES = ("config.json", "metrics.jsonl", "curves.png")
 
 
 def holds_a_run(workdir: Path) -> list[str]:
-    """What in ``workdir`` belongs to a run (empty when nothing does)."""
+    """What in ``workdir`` belongs to a run (empty when nothing does). A run
+    that saved nothing, neither a checkpoint nor an epoch's row (one killed
+    before its first epoch ended), holds nothing to lose: its folder is free
+    for the same launch again."""
+    if not _saved_anything(workdir):
+        return []
     found = [name for name in ("config.json", "metrics.jsonl") if (workdir / name).is_file()]
     ckpts = workdir / "checkpoints"
     if ckpts.is_dir() and any(ckpts.iterdir()):
@@ -55,20 +60,29 @@ def _lock(workdir: Path):
     """The open, locked ``.lock`` file of ``workdir``, or ConfigError naming
     the process that holds it."""
     path = workdir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = ""
-        for _ in range(20):  # the holder writes its pid just after it takes the lock
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
-            if holder:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = ""
+            for _ in range(20):  # the holder writes its pid just after it takes the lock
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                if holder:
+                    break
+                time.sleep(0.05)
+            os.close(fd)
+            holder = holder or "another process"
+            raise ConfigError(f"workdir {workdir} is in use by {holder}; wait for it to finish, "
+                              "or choose another --workdir") from None
+        # The holder before us removes the file as it lets go (see claim): a
+        # lock on a file no longer at ``path`` holds nothing; open it again.
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 break
-            time.sleep(0.05)
+        except FileNotFoundError:
+            pass
         os.close(fd)
-        holder = holder or "another process"
-        raise ConfigError(f"workdir {workdir} is in use by {holder}; wait for it to finish, "
-                          "or choose another --workdir") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}, since "
                   f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
@@ -76,16 +90,21 @@ def _lock(workdir: Path):
 
 
 @contextlib.contextmanager
-def claim(workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False):
+def claim(workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
+          advice: str | None = None):
     """Hold ``workdir`` for one run for the duration of the ``with`` block.
 
     Creates it if needed and checks that it is writable; takes its lock; and
-    unless ``resume``, refuses a folder that holds a run, or with
+    unless ``resume``, refuses a folder that holds a run (``advice``: what to
+    do instead; by default, pass ``--resume`` or ``--overwrite``), or with
     ``overwrite`` deletes that run's files first. If the block fails before
     anything was saved (a checkpoint or an epoch's row), a folder made for
     this run is removed again.
     """
     workdir = Path(workdir)
+    if workdir.is_symlink() and not workdir.exists():
+        raise ConfigError(f"workdir {workdir} is a symlink to {os.readlink(workdir)}, which does "
+                          "not exist; create its target or choose another --workdir")
     if not runfiles.writes_files():  # another host of a multi-host run: the first one claims
         yield workdir
         return
@@ -105,9 +124,9 @@ def claim(workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool =
         existing = holds_a_run(workdir)
         if existing and not resume:
             if not overwrite:
+                advice = advice or f"pass --resume {workdir} to continue it, or --overwrite to replace it"
                 raise ConfigError(
-                    f"workdir {workdir} already holds a run ({', '.join(existing)}); pass "
-                    f"--resume {workdir} to continue it, or --overwrite to replace it")
+                    f"workdir {workdir} already holds a run ({', '.join(existing)}); {advice}")
             _clear(workdir)
         yield workdir
     except BaseException:
@@ -115,10 +134,12 @@ def claim(workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool =
             shutil.rmtree(workdir, ignore_errors=True)
         raise
     finally:
-        # The file stays (unlinking it could let two processes lock two
-        # files of one name); closing it releases the lock.
+        # Removed while still locked, so the folder is left as it was found
+        # (a refused --resume touches nothing); :func:`_lock` checks that the
+        # file it locked is still the one at the path. Closing releases the
+        # lock. A killed process leaves the file, which the next run locks.
         with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
+            (workdir / LOCK_NAME).unlink()
         os.close(fd)
 
 
@@ -138,8 +159,9 @@ def _clear(workdir: Path) -> None:
     try:
         for name in RUN_FILES:
             (workdir / name).unlink(missing_ok=True)
-        if (workdir / "checkpoints").is_dir():
-            shutil.rmtree(workdir / "checkpoints")
+        for folder in ("checkpoints", "tensorboard"):
+            if (workdir / folder).is_dir():
+                shutil.rmtree(workdir / folder)
     except OSError as e:
         raise ConfigError(f"--overwrite: could not delete the old run in {workdir}: "
                           f"{e.strerror or e}") from None

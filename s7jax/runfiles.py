@@ -124,13 +124,14 @@ def read_record(workdir: Path) -> dict[str, Any]:
 
 
 def read_config(workdir: Path) -> Config:
-    """The run's Config (an s7jax run's); ConfigError when config.json is
-    missing or unreadable, or records settings s7jax does not know."""
+    """The run's Config (an s7jax run's); ConfigError, naming the file, when
+    config.json is missing or unreadable, or records a setting that is
+    unknown, missing, of the wrong type or invalid (checked as the flags are)."""
     record = read_record(workdir)
     try:
         return Config.from_json(record["config"])
-    except ConfigError:
-        raise
+    except ConfigError as e:
+        raise ConfigError(f"{config_path(workdir)}: {e}") from None
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{config_path(workdir)} is not a readable run config "
                           f"({type(e).__name__}: {e})") from None

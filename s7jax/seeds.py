@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from s7jax import checkpoint, console, data, parallel, rundir, runfiles
+from s7jax import checkpoint, console, data, events, parallel, rundir, runfiles
 from s7jax.config import Config
 from s7jax.errors import ConfigError, Interrupted, NonFiniteLossError
 from s7jax.models import INPUT_SHAPE, count_params, get_model, init_variables
@@ -101,6 +101,7 @@ def train_seeds(
     data_dir: str | None = None,
     manual_dir: str | None = None,
     overwrite: bool = False,
+    refusal_advice: str | None = None,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[int, list[dict[str, Any]]]:
@@ -115,7 +116,8 @@ def train_seeds(
                for s in seeds]
     check_memory(configs[0], len(seeds))
     with contextlib.ExitStack() as claims:
-        dirs = [claims.enter_context(rundir.claim(w, overwrite=overwrite)) for w in workdirs]
+        dirs = [claims.enter_context(rundir.claim(w, overwrite=overwrite, advice=refusal_advice))
+                for w in workdirs]
         return _train(configs, dirs, mesh, data_dir, manual_dir, show_progress, log)
 
 
@@ -163,7 +165,9 @@ def _train(configs, workdirs, mesh, data_dir, manual_dir, show_progress, log):
 
     histories: list[list[dict[str, Any]]] = [[] for _ in configs]
     run_start = time.perf_counter()
-    with sigint_flag() as interrupted:
+    with contextlib.ExitStack() as held:
+        interrupted = held.enter_context(sigint_flag())
+        write_events = [held.enter_context(events.epoch_events(w, log)) for w in workdirs]
         log(f"{'seed':>4}  {console.table_header()}")
         for epoch in range(config.epochs):
             epoch_start = time.perf_counter()
@@ -189,9 +193,12 @@ def _train(configs, workdirs, mesh, data_dir, manual_dir, show_progress, log):
                 checkpoint.save(runfiles.checkpoint_dir(workdir), (epoch + 1) * steps,
                                 unstack(state, i), checkpoint_record(epoch + 1, histories[i], None))
                 runfiles.append_metrics(workdir, row)
+                if runfiles.writes_files():
+                    write_events[i](row, steps)
                 log(f"{c.seed:>4}  {console.table_row(row)}")
-            if interrupted["set"]:
+            if interrupted["set"] and epoch + 1 < config.epochs:  # after the last: done anyway
                 raise Interrupted((epoch + 1) * steps, workdirs[0].parent,
-                                  how="run the same sweep again: it resumes each seed's folder")
+                                  how="run the same sweep again: it resumes each seed's folder",
+                                  signum=interrupted["signum"])
     log(f"{len(configs)} seeds, {config.epochs} epochs in {time.perf_counter() - run_start:.1f} s")
     return {c.seed: h for c, h in zip(configs, histories)}

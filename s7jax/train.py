@@ -32,9 +32,9 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
-from s7jax import checkpoint, console, data, parallel, rundir, runfiles
-from s7jax.config import Config
-from s7jax.errors import ConfigError, Interrupted, NonFiniteLossError
+from s7jax import checkpoint, console, data, events, parallel, rundir, runfiles
+from s7jax.config import TRAIN_IMAGES, Config
+from s7jax.errors import CheckpointError, ConfigError, Interrupted, NonFiniteLossError
 from s7jax.models import get_model
 from s7jax.steps import (Batch, TrainState, accumulate, combine_metrics, epoch_program, eval_step, initial_state, learning_rate_schedule, make_batch_stats_fn, precise_batch_stats, summarize, train_steps, zero_totals)
 
@@ -136,22 +136,26 @@ def training_batches(config: Config, split: data.Split, start_step: int, shardin
 
 @contextlib.contextmanager
 def sigint_flag():
-    """Turn Ctrl-C into a flag checked between steps, so a donated state is
-    never left half-updated."""
-    flag = {"set": False}
+    """Turn Ctrl-C, and SIGTERM (what ``timeout``, a scheduler or a container
+    runtime sends), into a flag checked between steps, so a donated state is
+    never left half-updated: ``flag["set"]``, and ``flag["signum"]`` the
+    signal that came."""
+    flag = {"set": False, "signum": signal.SIGINT}
 
     def handler(signum, frame):
-        flag["set"] = True
+        flag["set"], flag["signum"] = True, signum
 
+    handled = (signal.SIGINT, signal.SIGTERM)
     try:
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = {s: signal.signal(s, handler) for s in handled}
     except ValueError:  # not the main thread: no signal handling
         yield flag
         return
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def checkpoint_record(epoch: int, history: list, partial: dict | None) -> dict:
@@ -182,26 +186,60 @@ def train_and_evaluate(
     manual_dir: str | None = None,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
+    on_start: Callable[[], None] | None = None,
+    refusal_advice: str | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``config.model`` and evaluate it after every epoch; return the
     per-epoch metrics (also appended to ``<workdir>/metrics.jsonl``).
 
-    ``auto`` settings are resolved first (:func:`resolve`). The run holds
-    ``workdir`` while it goes on (``s7jax.rundir.claim``): a folder that holds
-    another run is refused, unless ``resume`` (continue from its latest intact
-    checkpoint) or ``overwrite`` (replace it).
+    What needs no data is checked first, so that its errors come at once:
+    the batch against the devices, then the folder (``s7jax.rundir.claim``:
+    one that holds another run is refused, unless ``resume``, continue from
+    its latest intact checkpoint, or ``overwrite``, replace it;
+    ``refusal_advice`` says what to do instead in the caller's terms), then
+    with ``resume`` the checkpoint, restored and verified. Only then
+    ``on_start()`` (the scripts print their banner there), the ``auto``
+    settings (:func:`resolve`) and the data.
     """
-    data.check_files(config.data_source, data_dir, manual_dir)  # before TensorFlow loads
-    config = resolve(config)
     mesh = parallel.make_mesh() if mesh is None else mesh
     parallel.check_divisible(config.batch_size, mesh)  # before the folder is touched
     parallel.check_divisible(config.eval_batch_size, mesh, "eval batch size")
-    with rundir.claim(workdir, resume=resume, overwrite=overwrite) as workdir:
-        return _run(config, workdir, resume=resume, mesh=mesh, data_dir=data_dir,
-                    manual_dir=manual_dir, show_progress=show_progress, log=log)
+    with rundir.claim(workdir, resume=resume, overwrite=overwrite,
+                      advice=refusal_advice) as workdir:
+        start = _starting_point(config, workdir, resume, log)
+        if on_start is not None:
+            on_start()
+        data.check_files(config.data_source, data_dir, manual_dir)  # before TensorFlow loads
+        config = resolve(config)
+        return _run(config, workdir, start, mesh=mesh, data_dir=data_dir, manual_dir=manual_dir,
+                    show_progress=show_progress, log=log)
 
 
-def _run(config: Config, workdir: Path, *, resume: bool, mesh, data_dir, manual_dir,
+def _starting_point(config: Config, workdir: Path, resume: bool, log: Callable[[str], None]):
+    """``(state, dropout key, history, partial epoch's sums)`` the run starts
+    from: fresh, or with ``resume`` its latest intact checkpoint. A folder
+    whose recorded epochs no checkpoint can continue is refused, untouched:
+    training it again from step 0 would destroy the record (a run under
+    ``results/`` keeps its metrics, not its checkpoints)."""
+    ckpt_dir = runfiles.checkpoint_dir(workdir)
+    restoring = resume and checkpoint.latest_step(ckpt_dir) is not None
+    if resume and not restoring:
+        recorded = runfiles.read_metrics(workdir)
+        if recorded:
+            raise CheckpointError(
+                f"--resume {workdir}: no checkpoint in {ckpt_dir} to continue its "
+                f"{len(recorded)} recorded epoch(s) from; the run is left as it was (to train it "
+                "again, use scripts/reproduce.py or a new --workdir)")
+    steps = data.steps_per_epoch(config.train_subset or TRAIN_IMAGES, config.batch_size)
+    state, dropout_key = initial_state(config, learning_rate_schedule(config, steps))
+    if not restoring:  # a new run, or one that saved nothing yet: from the start
+        return state, dropout_key, [], None
+    state, record = checkpoint.restore(ckpt_dir, state, log=log)
+    log(f"resumed from step {int(state.step)} (epoch {record['epoch'] + 1})")
+    return state, dropout_key, record["history"], record["partial"]
+
+
+def _run(config: Config, workdir: Path, start, *, mesh, data_dir, manual_dir,
          show_progress: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
     replicated = parallel.replicated(mesh)
 
@@ -213,16 +251,10 @@ def _run(config: Config, workdir: Path, *, resume: bool, mesh, data_dir, manual_
 
     model = get_model(config.model)
     schedule = learning_rate_schedule(config, steps)
-    state, dropout_key = initial_state(config, schedule)
-
-    history: list[dict[str, Any]] = []
-    partial = None
+    state, dropout_key, history, partial = start
     ckpt_dir = runfiles.checkpoint_dir(workdir)
-    if resume and checkpoint.latest_step(ckpt_dir) is not None:
-        state, record = checkpoint.restore(ckpt_dir, state, log=log)
-        history, partial = record["history"], record["partial"]
-        runfiles.write_metrics(workdir, history)
-        log(f"resumed from step {int(state.step)} (epoch {record['epoch'] + 1})")
+    if history or int(state.step):
+        runfiles.write_metrics(workdir, history)  # the rows of the checkpoint's epochs
     else:
         runfiles.write_config(workdir, config)
         runfiles.write_metrics(workdir, [])
@@ -246,7 +278,8 @@ def _run(config: Config, workdir: Path, *, resume: bool, mesh, data_dir, manual_
                      stats_fn, calibration, ckpt_dir, history, log)
 
     run_start = time.perf_counter()
-    with sigint_flag() as interrupted:
+    writes = runfiles.writes_files()
+    with sigint_flag() as interrupted, events.epoch_events(workdir, log) as write_events:
         log(console.table_header())
         for epoch in range(start_step // steps, config.epochs):
             epoch_start = time.perf_counter()
@@ -272,9 +305,11 @@ def _run(config: Config, workdir: Path, *, resume: bool, mesh, data_dir, manual_
             # state was not saved (a resume rewrites the rows from it).
             checkpoint.save(ckpt_dir, int(state.step), state, checkpoint_record(epoch + 1, history, None))
             runfiles.append_metrics(workdir, row)
+            if writes:
+                write_events(row, steps - first)
             log(console.table_row(row))
-            if interrupted["set"]:
-                raise Interrupted(int(state.step), workdir)
+            if interrupted["set"] and epoch + 1 < config.epochs:  # after the last: done anyway
+                raise Interrupted(int(state.step), workdir, signum=interrupted["signum"])
     log(console.final_line(history, time.perf_counter() - run_start))
     return history
 
@@ -339,7 +374,7 @@ def _steps_per_call(config, mesh, train_split, test_split, state, dropout_key, s
                 bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.2f}")
             if interrupted["set"] and not last:
                 checkpoint.save(ckpt_dir, int(state.step), state, checkpoint_record(epoch, history, host))
-                raise Interrupted(int(state.step), ckpt_dir.parent)
+                raise Interrupted(int(state.step), ckpt_dir.parent, signum=interrupted["signum"])
         if stats_fn is not None:
             state = state.replace(batch_stats=precise_batch_stats(
                 stats_fn, state, calibration, config.eval_batch_size))

@@ -8,8 +8,11 @@ its last checkpoint::
 
 The file is ``flax.serialization``'s msgpack of a plain dict: ``format``,
 ``model``, ``epoch``, ``test_acc`` (the run's last recorded test accuracy,
-for reference), ``params`` and ``batch_stats`` as float32 arrays keyed by
-Flax's layer names. Any msgpack reader opens it (PyTorch: see
+for reference), ``arrays_sha256`` (the checksum of the arrays,
+``s7jax.checksum``), ``params`` and ``batch_stats`` as float32 arrays keyed by
+Flax's layer names. :func:`load` refuses a file whose arrays do not match
+its checksum; a file written before checksums (no ``arrays_sha256``) is
+loaded with its names and shapes checked only. Any msgpack reader opens it (PyTorch: see
 ``s7jax.torch_reference.load_flax_variables``)::
 
     from s7jax.weights import load_trained
@@ -27,6 +30,7 @@ import jax
 import numpy as np
 from flax import serialization
 
+from s7jax.checksum import arrays_sha256
 from s7jax.errors import CheckpointError, ConfigError
 from s7jax.models import get_model, init_variables
 
@@ -38,9 +42,11 @@ def save(path: str | os.PathLike, model: str, variables: dict[str, Any], **info:
     """Write ``variables`` (``params`` and ``batch_stats``) of ``model`` to
     ``path``, with ``info`` (plain numbers and strings) beside them."""
     get_model(model)  # a known model, or ConfigError
-    tree = {"format": FORMAT, "model": model, **info,
-            "params": jax.tree_util.tree_map(np.asarray, dict(variables["params"])),
-            "batch_stats": jax.tree_util.tree_map(np.asarray, dict(variables.get("batch_stats", {})))}
+    arrays = {"params": jax.tree_util.tree_map(np.asarray, _plain(variables["params"])),
+              "batch_stats": jax.tree_util.tree_map(np.asarray,
+                                                    _plain(variables.get("batch_stats", {})))}
+    tree = {"format": FORMAT, "model": model, **info, "arrays_sha256": arrays_sha256(arrays),
+            **arrays}
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_bytes(serialization.msgpack_serialize(tree))
@@ -71,8 +77,18 @@ def load(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, Any]]:
     if shapes != wanted:
         raise CheckpointError(f"{path}: its arrays do not fit {name}'s parameters and "
                               "BatchNorm statistics")
+    saved_sum = tree.get("arrays_sha256")
+    if saved_sum is not None and arrays_sha256(variables) != saved_sum:
+        raise CheckpointError(f"{path} is damaged: its arrays do not match the checksum saved "
+                              "with them")
     info = {k: v for k, v in tree.items() if k not in ("params", "batch_stats")}
     return name, variables, info
+
+
+def _plain(tree) -> dict:
+    """Nested plain dicts (a FrozenDict or Flax's dicts alike), so that the
+    checksum is taken over the tree :func:`load` gets back from msgpack."""
+    return {k: _plain(v) if hasattr(v, "items") else v for k, v in tree.items()}
 
 
 def trained_path(model: str, seed: int = 0, results_dir: str | os.PathLike = "results") -> Path:

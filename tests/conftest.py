@@ -25,11 +25,26 @@ from s7jax import compile_cache  # noqa: E402
 compile_cache.enable()
 
 
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true",
+                     help="also run the tests marked slow (full data, training in subprocesses, "
+                          "the notebook, the wheel); CI does")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests that need TFDS (through the ``tfds_dir`` fixture, or marked) are
+    """Tests marked ``slow`` are left out unless ``--runslow`` (or a ``-m``
+    that names them) asks for them, so that ``pytest -q`` is quick.
+
+    Tests that need TFDS (through the ``tfds_dir`` fixture, or marked) are
     marked ``tfds``, and skipped where TensorFlow or TFDS does not import (the
     GPU machine, a TPU runtime): ``pytest -m "not tfds"`` selects the rest."""
     from s7jax.data import tfds_available
+
+    if not config.getoption("--runslow") and "slow" not in (config.getoption("-m") or ""):
+        slow = [item for item in items if "slow" in item.keywords]
+        if slow:
+            config.hook.pytest_deselected(items=slow)
+            items[:] = [item for item in items if "slow" not in item.keywords]
 
     for item in items:
         if "tfds_dir" in item.fixturenames:

@@ -314,3 +314,228 @@ def test_only_the_first_process_of_a_multi_host_run_writes_the_run_files(tmp_pat
         runfiles.write_config(workdir, default_config("model6"))
         runfiles.append_metrics(workdir, {"epoch": 1})
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------
+# First contact: what a recorded run, config.json, a signal or a second
+# process must not be able to break, each fault one line
+# --------------------------------------------------------------------------
+
+
+def snapshot(folder):
+    """Every file under ``folder`` with its bytes: to show nothing changed."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
+            if p.is_file()}
+
+
+def only_line(proc, code):
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == code, err[-2000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err[-3000:]
+    return lines[0]
+
+
+def test_resume_of_a_recorded_run_without_checkpoints_leaves_it_as_it_was(tmp_path):
+    """Every run under results/ keeps its metrics but not its checkpoints:
+    --resume must not train it again from step 0 over its record."""
+    recorded = tmp_path / "seed-0"
+    shutil.copytree(ROOT / "results" / "model6" / "seed-0", recorded)
+    before = snapshot(recorded)
+    line = only_line(script("train.py", "--resume", recorded), 2)
+    assert line == (f"error: --resume {recorded}: no checkpoint in {recorded / 'checkpoints'} to "
+                    "continue its 15 recorded epoch(s) from; the run is left as it was (to train "
+                    "it again, use scripts/reproduce.py or a new --workdir)")
+    assert snapshot(recorded) == before
+    assert sorted(p.name for p in recorded.iterdir()) == sorted(
+        p.name for p in (ROOT / "results" / "model6" / "seed-0").iterdir())  # no .lock left
+
+
+@pytest.mark.parametrize("edit,pattern", [
+    (lambda c: c.pop("precise_bn"), r"settings missing: precise_bn \(a run records all of them"),
+    (lambda c: c.update(epochs=20), r"--epochs must be in 1\.\.15 .*got 20; pass --allow-long"),
+    (lambda c: c.update(lr="0.1"), r"lr must be a float, got '0\.1'"),
+    (lambda c: c.update(seed=-1), r"--seed must be in 0\.\.2147483647, got -1"),
+    (lambda c: c.update(seed=True), r"seed must be an int, got True"),
+    (lambda c: c.update(train_subset=1.5), r"train_subset must be an int or null, got 1\.5"),
+    (lambda c: c["augment"].pop("degrees"), r"augment must hold exactly degrees, brightness"),
+    (lambda c: c.update(lr=float("inf")), r"--lr must be positive and finite, got inf"),
+])
+def test_config_json_is_checked_like_the_flags(finished, tmp_path, edit, pattern):
+    workdir = copy_run(finished, tmp_path)
+    record = json.loads((workdir / "config.json").read_text())
+    edit(record["config"])
+    (workdir / "config.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=pattern) as e:
+        runfiles.read_config(workdir)
+    assert str(e.value).startswith(f"{workdir / 'config.json'}: ")
+
+
+def test_a_bad_config_json_stops_resume_in_one_line_touching_nothing(finished, tmp_path):
+    workdir = copy_run(finished, tmp_path)
+    record = json.loads((workdir / "config.json").read_text())
+    del record["config"]["precise_bn"]
+    (workdir / "config.json").write_text(json.dumps(record))
+    before = snapshot(workdir)
+    line = only_line(script("train.py", "--resume", workdir), 2)
+    assert "settings missing: precise_bn" in line
+    assert snapshot(workdir) == before
+
+
+def test_settings_added_after_a_run_was_recorded_take_the_value_it_ran_with(finished, tmp_path):
+    workdir = copy_run(finished, tmp_path)
+    record = json.loads((workdir / "config.json").read_text())
+    del record["config"]["steps_per_call"], record["config"]["data_source"]
+    (workdir / "config.json").write_text(json.dumps(record))
+    config = runfiles.read_config(workdir)
+    assert (config.steps_per_call, config.data_source) == (1, "tfds")
+
+
+def flip_middle(path, count=64):
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    raw[middle:middle + count] = bytes(b ^ 0x5A for b in raw[middle:middle + count])
+    path.write_bytes(bytes(raw))
+
+
+def flip_largest_array_file(workdir, step):
+    files = [f for f in (runfiles.checkpoint_dir(workdir) / str(step) / "state").rglob("*")
+             if f.is_file() and f.parent.name == "d"]
+    flip_middle(max(files, key=lambda f: f.stat().st_size))
+
+
+def test_flipped_bytes_in_a_checkpoint_fall_back_to_the_one_before(finished, tfds_dir, tmp_path):
+    workdir = copy_run(finished, tmp_path)
+    flip_largest_array_file(workdir, 8)
+    said = []
+    history = train_and_evaluate(default_config("model6", **TINY), workdir, resume=True,
+                                 data_dir=tfds_dir, show_progress=False, log=said.append)
+    assert any("checkpoint step 8" in s and "its arrays do not match the checksum" in s
+               and "restored step 4" in s for s in said), said
+    assert strip(history) == strip(finished[1])
+
+
+@pytest.mark.parametrize("how", ["flipped", "truncated"])
+def test_no_intact_checkpoint_is_the_only_line_on_stderr(finished, tmp_path, how):
+    """Orbax's tracebacks of a failed read (never-retrieved futures, callbacks
+    into a closed event loop) stay off stderr; the run folder is untouched."""
+    workdir = copy_run(finished, tmp_path)
+    for step in (8, 4):
+        flip_largest_array_file(workdir, step) if how == "flipped" else damage(workdir, step)
+    before = snapshot(workdir)
+    line = only_line(script("train.py", "--resume", workdir), 2)
+    reason = ("its arrays do not match the checksum saved with them" if how == "flipped"
+              else "its array files cannot be read")
+    assert line == (f"error: no intact checkpoint in {workdir / 'checkpoints'} "
+                    f"(step 8: {reason}; step 4: {reason})")
+    assert snapshot(workdir) == before
+    line = only_line(script("evaluate.py", "--checkpoint", workdir), 2)
+    assert line.startswith("error: no intact checkpoint in")
+
+
+@pytest.mark.parametrize("sums,pattern", [
+    (b"# written by sha256sum\n", None),
+    (b"\xff\xfe not text\n", r"is not a text file of checksums \(not UTF-8\)"),
+    (b"abc  train-images-idx3-ubyte.gz\n", r"SHA256SUMS, line 1: not 'SHA-256  file name'"),
+])
+def test_sha256sums_with_comments_or_damage_is_read_or_refused_in_one_line(tmp_path, sums, pattern):
+    manual = tmp_path / "mnist"
+    shutil.copytree(data.default_manual_dir(), manual)
+    (manual / "SHA256SUMS").chmod(0o644)
+    (manual / "SHA256SUMS").write_bytes(sums + (manual / "SHA256SUMS").read_bytes())
+    if pattern is None:
+        data.verify_mnist_files(manual)
+    else:
+        with pytest.raises(DataError, match=pattern):
+            data.verify_mnist_files(manual)
+
+
+def test_a_dangling_symlink_is_named_as_such(tmp_path):
+    link = tmp_path / "run"
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(ConfigError, match=r"is a symlink to .*gone, which does not exist"):
+        with rundir.claim(link):
+            pass
+
+
+def test_a_folder_whose_run_saved_nothing_takes_the_same_launch_again(tmp_path):
+    """A run killed (SIGKILL) before its first epoch ended leaves config.json
+    and an empty metrics.jsonl: nothing to lose, so no refusal."""
+    runfiles.write_config(tmp_path, default_config("model6"))
+    runfiles.write_metrics(tmp_path, [])
+    with rundir.claim(tmp_path):
+        pass
+    assert not (tmp_path / rundir.LOCK_NAME).exists()  # a run that ends removes its lock file
+
+
+def test_the_sweeps_refusal_advises_what_the_sweep_has(finished, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(finished[0], results / "model6" / "seed-0")  # another config's run
+    line = only_line(script("sweep.py", "--model", "model6", "--seeds", "1", "--results", results,
+                            "--no-progress"), 2)
+    assert "already holds a run" in line and "pass --overwrite" in line and "--resume" not in line
+
+
+def test_tensorflows_start_up_banner_is_filtered_and_real_lines_kept(capfd):
+    from s7jax import tf_cpu
+
+    with tf_cpu.without_startup_banner():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are "
+                    b"written to STDERR\n"
+                    b"I0000 00:00:1796023131.061001    4297 port.cc:153] oneDNN custom "
+                    b"operations are on.\n"
+                    b"E0000 00:00:1796023131.061001    4297 real.cc:1] a real error\n")
+    assert capfd.readouterr().err == "E0000 00:00:1796023131.061001    4297 real.cc:1] a real error\n"
+
+
+def test_importing_tensorflow_through_s7jax_writes_nothing_to_stderr():
+    proc = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
+                           "from s7jax.data import tfds_available; assert tfds_available()",
+                           str(ROOT)], capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+@pytest.mark.slow
+def test_two_first_preparations_of_one_tfds_folder_take_turns(tmp_path):
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from s7jax import data;"
+            "s = data.load_mnist(data_dir=sys.argv[2], source='tfds'); print(len(s['train']))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(ROOT), str(tmp_path / "tfds")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p, *p.communicate(timeout=600)) for p in procs]
+    assert all(p.returncode == 0 and out.split()[-1:] == ["60000"] for p, out, _ in results), \
+        [err[-1500:] for _, _, err in results]
+    assert sum("waiting for another process preparing TFDS mnist" in err
+               for _, _, err in results) <= 1
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_train_script_saves_exits_143_and_resumes_exactly(finished, tfds_dir,
+                                                                          tmp_path):
+    """``timeout`` sends SIGTERM: the run saves the step it is at, says so in
+    one line, and --resume then finishes it as if nothing had happened."""
+    import signal
+
+    workdir = tmp_path / "run"
+    proc = script("train.py", *TINY_FLAGS, "--workdir", workdir, "--data-dir", tfds_dir,
+                  env={**os.environ, "PYTHONUNBUFFERED": "1"})  # each row as it is printed
+    for line in proc.stdout:  # the table's header: the first of two epochs is under way
+        if "train loss" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    line = only_line(proc, 143)
+    assert re.fullmatch(rf"error: terminated \(SIGTERM\) at step \d+; checkpoint saved, "
+                        rf"continue with --resume {re.escape(str(workdir))}", line), line
+    resumed = script("train.py", "--resume", workdir, "--data-dir", tfds_dir, "--no-progress")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0 and err.strip() == "", err[-2000:]
+    assert strip(runfiles.read_metrics(workdir)) == strip(finished[1])
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_the_train_script_is_one_line(full_disk, tfds_dir):
+    line = only_line(script("train.py", *TINY_FLAGS, "--workdir", full_disk / "run",
+                            "--data-dir", tfds_dir), 2)
+    assert re.fullmatch(r"error: could not save checkpoint step 4 in .*: "
+                        r"(No space left on device|.*ENOSPC.*)", line), line

@@ -109,6 +109,7 @@ def images_of(nb, cell_id):
     return [o for o in outputs_of(nb, cell_id) if "data" in o and "image/png" in o.data]
 
 
+@pytest.mark.slow
 def test_notebook_runs_on_cpu(executed):
     nb, workdir = executed
     assert "install skipped" in text_of(nb, "install")
@@ -128,6 +129,7 @@ def test_notebook_runs_on_cpu(executed):
     assert len(images_of(nb, "gallery")) == 1 and (run / "misclassified.png").is_file()
 
 
+@pytest.mark.slow
 def test_restored_checkpoint_reproduces_the_last_evaluation(executed):
     nb, _ = executed
     gallery = text_of(nb, "gallery")

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a child process trains a dozen short runs on 4 devices
+
 DEVICES = 4
 # Two epochs of model6 on a subset. test_subset 200 with eval batches of 128
 # leaves 56 padded rows in the last batch, so the masked (padding) rows are

@@ -48,6 +48,7 @@ def referee(*args):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 def test_a_referee_run_has_s7jax_run_files_and_repeats_exactly(tmp_path):
     pytest.importorskip("torch")
     args = ["--model", "model3", "--epochs", "2", "--train-subset", "600", "--test-subset", "300",

@@ -40,6 +40,7 @@ def cli_run(tfds_dir, tmp_path_factory):
     return workdir, result
 
 
+@pytest.mark.slow
 def test_train_script_prints_summary_table_and_final_line(cli_run):
     _, result = cli_run
     out = result.stdout
@@ -51,6 +52,7 @@ def test_train_script_prints_summary_table_and_final_line(cli_run):
     assert re.search(r"best test acc [\d.]+% \(epoch \d\), last [\d.]+% \(epoch 2\)", out)
 
 
+@pytest.mark.slow
 def test_train_script_writes_every_artifact(cli_run):
     workdir, _ = cli_run
     rows = runfiles.read_metrics(workdir)
@@ -64,6 +66,7 @@ def test_train_script_writes_every_artifact(cli_run):
     assert steps == [8, 16]  # the last two epochs' states
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_the_last_metrics(cli_run, tfds_dir, tmp_path):
     workdir, _ = cli_run
     last = runfiles.read_metrics(workdir)[-1]
@@ -79,6 +82,9 @@ def test_evaluate_reproduces_the_last_metrics(cli_run, tfds_dir, tmp_path):
     (["--model", "model9"], r"--model: invalid choice: 'model9' \(choose from 'model1', .*'model6'\)"),
     (["--epochs", "16"], r"--epochs must be in 1\.\.15.*--allow-long"),
     (["--lr", "-0.1"], r"--lr must be positive"),
+    (["--lr", "inf"], r"--lr must be positive and finite, got inf"),
+    (["--weight-decay", "inf"], r"--weight-decay must be >= 0 and finite, got inf"),
+    (["--pipeline", "scan", "--steps-per-call", "2"], r"--steps-per-call applies to --pipeline tfds"),
     (["--batch-size", "0"], r"--batch-size must be positive"),
     (["--steps-per-call", "0"], r"--steps-per-call must be positive"),
     (["--frobnicate"], r"unrecognized arguments: --frobnicate"),
@@ -103,6 +109,7 @@ def test_missing_data_file(tmp_path):
     assert_clean_error(result, 2, r"missing MNIST file .*t10k-images-idx3-ubyte.gz")
 
 
+@pytest.mark.slow
 def test_nan_loss_exits_3_naming_epoch_and_step(tfds_dir, tmp_path):
     result = run("train.py", *QUICK, "--lr", "1e30", "--schedule", "constant",
                  "--workdir", tmp_path / "run", "--data-dir", tfds_dir)
@@ -122,6 +129,7 @@ def test_readme_results_and_performance_are_generated_from_results():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_reproduce_repeats_a_recorded_run_exactly(cli_run, tfds_dir, tmp_path):
     workdir, _ = cli_run
     recorded = tmp_path / "recorded"
@@ -152,6 +160,7 @@ def test_reproduce_needs_a_recorded_run(tmp_path):
     assert_clean_error(run("reproduce.py", tmp_path), 2, r"no config.json there")
 
 
+@pytest.mark.slow
 def test_bench_step_times_every_variant_and_checks_bit_identity(tmp_path):
     out = tmp_path / "step.json"
     result = run("bench_step.py", "--steps", "4", "--rounds", "1", "--out", out)

@@ -40,6 +40,7 @@ def swept(tfds_dir, tmp_path_factory):
     return results, proc.stdout
 
 
+@pytest.mark.slow
 def test_the_sweep_writes_each_seeds_files_and_the_summary(swept):
     results, out = swept
     assert "2 seeds of model6 in one program (jax.vmap)" in out
@@ -54,6 +55,7 @@ def test_the_sweep_writes_each_seeds_files_and_the_summary(swept):
     assert (results / "model6" / "seeds.png").is_file()
 
 
+@pytest.mark.slow
 def test_each_seed_trains_what_its_own_run_trains(swept, tfds_dir, tmp_path):
     """Same initialisation, batches, augmentation and dropout as the seed's
     own ``--pipeline scan`` run (random draws per seed: s7jax.seedwise); the
@@ -73,6 +75,7 @@ def test_each_seed_trains_what_its_own_run_trains(swept, tfds_dir, tmp_path):
             assert abs(a["test_acc"] - b["test_acc"]) <= 100 / 256 + 1e-9
 
 
+@pytest.mark.slow
 def test_a_second_sweep_skips_the_finished_seeds(swept, tfds_dir):
     results, _ = swept
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep.py"), "--model", "model6",

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s7jax import checkpoint, console, runfiles
+from s7jax import checkpoint, console, runfiles, train
 from s7jax.config import default_config
 from s7jax.errors import ConfigError, Interrupted, NonFiniteLossError
 from s7jax.steps import eval_step, initial_state, learning_rate_schedule, train_step, train_steps
@@ -128,6 +128,7 @@ def test_run_writes_metrics_config_and_checkpoints(reference_run):
     assert checkpoint.latest_step(runfiles.checkpoint_dir(workdir)) == 2 * 512 // 64
 
 
+@pytest.mark.slow  # another full training run: in CI's second command
 def test_same_seed_gives_identical_metrics(reference_run, tfds_dir, tmp_path):
     _, history = reference_run
     again = train_and_evaluate(default_config("model6", **QUICK), tmp_path, data_dir=tfds_dir,
@@ -168,6 +169,69 @@ def test_interrupt_then_resume_equals_uninterrupted(reference_run, tfds_dir, tmp
     assert strip_seconds(runfiles.read_metrics(tmp_path)) == strip_seconds(history)
 
 
+def test_sigterm_then_resume_equals_uninterrupted(reference_run, tfds_dir, tmp_path):
+    """SIGTERM (what timeout, a scheduler or a container runtime sends) is
+    handled as Ctrl-C is: a checkpoint of the current step, exit code 143,
+    and the resumed run equals the uninterrupted one."""
+    _, history = reference_run
+    config = default_config("model6", **QUICK)
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminate_once(line, sent=[]):  # noqa: B006  (state across calls)
+        if line == console.table_header() and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Interrupted, match=r"terminated \(SIGTERM\) at step \d+; checkpoint saved") as e:
+        train_and_evaluate(config, tmp_path, data_dir=tfds_dir, show_progress=False,
+                           log=terminate_once)
+    assert e.value.exit_code == 143 and 0 < e.value.step < 16
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+    resumed = train_and_evaluate(config, tmp_path, resume=True, data_dir=tfds_dir,
+                                 show_progress=False, log=lambda _: None)
+    assert strip_seconds(resumed) == strip_seconds(history)
+
+
+def test_ctrl_c_during_the_last_evaluation_finishes_the_run(reference_run, tfds_dir, tmp_path,
+                                                              monkeypatch):
+    """A run whose last epoch is saved is complete: Ctrl-C then does not
+    advise --resume, the run ends as usual."""
+    _, history = reference_run
+    evaluate, calls = train.evaluate, []
+
+    def interrupted_evaluation(*args):
+        calls.append(True)
+        if len(calls) == 2:  # the last epoch's
+            os.kill(os.getpid(), signal.SIGINT)
+        return evaluate(*args)
+
+    monkeypatch.setattr(train, "evaluate", interrupted_evaluation)
+    done = train_and_evaluate(default_config("model6", **QUICK), tmp_path, data_dir=tfds_dir,
+                              show_progress=False, log=lambda _: None)
+    assert strip_seconds(done) == strip_seconds(history)
+
+
+def test_each_epoch_is_written_for_tensorboard(reference_run):
+    """The event files hold every epoch's figures, as a TensorBoard reader
+    (TensorFlow's own) reads them."""
+    workdir, history = reference_run
+    from s7jax.tf_cpu import tensorflow
+
+    tf = tensorflow()
+    (events,) = (workdir / "tensorboard").glob("events.out.tfevents.*")
+    seen = {}
+    for event in tf.compat.v1.train.summary_iterator(str(events)):
+        for value in event.summary.value:
+            seen[(value.tag, event.step)] = value.simple_value
+    for row in history:
+        assert seen[("accuracy/test", row["epoch"])] == pytest.approx(row["test_acc"])
+        assert seen[("loss/train", row["epoch"])] == pytest.approx(row["train_loss"])
+        assert seen[("learning_rate", row["epoch"])] == pytest.approx(row["lr"])
+        assert seen[("time/ms_per_step", row["epoch"])] == pytest.approx(
+            1000 * row["seconds"] / 8)
+
+
+@pytest.mark.slow  # another full training run: in CI's second command
 def test_several_steps_per_call_train_the_same_run(reference_run, tfds_dir, tmp_path):
     """3 steps per call over 8-step epochs (3 + 3 + 2): every step taken
     once, the same figures up to float rounding."""
@@ -223,6 +287,7 @@ def scan_run(tfds_dir, tmp_path_factory):
     return workdir, history
 
 
+@pytest.mark.slow  # another full training run: in CI's second command
 def test_an_epoch_per_call_trains_what_the_device_pipeline_trains(scan_run, tfds_dir, tmp_path):
     """Same batches (tested in test_data), same steps: the figures agree up to
     the float rounding of a differently fused program."""
@@ -238,6 +303,7 @@ def test_an_epoch_per_call_trains_what_the_device_pipeline_trains(scan_run, tfds
         assert abs(a["test_acc"] - b["test_acc"]) <= 100 / 256
 
 
+@pytest.mark.slow  # another full training run: in CI's second command
 def test_an_epoch_per_call_resumes_after_ctrl_c(scan_run, tfds_dir, tmp_path):
     """Ctrl-C during an epoch call: the epoch finishes, is saved, and a resume
     ends exactly as the uninterrupted run."""

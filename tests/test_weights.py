@@ -36,6 +36,7 @@ def test_split():
     return data.read_idx()["test"]  # the files themselves: no TFDS needed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: f"{p.parent.parent.name}-{p.parent.name}")
 def test_committed_weights_reproduce_the_recorded_test_accuracy(path, test_split):
     name, variables, info = weights.load(path)
@@ -84,6 +85,7 @@ def test_evaluate_refuses_a_damaged_weights_file_in_one_line(tmp_path):
     assert lines == [f"error: {bad} is not a readable weights file (ExtraData)"]
 
 
+@pytest.mark.slow
 def test_torch_port_of_the_committed_model6_agrees(test_split):
     pytest.importorskip("torch")
     from s7jax import torch_reference
@@ -96,3 +98,35 @@ def test_torch_port_of_the_committed_model6_agrees(test_split):
     theirs = torch_reference.log_probs(torch_reference.from_flax("model6", variables), images)
     np.testing.assert_allclose(theirs, ours, atol=1e-4)
     assert (theirs.argmax(-1) == ours.argmax(-1)).mean() > 0.999
+
+
+def flip_bytes(path, count=64):
+    """XOR ``count`` bytes in the middle of ``path``: its size and format stay."""
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    raw[middle:middle + count] = bytes(b ^ 0x5A for b in raw[middle:middle + count])
+    path.write_bytes(bytes(raw))
+
+
+def test_flipped_bytes_in_the_arrays_are_refused_not_evaluated(tmp_path):
+    """The checksum saved with the arrays catches damage that keeps the file
+    readable; a file written before checksums still loads (its shapes checked)."""
+    variables = init_variables(get_model("model6"), jax.random.key(1, impl="rbg"))
+    path = weights.save(tmp_path / "w.msgpack", "model6", variables)
+    weights.load(path)
+    flip_bytes(path)
+    with pytest.raises(CheckpointError, match="is damaged: its arrays do not match the checksum"):
+        weights.load(path)
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--weights", path],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: {path} is damaged: its arrays do not match "
+                                          "the checksum saved with them"]
+
+    from flax import serialization
+
+    tree = serialization.msgpack_restore(weights.save(tmp_path / "old.msgpack", "model6",
+                                                      variables).read_bytes())
+    del tree["arrays_sha256"]  # as the files under results/ were written, before checksums
+    (tmp_path / "old.msgpack").write_bytes(serialization.msgpack_serialize(tree))
+    assert weights.load(tmp_path / "old.msgpack")[0] == "model6"

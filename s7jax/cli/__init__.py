@@ -2,7 +2,7 @@
 
 Bad input never ends in a traceback: argument errors, invalid settings,
 unusable data and unwritable folders print one line on stderr and exit 2;
-a non-finite loss exits 3; Ctrl-C exits 130.
+a non-finite loss exits 3; Ctrl-C exits 130 and SIGTERM 143.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import signal
 import sys
 
-from s7jax.errors import RunError
+from s7jax.errors import RunError, Terminated
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -22,8 +23,18 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 @contextlib.contextmanager
 def exit_on_known_errors():
+    """Known errors as one line and their exit codes. SIGTERM, which would
+    kill the process where it stands, raises :class:`Terminated` instead, so
+    that what a Ctrl-C cleans up is cleaned up (the training loop turns both
+    into a checkpoint, see ``s7jax.train.sigint_flag``)."""
+    with contextlib.suppress(ValueError):  # ValueError: not the main thread
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         yield
     except RunError as e:
@@ -36,6 +47,9 @@ def exit_on_known_errors():
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except Terminated:
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        raise SystemExit(Terminated.exit_code) from None
 
 
 def _recipe_choice(argv=None) -> tuple[str, str]:

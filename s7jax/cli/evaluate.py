@@ -56,12 +56,14 @@ def main(argv=None) -> int:
         import jax
         import numpy as np
 
-        from s7jax import checkpoint, data, plots, runfiles, weights
-        from s7jax.config import Config
+        from s7jax import checkpoint, data, runfiles, weights
+        from s7jax.config import TRAIN_IMAGES, Config
         from s7jax.models import get_model
         from s7jax.steps import eval_step, initial_state, learning_rate_schedule
         from s7jax.train import device_eval_batches, evaluate
 
+        # The weights or the checkpoint first, read and verified: their faults
+        # need no data, and come before TensorFlow loads.
         if args.weights:
             name, variables, info = weights.load(args.weights)
             model = get_model(name)
@@ -73,23 +75,23 @@ def main(argv=None) -> int:
             workdir, step = locate(Path(args.checkpoint))
             config = runfiles.read_config(workdir)
             ckpt_dir = runfiles.checkpoint_dir(workdir)
-            if step is None and checkpoint.latest_step(ckpt_dir) is None:  # before loading any data
+            if step is None and checkpoint.latest_step(ckpt_dir) is None:
                 raise ConfigError(f"no checkpoint in {ckpt_dir}")
+            steps = data.steps_per_epoch(config.train_subset or TRAIN_IMAGES, config.batch_size)
+            state, _ = initial_state(config, learning_rate_schedule(config, steps))
+            state, record = checkpoint.restore(ckpt_dir, state, step, log=print)
+            where = f"{config.model} step {int(state.step)} (epoch {record['epoch']})"
             test_subset, eval_batch_size = config.test_subset, config.eval_batch_size
             source = config.data_source
         data.check_files(source, args.data_dir, args.manual_dir)
         splits = data.load_mnist(args.data_dir, args.manual_dir, source=source)
         test = splits["test"].subset(test_subset)
-        if not args.weights:
-            steps = data.steps_per_epoch(len(splits["train"].subset(config.train_subset)),
-                                         config.batch_size)
-            state, _ = initial_state(config, learning_rate_schedule(config, steps))
-            state, record = checkpoint.restore(ckpt_dir, state, step, log=print)
-            where = f"{config.model} step {int(state.step)} (epoch {record['epoch']})"
         loss, acc = evaluate(jax.jit(eval_step), state, device_eval_batches(test, eval_batch_size))
         print(f"{where}: test loss {loss:.4f}, test acc {acc:.2f}% on {len(test):,} images")
 
         if args.misclassified:
+            from s7jax import plots
+
             apply = jax.jit(lambda s, x: s.apply_fn(
                 {"params": s.params, "batch_stats": s.batch_stats}, x, train=False))
             predictions = np.concatenate([

@@ -41,7 +41,6 @@ def main(argv=None) -> int:
 
         compile_cache.enable()  # a second identical run skips XLA's compiles
         from s7jax import rundir, runfiles
-        from s7jax.config import Config
         from s7jax.errors import ConfigError
         from s7jax.train import train_and_evaluate
 
@@ -52,7 +51,7 @@ def main(argv=None) -> int:
         if not expected:
             raise ConfigError(f"{run}: no metrics.jsonl rows to compare with")
         recorded = runfiles.read_record(run)
-        config = Config.from_json(recorded["config"])
+        config = runfiles.read_config(run)
         workdir = Path(args.workdir) if args.workdir else rundir.unique_dir(
             Path("runs"), f"reproduce-{config.model}-seed-{config.seed}")
         print(f"repeating {run} ({config.model}, seed {config.seed}, {config.epochs} epochs) "

@@ -29,6 +29,12 @@ from s7jax.cli import (OneLineErrorParser, add_config_flags, add_progress_flag, 
                        exit_on_known_errors)
 
 
+# sweep.py has no --resume: it resumes a seed's run of the same config by itself.
+REFUSAL_ADVICE = ("it is a run of another config; pass --overwrite to replace it, or "
+                  "--results to sweep into another folder")
+AGAIN = "run the same sweep again: it resumes each seed's folder"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     add_config_flags(p)
@@ -54,6 +60,7 @@ def main(argv=None) -> int:
 
         compile_cache.enable()  # a second identical run skips XLA's compiles
         from s7jax import checkpoint, plots, results, runfiles
+        from s7jax.errors import Interrupted
         from s7jax.seeds import train_seeds
         from s7jax.train import resolve, train_and_evaluate
 
@@ -74,13 +81,18 @@ def main(argv=None) -> int:
                 fresh.append((seed, workdir))
                 continue
             print(f"\n== {config.model} seed {seed} -> {workdir}")
-            train_and_evaluate(config, workdir, resume=resume, overwrite=args.overwrite and not same,
-                               data_dir=args.data_dir,
-                               manual_dir=args.manual_dir, show_progress=not args.no_progress)
+            try:
+                train_and_evaluate(config, workdir, resume=resume,
+                                   overwrite=args.overwrite and not same, data_dir=args.data_dir,
+                                   manual_dir=args.manual_dir, show_progress=not args.no_progress,
+                                   refusal_advice=REFUSAL_ADVICE)
+            except Interrupted as e:  # say how to go on in the sweep's terms
+                raise Interrupted(e.step, workdir, how=AGAIN, signum=e.exit_code - 128) from None
         if fresh:
             print(f"\n== {config.model} seeds {', '.join(str(s) for s, _ in fresh)} together")
             train_seeds(config, [s for s, _ in fresh], [w for _, w in fresh],
-                        overwrite=args.overwrite, data_dir=args.data_dir,
+                        overwrite=args.overwrite, refusal_advice=REFUSAL_ADVICE,
+                        data_dir=args.data_dir,
                         manual_dir=args.manual_dir, show_progress=not args.no_progress)
         results.write_summary(results_dir)
         model, kind = config_from_args(args).model, args.recipe or "default"

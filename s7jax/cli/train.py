@@ -7,8 +7,9 @@ writes ``config.json``, ``metrics.jsonl``, ``curves.png`` and ``checkpoints/``
 into ``runs/model6-<timestamp>/``. Every flag overrides one setting of the
 recipe; ``--resume WORKDIR`` continues an interrupted run.
 
-Exit codes: 0 done, 2 bad input (flags, data, workdir), 3 non-finite loss,
-130 interrupted (a checkpoint is saved; resume with --resume).
+Exit codes: 0 done, 2 bad input (flags, config.json, data, workdir,
+checkpoints), 3 non-finite loss, 130 Ctrl-C and 143 SIGTERM (a checkpoint is
+saved; resume with --resume).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    from s7jax import parallel, plots, rundir, runfiles
+    from s7jax import parallel, rundir, runfiles
     from s7jax.config import ConfigError
     from s7jax.models import get_model, init_variables
     from s7jax.summary import summary_table
@@ -75,16 +76,22 @@ def run(args: argparse.Namespace) -> int:
     import jax
 
     mesh = parallel.make_mesh()
-    print(f"JAX {jax.__version__}, backend {jax.default_backend()}, devices: {jax.devices()}")
-    print(parallel.describe(mesh))
-    model = get_model(config.model)
-    print(f"\n{config.model}\n{summary_table(model, init_variables(model, jax.random.key(0, impl=PRNG_IMPL)))}\n")
-    print(f"workdir {workdir}")
+
+    def banner():  # once the folder and the checkpoint are known good: errors come first
+        print(f"JAX {jax.__version__}, backend {jax.default_backend()}, devices: {jax.devices()}")
+        print(parallel.describe(mesh))
+        model = get_model(config.model)
+        variables = init_variables(model, jax.random.key(0, impl=PRNG_IMPL))
+        print(f"\n{config.model}\n{summary_table(model, variables)}\n")
+        print(f"workdir {workdir}")
+
     history = train_and_evaluate(config, workdir, resume=bool(args.resume),
                                  overwrite=args.overwrite, mesh=mesh,
                                  data_dir=args.data_dir, manual_dir=args.manual_dir,
-                                 show_progress=not args.no_progress)
+                                 show_progress=not args.no_progress, on_start=banner)
     if runfiles.writes_files():
+        from s7jax import plots  # matplotlib: not before the checks that need no data
+
         plots.curves(history, workdir / "curves.png", title=f"{config.model}, seed {config.seed}")
     print(f"wrote {runfiles.metrics_path(workdir)}, {workdir / 'curves.png'}, "
           f"{runfiles.checkpoint_dir(workdir)}/")
