@@ -10,6 +10,19 @@ for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
     os.environ[var] = "http://127.0.0.1:9"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# S7JAX_BLOCK_TENSORFLOW=1: TensorFlow and TFDS unimportable, here and in every
+# process the tests start, as on the GPU machine or a TPU runtime (.ci/run
+# runs the part of the suite that covers every pipeline and program so).
+if os.environ.get("S7JAX_BLOCK_TENSORFLOW") == "1":
+    import sys
+    from pathlib import Path
+
+    _blocker = Path(__file__).resolve().parent / "no_tensorflow"
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(_blocker), os.environ.get("PYTHONPATH")) if p)
+    sys.path.insert(0, str(_blocker))
+    import sitecustomize  # noqa: E402,F401  (blocks them in this process too)
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
@@ -26,14 +39,12 @@ compile_cache.enable()
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests that need TFDS (through the ``tfds_dir`` fixture, or marked) are
-    marked ``tfds``, and skipped where TensorFlow or TFDS does not import (the
-    GPU machine, a TPU runtime): ``pytest -m "not tfds"`` selects the rest."""
+    """Tests of TensorFlow or TFDS themselves (tf.data, TFDS's preparation, TF
+    against JAX) are marked ``tfds`` and skipped where they do not import (the
+    GPU machine, a TPU runtime): ``pytest -m "not tfds"`` selects the rest.
+    Every other test runs there too, on the IDX files."""
     from s7jax.data import tfds_available
 
-    for item in items:
-        if "tfds_dir" in item.fixturenames:
-            item.add_marker(pytest.mark.tfds)
     if not tfds_available():
         skip = pytest.mark.skip(reason="needs tensorflow and tensorflow-datasets")
         for item in items:
@@ -43,16 +54,21 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
-    """A TFDS data_dir with MNIST prepared offline from the repository's files."""
+    """A TFDS data_dir with MNIST prepared offline from the repository's files.
+    Where TFDS does not import, an empty folder that nothing reads: the
+    ``auto`` data source then takes the IDX files, so the tests that pass it
+    on (to ``train_and_evaluate``, as ``--data-dir``) run on them unchanged."""
     from s7jax import data
 
     path = tmp_path_factory.mktemp("tfds")
-    data.prepare_mnist(data_dir=path)
+    if data.tfds_available():
+        data.prepare_mnist(data_dir=path)
     return path
 
 
 @pytest.fixture(scope="session")
 def mnist(tfds_dir):
+    """Both splits, through TFDS where it imports, else from the IDX files."""
     from s7jax import data
 
     return data.load_mnist(data_dir=tfds_dir)

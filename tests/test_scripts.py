@@ -210,7 +210,9 @@ def test_print_config_prints_the_resolved_config_and_writes_nothing(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     config = json.loads(result.stdout)
     assert (config["model"], config["lr"], config["schedule"]) == ("model5", 0.2, "onecycle")
-    assert config["pipeline"] == "tfds" and config["data_source"] == "tfds"  # auto, resolved
+    # auto, resolved: the recorded runs' path, or the IDX files without TFDS
+    expected = ("tfds", "tfds") if data.tfds_available() else ("device", "idx")
+    assert (config["pipeline"], config["data_source"]) == expected
     assert list(tmp_path.iterdir()) == []
 
 

@@ -202,6 +202,7 @@ def test_auto_settings_resolve_per_backend(monkeypatch):
     assert (config.pipeline, config.data_source) == ("auto", "auto")
     for backend in ("gpu", "tpu"):
         assert resolve(config, backend).pipeline == "scan"
+    monkeypatch.setattr("s7jax.data.tfds_available", lambda: True)  # as where TFDS is installed
     assert resolve(config, "cpu").pipeline == "tfds"  # every committed run's path
     assert resolve(config, "cpu").data_source == "tfds"
     monkeypatch.setattr("s7jax.data.tfds_available", lambda: False)
