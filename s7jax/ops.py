@@ -62,6 +62,13 @@ def _conv_bwd(padding, residuals, g):
 _conv_stride1.defvjp(_conv_fwd, _conv_bwd)
 
 
+def cpu_kernels() -> bool:
+    """Whether to trace the CPU formulations of this module: on XLA:CPU they
+    are faster; on a GPU or TPU, XLA's own kernels are. Decided at trace time,
+    in one place, so that a test can lower what an accelerator runs."""
+    return jax.default_backend() == "cpu"
+
+
 def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
     """Drop-in for ``lax.conv_general_dilated`` (``nn.Conv(conv_general_dilated=conv)``).
@@ -73,7 +80,7 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None
               and not kwargs and precision is None
               and all(d in (None, 1, (1, 1)) for d in (lhs_dilation, rhs_dilation))
               and not isinstance(padding, str) and lhs.ndim == 4
-              and jax.default_backend() == "cpu")
+              and cpu_kernels())
     if simple:
         return _conv_stride1(lhs, rhs, tuple(tuple(int(p) for p in pair) for pair in padding))
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,

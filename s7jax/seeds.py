@@ -92,6 +92,17 @@ def check_memory(config: Config, n: int) -> None:
             f"{fits} together, or one after another (without --together)")
 
 
+def jit_seeds_program(stats_fn, eval_batch_size: int, mesh, source_axes) -> Callable:
+    """The epoch program of ``--pipeline scan`` vmapped over the seed axis
+    (``source_axes``: ``DeviceTrainData.for_seeds``'s), jitted for ``mesh``.
+    The calibration images carry a seed axis when ``stats_fn`` is given."""
+    replicated = parallel.replicated(mesh)
+    run = epoch_program(stats_fn, eval_batch_size, parallel.batch_sharded(mesh))
+    in_axes = (0, source_axes, 0, None, 0 if stats_fn is not None else None, None)
+    return jax.jit(jax.vmap(run, in_axes=in_axes), donate_argnums=0,
+                   out_shardings=(replicated, replicated, replicated))
+
+
 def train_seeds(
     config: Config,
     seeds: Sequence[int],
@@ -124,7 +135,7 @@ def _train(configs, workdirs, mesh, data_dir, manual_dir, show_progress, log):
     mesh = parallel.make_mesh() if mesh is None else mesh
     parallel.check_divisible(config.batch_size, mesh)
     parallel.check_divisible(config.eval_batch_size, mesh, "eval batch size")
-    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    replicated = parallel.replicated(mesh)
 
     splits = data.load_mnist(data_dir, manual_dir, source=config.data_source)
     train_split = splits["train"].subset(config.train_subset)
@@ -151,11 +162,7 @@ def _train(configs, workdirs, mesh, data_dir, manual_dir, show_progress, log):
                           parallel.stacked_batch_sharded(mesh))
 
     stats_fn = make_batch_stats_fn(get_model(config.model)) if config.precise_bn else None
-    run = epoch_program(stats_fn, config.eval_batch_size, sharded)
-    program = jax.jit(
-        jax.vmap(run, in_axes=(0, source_axes, 0, None, 0 if calibration is not None else None,
-                               None)),
-        donate_argnums=0, out_shardings=(replicated, replicated, replicated))
+    program = jit_seeds_program(stats_fn, config.eval_batch_size, mesh, source_axes)
     t = time.perf_counter()
     compiled = program.lower(state, source, keys, np.int32(0), calibration, test).compile()
     log(f"{len(configs)} seeds of {config.model} in one program (jax.vmap); "
