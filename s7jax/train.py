@@ -61,6 +61,15 @@ def resolve(config: Config, backend: str | None = None) -> Config:
     return dataclasses.replace(config, data_source=source, pipeline=pipeline)
 
 
+def matmul_precision(config: Config):
+    """A context in which the run's programs are traced with its matmul
+    precision (``Config.matmul_precision``): JAX's per-backend default is
+    left alone unless another is asked for."""
+    if config.matmul_precision == "default":
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision(config.matmul_precision)
+
+
 def epoch_calls(first: int, steps: int, per_call: int):
     """The compiled calls that cover an epoch's steps ``first .. steps - 1``:
     ``(steps in the call, is it the epoch's last, fetch the metrics after it)``,
@@ -189,7 +198,8 @@ def train_and_evaluate(
     mesh = parallel.make_mesh() if mesh is None else mesh
     parallel.check_divisible(config.batch_size, mesh)  # before the folder is touched
     parallel.check_divisible(config.eval_batch_size, mesh, "eval batch size")
-    with rundir.claim(workdir, resume=resume, overwrite=overwrite) as workdir:
+    with rundir.claim(workdir, resume=resume, overwrite=overwrite) as workdir, \
+            matmul_precision(config):
         return _run(config, workdir, resume=resume, mesh=mesh, data_dir=data_dir,
                     manual_dir=manual_dir, show_progress=show_progress, log=log)
 

@@ -72,3 +72,13 @@ def mnist(tfds_dir):
     from s7jax import data
 
     return data.load_mnist(data_dir=tfds_dir)
+
+
+@pytest.fixture
+def highest_precision():
+    """Full float32 matmuls and convolutions, for tests that compare at float32
+    tolerances: on a GPU (TF32) or a TPU (bfloat16 passes) JAX's default
+    precision rounds far more coarsely (runs pin it with ``--matmul-precision
+    highest``, ``Config.matmul_precision``)."""
+    with jax.default_matmul_precision("highest"):
+        yield

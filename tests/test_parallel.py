@@ -37,7 +37,7 @@ DEVICES = 4
 # spread over devices as well. lr 0.01 (the original recipe's rate) rather than
 # the recipe's 0.1: see test_two_epoch_runs_match_one_device for why.
 RUN = dict(epochs=2, train_subset=512, test_subset=200, batch_size=64, eval_batch_size=128,
-           precise_bn=128, clean_epochs=1, lr=0.01)
+           precise_bn=128, clean_epochs=1, lr=0.01, matmul_precision="highest")
 
 
 # --------------------------------------------------------------------------
@@ -124,6 +124,7 @@ def _child(data_dir: str, out_path: str, work: str) -> None:
 
     chex.set_n_cpu_devices(DEVICES)  # before anything asks JAX for its devices
     jax.config.update("jax_disable_most_optimizations", True)  # as conftest: fast compiles
+    jax.config.update("jax_default_matmul_precision", "highest")  # compared at float32 tolerances
     import jax.numpy as jnp
     import numpy as np
 

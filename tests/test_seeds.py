@@ -22,10 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # that the batched program's float rounding has not grown: over more steps
 # any two differently compiled programs drift apart (see test_parallel), here
 # a tie in a max-pool that the two programs break differently, then SGD.
+# Full float32 matmuls, as the comparisons are at float32 tolerances.
 SMALL = dict(epochs=2, train_subset=128, test_subset=256, batch_size=64, eval_batch_size=128,
-             precise_bn=128, clean_epochs=1)
+             precise_bn=128, clean_epochs=1, matmul_precision="highest")
 FLAGS = ["--epochs", "2", "--train-subset", "128", "--test-subset", "256", "--batch-size", "64",
-         "--eval-batch-size", "128", "--precise-bn", "128", "--clean-epochs", "1"]
+         "--eval-batch-size", "128", "--precise-bn", "128", "--clean-epochs", "1",
+         "--matmul-precision", "highest"]
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,10 @@ from s7jax.errors import ConfigError, Interrupted, NonFiniteLossError
 from s7jax.steps import eval_step, initial_state, learning_rate_schedule, train_step, train_steps
 from s7jax.train import epoch_calls, resolve, train_and_evaluate
 
+# Full float32 matmuls: the runs below are compared at float32 tolerances,
+# which a GPU's TF32 or a TPU's bfloat16 passes would not meet.
 QUICK = dict(epochs=2, train_subset=512, test_subset=256, batch_size=64, eval_batch_size=128,
-             precise_bn=256)
+             precise_bn=256, matmul_precision="highest")
 
 
 def fixed_batch(n=64, seed=0):
@@ -57,6 +59,7 @@ def test_one_step_per_call_compiles_to_exactly_train_step():
     assert grouped.replace("@jit_train_steps", "@jit_train_step", 1) == single
 
 
+@pytest.mark.usefixtures("highest_precision")
 def test_several_steps_per_call_equal_single_steps_up_to_rounding():
     state, key = fresh_state(lr=0.05)
     batches = tuple(fixed_batch(seed=s) for s in range(3))
@@ -96,6 +99,7 @@ def test_eval_step_is_pure():
     assert int(a["count"]) == 64
 
 
+@pytest.mark.usefixtures("highest_precision")
 def test_eval_step_ignores_masked_examples():
     state, _ = fresh_state()
     batch = fixed_batch()
@@ -275,6 +279,7 @@ def test_a_malformed_batch_is_named_before_xla_sees_it(step, damage, named):
     assert "[Chex]" in str(err.value)
 
 
+@pytest.mark.usefixtures("highest_precision")
 def test_precise_bn_weighs_a_short_last_chunk_by_its_size():
     """2,500 images in chunks of 1,000: the first BN layer's statistics (whose
     input no other BN layer shapes) equal those of all 2,500 images at once,
@@ -290,3 +295,17 @@ def test_precise_bn_weighs_a_short_last_chunk_by_its_size():
     chunked = precise_batch_stats(stats_fn, state, images, chunk=1000)
     whole = precise_batch_stats(stats_fn, state, images, chunk=2500)
     chex.assert_trees_all_close(chunked["bn1"], whole["bn1"], rtol=1e-4, atol=1e-5)
+
+
+def test_the_run_traces_its_programs_with_its_matmul_precision(tmp_path):
+    """--matmul-precision reaches every program the run compiles: they are
+    traced inside the setting (the run's log lines are written from there)."""
+    seen = set()
+    tiny = dict(epochs=1, train_subset=128, test_subset=64, batch_size=64, eval_batch_size=64,
+                precise_bn=0, pipeline="device")
+    for precision in ("highest", "default"):
+        seen.clear()
+        train_and_evaluate(default_config("model6", **tiny, matmul_precision=precision),
+                           tmp_path / precision, show_progress=False,
+                           log=lambda _: seen.add(jax.config.jax_default_matmul_precision))
+        assert seen == {None if precision == "default" else precision}
