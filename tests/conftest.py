@@ -82,3 +82,54 @@ def highest_precision():
     highest``, ``Config.matmul_precision``)."""
     with jax.default_matmul_precision("highest"):
         yield
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory):
+    """s7jax's wheel, built from this checkout without downloading anything."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path_factory.mktemp("wheel")
+    # setuptools builds in the checkout's build/ (ignored by git): start it
+    # empty, so that no module deleted since an earlier build slips in.
+    shutil.rmtree(root / "build", ignore_errors=True)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                               "--no-build-isolation", "-w", str(out), str(root)],
+                              capture_output=True, text=True, timeout=600)
+    finally:
+        shutil.rmtree(root / "build", ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = out.glob("s7jax-*.whl")
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_venv():
+    """``make_venv(path) -> python``: a new virtual environment that sees this
+    environment's packages through a ``.pth`` file, so that nothing is
+    downloaded and the checkout itself is not on its path (a ``.pth`` file's
+    directories are added, their own ``.pth`` files, this checkout's editable
+    install among them, are not read)."""
+    import site
+    import subprocess
+    import sys
+    import sysconfig
+    from pathlib import Path
+
+    def make(venv):
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        python = Path(venv) / "bin" / "python"
+        purelib = Path(subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True, text=True, check=True).stdout.strip())
+        ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+                *site.getsitepackages()}
+        (purelib / "outer-environment.pth").write_text("\n".join(sorted(ours)) + "\n")
+        return python
+
+    return make
