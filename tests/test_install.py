@@ -47,12 +47,14 @@ def test_the_wheel_carries_mnist_and_the_commands(wheel):
 def test_an_installed_wheel_trains_from_any_folder(wheel, make_venv, tmp_path):
     venv = tmp_path / "venv"
     python = make_venv(venv)
+    # Without PYTHONPATH: a checkout on it (with the egg-info a build leaves)
+    # would count as s7jax installed already.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "S7JAX_MNIST_DIR")}
     run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps",
-         wheel])
+         wheel], env=env)
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "S7JAX_MNIST_DIR")}
     where = run([python, "-c", "import s7jax, s7jax.data as d; print(s7jax.__file__); "
                  "print(d.default_manual_dir())"], cwd=elsewhere, env=env).stdout.split()
     assert all(Path(p).is_relative_to(venv) for p in where), where  # not the checkout's
