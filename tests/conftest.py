@@ -20,8 +20,8 @@ if os.environ.get("S7JAX_BLOCK_TENSORFLOW") == "1":
     _blocker = Path(__file__).resolve().parent / "no_tensorflow"
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(_blocker), os.environ.get("PYTHONPATH")) if p)
-    sys.path.insert(0, str(_blocker))
-    import sitecustomize  # noqa: E402,F401  (blocks them in this process too)
+    for _name in ("tensorflow", "tensorflow_datasets"):  # and in this one, as it does
+        sys.modules[_name] = None
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

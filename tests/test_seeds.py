@@ -35,7 +35,8 @@ def swept(tfds_dir, tmp_path_factory):
     """``scripts/sweep.py --together`` for seeds 0 and 1, as a user runs it."""
     results = tmp_path_factory.mktemp("sweep")
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep.py"), "--model", "model6",
-                           "--seeds", "2", "--together", "--results", str(results), "--data-dir",
+                           "--seeds", "2", "--together", "--checkpoint-every", "2",
+                           "--results", str(results), "--data-dir",
                            str(tfds_dir), "--no-progress", *FLAGS],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -50,7 +51,8 @@ def test_the_sweep_writes_each_seeds_files_and_the_summary(swept):
         config = runfiles.read_config(run)
         assert (config.seed, config.pipeline) == (seed, "scan")
         assert [r["epoch"] for r in runfiles.read_metrics(run)] == [1, 2]
-        assert checkpoint.latest_step(runfiles.checkpoint_dir(run)) == 4
+        # --checkpoint-every 2: the last epoch's checkpoint only, not the first's.
+        assert checkpoint.all_steps(runfiles.checkpoint_dir(run)) == [4]
     summary = json.loads((results / "summary.json").read_text())
     assert summary["models"]["model6"]["n_seeds"] == 2
     assert (results / "model6" / "seeds.png").is_file()
@@ -78,7 +80,8 @@ def test_each_seed_trains_what_its_own_run_trains(swept, tfds_dir, tmp_path):
 def test_a_second_sweep_skips_the_finished_seeds(swept, tfds_dir):
     results, _ = swept
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep.py"), "--model", "model6",
-                           "--seeds", "2", "--together", "--results", str(results), "--data-dir",
+                           "--seeds", "2", "--together", "--checkpoint-every", "2",
+                           "--results", str(results), "--data-dir",
                            str(tfds_dir), "--no-progress", *FLAGS],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

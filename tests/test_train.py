@@ -13,16 +13,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s7jax import checkpoint, console, runfiles
+from s7jax import checkpoint, console, data, runfiles
 from s7jax.config import default_config
 from s7jax.errors import ConfigError, Interrupted, NonFiniteLossError
 from s7jax.steps import eval_step, initial_state, learning_rate_schedule, train_step, train_steps
 from s7jax.train import epoch_calls, resolve, train_and_evaluate
 
-# Full float32 matmuls: the runs below are compared at float32 tolerances,
-# which a GPU's TF32 or a TPU's bfloat16 passes would not meet.
+# The step-by-step loop, whatever the backend (auto would take scan on a GPU
+# or TPU): tf.data where TFDS imports, as every recorded run, else on the
+# device. Full float32 matmuls: the runs below are compared at float32
+# tolerances, which a GPU's TF32 or a TPU's bfloat16 passes would not meet.
 QUICK = dict(epochs=2, train_subset=512, test_subset=256, batch_size=64, eval_batch_size=128,
-             precise_bn=256, matmul_precision="highest")
+             precise_bn=256, matmul_precision="highest",
+             pipeline="tfds" if data.tfds_available() else "device")
 
 
 def fixed_batch(n=64, seed=0):
@@ -220,7 +223,7 @@ def test_auto_settings_resolve_per_backend(monkeypatch):
 @pytest.fixture(scope="module")
 def scan_run(tfds_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("scan")
-    config = default_config("model6", **QUICK, pipeline="scan")
+    config = default_config("model6", **dict(QUICK, pipeline="scan"))
     history = train_and_evaluate(config, workdir, data_dir=tfds_dir, show_progress=False,
                                  log=lambda _: None)
     return workdir, history
@@ -230,7 +233,7 @@ def test_an_epoch_per_call_trains_what_the_device_pipeline_trains(scan_run, tfds
     """Same batches (tested in test_data), same steps: the figures agree up to
     the float rounding of a differently fused program."""
     workdir, history = scan_run
-    stepwise = train_and_evaluate(default_config("model6", **QUICK, pipeline="device"), tmp_path,
+    stepwise = train_and_evaluate(default_config("model6", **dict(QUICK, pipeline="device")), tmp_path,
                                   data_dir=tfds_dir, show_progress=False, log=lambda _: None)
     assert runfiles.read_config(workdir).pipeline == "scan"
     assert checkpoint.latest_step(runfiles.checkpoint_dir(workdir)) == 16
@@ -245,7 +248,7 @@ def test_an_epoch_per_call_resumes_after_ctrl_c(scan_run, tfds_dir, tmp_path):
     """Ctrl-C during an epoch call: the epoch finishes, is saved, and a resume
     ends exactly as the uninterrupted run."""
     _, history = scan_run
-    config = default_config("model6", **QUICK, pipeline="scan")
+    config = default_config("model6", **dict(QUICK, pipeline="scan"))
 
     def interrupt_once(line, sent=[]):  # noqa: B006
         if line == console.table_header() and not sent:
