@@ -21,6 +21,7 @@ TARGET = 99.4  # test accuracy (%) model6 must hold in each of the last epochs
 PIPELINES = ("auto", "tfds", "device", "scan")
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000  # MNIST's splits
 DATA_SOURCES = ("auto", "tfds", "idx")
+MATMUL_PRECISIONS = ("default", "high", "highest")  # JAX's names
 
 
 def _flag(default: Any, help: str, group: str = "", **argparse_kwargs: Any) -> Any:
@@ -74,6 +75,12 @@ class Config:
                                    "rounds differently from 1, the setting of every run under "
                                    "results/",
                                 "optimisation")
+    matmul_precision: str = _flag(
+        "default", "precision of float32 matmuls and convolutions (jax_default_matmul_precision): "
+                   "default: JAX's own per backend (full float32 on CPU, TF32 on recent NVIDIA "
+                   "GPUs, one bfloat16 pass on TPU); high: TF32, or three bfloat16 passes on TPU; "
+                   "highest: full float32 everywhere (slower on GPU and TPU)",
+        "optimisation", choices=MATMUL_PRECISIONS)
     allow_long: bool = _flag(False, f"allow more than {MAX_EPOCHS} epochs")
 
     def to_json(self) -> dict[str, Any]:
@@ -217,6 +224,9 @@ def validate(config: Config) -> Config:
         (c.pipeline in PIPELINES, f"--pipeline must be one of {', '.join(PIPELINES)}, got {c.pipeline!r}"),
         (c.data_source in DATA_SOURCES,
          f"--data-source must be one of {', '.join(DATA_SOURCES)}, got {c.data_source!r}"),
+        (c.matmul_precision in MATMUL_PRECISIONS,
+         f"--matmul-precision must be one of {', '.join(MATMUL_PRECISIONS)}, "
+         f"got {c.matmul_precision!r}"),
         (c.steps_per_call > 0, f"--steps-per-call must be positive, got {c.steps_per_call}"),
         (c.pipeline != "scan" or c.steps_per_call == 1,
          "--steps-per-call applies to --pipeline tfds or device; --pipeline scan runs a whole "

@@ -39,8 +39,8 @@ from s7jax.errors import ConfigError, Interrupted, NonFiniteLossError
 from s7jax.models import INPUT_SHAPE, count_params, get_model, init_variables
 from s7jax.steps import (epoch_program, initial_state, learning_rate_schedule, make_batch_stats_fn,
                          summarize)
-from s7jax.train import (calibration_images, checkpoint_record, device_train_data, resolve,
-                         sigint_flag)
+from s7jax.train import (calibration_images, checkpoint_record, device_train_data,
+                         matmul_precision, resolve, sigint_flag)
 
 # Only a share of the memory JAX may use goes to the seeds' copies: XLA needs
 # room for its temporaries.
@@ -92,6 +92,17 @@ def check_memory(config: Config, n: int) -> None:
             f"{fits} together, or one after another (without --together)")
 
 
+def jit_seeds_program(stats_fn, eval_batch_size: int, mesh, source_axes) -> Callable:
+    """The epoch program of ``--pipeline scan`` vmapped over the seed axis
+    (``source_axes``: ``DeviceTrainData.for_seeds``'s), jitted for ``mesh``.
+    The calibration images carry a seed axis when ``stats_fn`` is given."""
+    replicated = parallel.replicated(mesh)
+    run = epoch_program(stats_fn, eval_batch_size, parallel.batch_sharded(mesh))
+    in_axes = (0, source_axes, 0, None, 0 if stats_fn is not None else None, None)
+    return jax.jit(jax.vmap(run, in_axes=in_axes), donate_argnums=0,
+                   out_shardings=(replicated, replicated, replicated))
+
+
 def train_seeds(
     config: Config,
     seeds: Sequence[int],
@@ -103,14 +114,22 @@ def train_seeds(
     overwrite: bool = False,
     refusal_advice: str | None = None,
     show_progress: bool = True,
+    checkpoint_every: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict[int, list[dict[str, Any]]]:
     """Train ``config`` for every seed in ``seeds`` as one vectorised program,
     seed ``seeds[i]`` into ``workdirs[i]`` (folders claimed as a single run
     claims its own: one that holds a run is refused unless ``overwrite``);
-    return each seed's per-epoch metrics."""
+    return each seed's per-epoch metrics.
+
+    Each seed's checkpoint and metrics rows are written every
+    ``checkpoint_every`` epochs, after the last and on Ctrl-C: many seeds
+    write many checkpoints, and on an accelerator writing them can take longer
+    than training. A resume starts from the last one written."""
     if len(seeds) != len(workdirs) or not seeds:
         raise ConfigError("give one workdir per seed, and at least one seed")
+    if checkpoint_every < 1:
+        raise ConfigError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
     data.check_files(config.data_source, data_dir, manual_dir)  # before TensorFlow loads
     configs = [resolve(dataclasses.replace(config, seed=s, pipeline="scan", steps_per_call=1))
                for s in seeds]
@@ -118,15 +137,17 @@ def train_seeds(
     with contextlib.ExitStack() as claims:
         dirs = [claims.enter_context(rundir.claim(w, overwrite=overwrite, advice=refusal_advice))
                 for w in workdirs]
-        return _train(configs, dirs, mesh, data_dir, manual_dir, show_progress, log)
+        claims.enter_context(matmul_precision(configs[0]))
+        return _train(configs, dirs, mesh, data_dir, manual_dir, show_progress, checkpoint_every,
+                      log)
 
 
-def _train(configs, workdirs, mesh, data_dir, manual_dir, show_progress, log):
+def _train(configs, workdirs, mesh, data_dir, manual_dir, show_progress, checkpoint_every, log):
     config = configs[0]
     mesh = parallel.make_mesh() if mesh is None else mesh
     parallel.check_divisible(config.batch_size, mesh)
     parallel.check_divisible(config.eval_batch_size, mesh, "eval batch size")
-    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    replicated = parallel.replicated(mesh)
 
     splits = data.load_mnist(data_dir, manual_dir, source=config.data_source)
     train_split = splits["train"].subset(config.train_subset)
@@ -153,11 +174,7 @@ def _train(configs, workdirs, mesh, data_dir, manual_dir, show_progress, log):
                           parallel.stacked_batch_sharded(mesh))
 
     stats_fn = make_batch_stats_fn(get_model(config.model)) if config.precise_bn else None
-    run = epoch_program(stats_fn, config.eval_batch_size, sharded)
-    program = jax.jit(
-        jax.vmap(run, in_axes=(0, source_axes, 0, None, 0 if calibration is not None else None,
-                               None)),
-        donate_argnums=0, out_shardings=(replicated, replicated, replicated))
+    program = jit_seeds_program(stats_fn, config.eval_batch_size, mesh, source_axes)
     t = time.perf_counter()
     compiled = program.lower(state, source, keys, np.int32(0), calibration, test).compile()
     log(f"{len(configs)} seeds of {config.model} in one program (jax.vmap); "
@@ -190,12 +207,17 @@ def _train(configs, workdirs, mesh, data_dir, manual_dir, show_progress, log):
                        # The epoch's wall time, shared by the seeds trained in it.
                        "seconds": seconds}
                 histories[i].append(row)
-                checkpoint.save(runfiles.checkpoint_dir(workdir), (epoch + 1) * steps,
-                                unstack(state, i), checkpoint_record(epoch + 1, histories[i], None))
-                runfiles.append_metrics(workdir, row)
                 if runfiles.writes_files():
                     write_events[i](row, steps)
                 log(f"{c.seed:>4}  {console.table_row(row)}")
+            if ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs
+                    or interrupted["set"]):
+                for i, workdir in enumerate(workdirs):
+                    # The checkpoint first: no metrics row names an unsaved epoch.
+                    checkpoint.save(runfiles.checkpoint_dir(workdir), (epoch + 1) * steps,
+                                    unstack(state, i),
+                                    checkpoint_record(epoch + 1, histories[i], None))
+                    runfiles.write_metrics(workdir, histories[i])
             if interrupted["set"] and epoch + 1 < config.epochs:  # after the last: done anyway
                 raise Interrupted((epoch + 1) * steps, workdirs[0].parent,
                                   how="run the same sweep again: it resumes each seed's folder",

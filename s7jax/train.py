@@ -68,6 +68,15 @@ def resolve(config: Config, backend: str | None = None) -> Config:
     return dataclasses.replace(config, data_source=source, pipeline=pipeline)
 
 
+def matmul_precision(config: Config):
+    """A context in which the run's programs are traced with its matmul
+    precision (``Config.matmul_precision``): JAX's per-backend default is
+    left alone unless another is asked for."""
+    if config.matmul_precision == "default":
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision(config.matmul_precision)
+
+
 def epoch_calls(first: int, steps: int, per_call: int):
     """The compiled calls that cover an epoch's steps ``first .. steps - 1``:
     ``(steps in the call, is it the epoch's last, fetch the metrics after it)``,
@@ -205,7 +214,7 @@ def train_and_evaluate(
     parallel.check_divisible(config.batch_size, mesh)  # before the folder is touched
     parallel.check_divisible(config.eval_batch_size, mesh, "eval batch size")
     with rundir.claim(workdir, resume=resume, overwrite=overwrite,
-                      advice=refusal_advice) as workdir:
+                      advice=refusal_advice) as workdir, matmul_precision(config):
         start = _starting_point(config, workdir, resume, log)
         if on_start is not None:
             on_start()
@@ -314,6 +323,25 @@ def _run(config: Config, workdir: Path, start, *, mesh, data_dir, manual_dir,
     return history
 
 
+# The compiled programs of the two loops, as they jit them (tests/test_lowering.py
+# lowers each for TPU and CUDA).
+
+
+def jit_steps(mesh) -> tuple[Callable, Callable]:
+    """The step-by-step loop's ``(train_steps, eval_step)``, jitted for ``mesh``."""
+    replicated = parallel.replicated(mesh)
+    return (jax.jit(train_steps, donate_argnums=0, out_shardings=(replicated, replicated)),
+            jax.jit(eval_step, out_shardings=replicated))
+
+
+def jit_epoch_program(stats_fn, eval_batch_size: int, mesh) -> Callable:
+    """``--pipeline scan``'s epoch program (``steps.epoch_program``), jitted for ``mesh``."""
+    replicated = parallel.replicated(mesh)
+    return jax.jit(epoch_program(stats_fn, eval_batch_size, parallel.batch_sharded(mesh)),
+                   static_argnames="first", donate_argnums=0,
+                   out_shardings=(replicated, replicated, replicated))
+
+
 # Each returns ``run_epoch(state, epoch, first, partial, bar, interrupted) ->
 # (state, train metric sums on the host, (test loss, test accuracy))``:
 # one epoch from step ``first`` on, the BN re-estimation and the evaluation.
@@ -323,13 +351,11 @@ def _epoch_per_call(config, mesh, train_split, test_split, state, dropout_key, s
                     stats_fn, calibration, ckpt_dir, history, log):
     """``--pipeline scan``: one compiled program per epoch (compiled here,
     ahead of the loop, so the run can say how long compiling took)."""
-    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    replicated = parallel.replicated(mesh)
     source = device_train_data(config, train_split, replicated)
     test = jax.device_put(data.eval_batches(test_split, batch_size=config.eval_batch_size),
                           parallel.stacked_batch_sharded(mesh))
-    program = jax.jit(epoch_program(stats_fn, config.eval_batch_size, sharded),
-                      static_argnames="first", donate_argnums=0,
-                      out_shardings=(replicated, replicated, replicated))
+    program = jit_epoch_program(stats_fn, config.eval_batch_size, mesh)
     t = time.perf_counter()
     whole_epoch = program.lower(state, source, dropout_key, np.int32(0), calibration,
                                 test).compile()
@@ -355,8 +381,7 @@ def _steps_per_call(config, mesh, train_split, test_split, state, dropout_key, s
     compiled call, metrics fetched every ``FETCH_EVERY`` steps, Ctrl-C saved
     at the step it came."""
     replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    p_train_steps = jax.jit(train_steps, donate_argnums=0, out_shardings=(replicated, replicated))
-    p_eval_step = jax.jit(eval_step, out_shardings=replicated)
+    p_train_steps, p_eval_step = jit_steps(mesh)
     test_batches = device_eval_batches(test_split, config.eval_batch_size, sharded)
     batches = training_batches(config, train_split, start_step, sharded, replicated)
     steps = data.steps_per_epoch(len(train_split), config.batch_size)

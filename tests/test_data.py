@@ -71,6 +71,7 @@ def small(mnist, n=640):
     return mnist["train"].subset(n)
 
 
+@pytest.mark.tfds
 def test_train_batches_shapes_and_normalisation(mnist):
     (batch,) = take(data.train_dataset(small(mnist), batch_size=64, seed=0, augment=NO_AUGMENT,
                                        epochs=1), 1)
@@ -80,6 +81,7 @@ def test_train_batches_shapes_and_normalisation(mnist):
     assert lo - 1e-5 <= batch["image"].min() and batch["image"].max() <= hi + 1e-5
 
 
+@pytest.mark.tfds
 def test_an_epoch_is_a_permutation_without_augmentation(mnist):
     split = small(mnist)
     batches = take(data.train_dataset(split, batch_size=64, seed=3, augment=NO_AUGMENT, epochs=1), 10)
@@ -89,6 +91,7 @@ def test_an_epoch_is_a_permutation_without_augmentation(mnist):
     np.testing.assert_allclose(key(seen), key(expected), atol=1e-2)
 
 
+@pytest.mark.tfds
 def test_same_seed_same_batches_different_seed_different(mnist):
     make = lambda seed: take(data.train_dataset(  # noqa: E731
         small(mnist), batch_size=64, seed=seed, augment=AugmentConfig(), epochs=2), 12)
@@ -101,6 +104,7 @@ def test_same_seed_same_batches_different_seed_different(mnist):
     assert not np.array_equal(a[0]["label"], a[10]["label"])
 
 
+@pytest.mark.tfds
 def test_starting_mid_run_gives_the_remaining_batches(mnist):
     make = lambda start: take(data.train_dataset(  # noqa: E731
         small(mnist), batch_size=64, seed=5, augment=AugmentConfig(), epochs=2,
@@ -110,6 +114,7 @@ def test_starting_mid_run_gives_the_remaining_batches(mnist):
         np.testing.assert_array_equal(x["image"], y["image"])
 
 
+@pytest.mark.tfds
 def test_clean_epochs_are_not_augmented(mnist):
     split = small(mnist, 128)
     aug = AugmentConfig()
@@ -173,6 +178,7 @@ def _by_content(split):
     return split.images[order], split.labels[order]
 
 
+@pytest.mark.tfds
 def test_idx_files_read_with_numpy_equal_tfds_as_sets(mnist):
     """TFDS stores the examples in its own order: compare matched sets."""
     idx = data.read_idx()

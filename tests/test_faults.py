@@ -251,6 +251,7 @@ def test_damaged_idx_files_are_caught_before_tensorflow_loads(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.tfds
 def test_a_damaged_tfds_cache_is_rebuilt_from_the_files(tfds_dir, tmp_path, capfd):
     copy = tmp_path / "tfds"
     shutil.copytree(tfds_dir, copy)
@@ -279,6 +280,7 @@ def test_the_non_finite_message_says_what_is_kept():
         "the last good checkpoint, step 16, is kept")
 
 
+@pytest.mark.tfds  # --data-source tfds
 def test_a_data_error_is_exactly_one_line_without_a_needless_hint(tmp_path):
     """With --manual-dir given, the message does not suggest passing it; and
     the files are checked before TensorFlow (and its log lines) load."""

@@ -19,27 +19,50 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
+def imports(modules: str) -> bool:
+    return subprocess.run([sys.executable, "-c", f"import {modules}"],
+                          capture_output=True).returncode == 0
+
+
 def test_dry_run_runs_every_step_and_writes_the_summary(tmp_path):
+    """The rehearsal: every step of the GPU run, its tests included, with
+    TensorFlow blocked and the runs on --pipeline scan, within its limits."""
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--out", str(out),
-                           "--dry-run"], capture_output=True, text=True, timeout=900,
+                           "--dry-run"], capture_output=True, text=True, timeout=1500,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    summary = json.loads((out / "gpu_check.json").read_text())
-    assert [s["step"] for s in summary["steps"]] == ["device", "tests", "bench", "model6", "model1",
-                                                     "seeds", "referee"]
-    have_torch = importlib.util.find_spec("torch") is not None
-    assert all(s["status"] == ("skipped (no torch)" if s["step"] == "referee" and not have_torch
-                               else "ok") for s in summary["steps"])
-    if have_torch:  # the dry run's referee trains model2 for one short epoch
-        assert len(runfiles.read_metrics(out / "results" / "model2" / "torch-seed-0")) == 1
-    assert json.loads((out / "results" / "bench-gpu.json").read_text())["s7jax"]["epoch_scan"]
+    summary = json.loads((out / "results" / "gpu" / "gpu_check.json").read_text())
+    steps = {s["step"]: s for s in summary["steps"]}
+    assert list(steps) == ["device", "tests", "bench", "model6", "model1", "seeds", "referee"]
+    # Without a working PyTorch the comparisons fail rather than pass half done.
+    needs = {"bench": "torch and torchvision", "referee": "torch"}
+    torch_steps = {name for name, what in needs.items()
+                   if not imports(what.replace(" and ", ", "))}
+    for name, step in steps.items():
+        if name in torch_steps:
+            assert step["status"] == f"failed ({needs[name]} must import)", step
+        else:
+            assert step["status"] == "ok", (name, step["status"], proc.stdout[-4000:])
+            assert step["seconds"] <= step["limit_s"]
+    assert proc.returncode == (1 if torch_steps else 0)
+    assert summary["seconds"] <= summary["budget_s"]
+    # The tests ran with TensorFlow unimportable, as on the GPU machine: the
+    # TFDS tests skipped themselves and nothing failed.
+    tests_log = (out / "logs" / "tests.log").read_text()
+    assert "needs tensorflow and tensorflow-datasets" in tests_log and " failed" not in tests_log
     for model in ("model6", "model1"):
         run = out / "results" / "gpu" / f"{model}-seed-0"
         assert len(runfiles.read_metrics(run)) == 1
-        assert runfiles.read_config(run).data_source == "idx"
-    summary = json.loads((out / "results" / "gpu-seeds" / "summary.json").read_text())
-    assert summary["models"]["model6"]["n_seeds"] == 2
+        config = runfiles.read_config(run)
+        assert (config.data_source, config.pipeline) == ("idx", "scan")
+        assert steps[model]["run"]["compile_s"] > 0  # the epoch program's compile, recorded
+    seeds = json.loads((out / "results" / "gpu-seeds" / "summary.json").read_text())
+    assert seeds["models"]["model6"]["n_seeds"] == 2
+    assert not list((out / "results").rglob("checkpoints"))  # one call's output comes back whole
+    if "bench" not in torch_steps:
+        assert json.loads((out / "results" / "bench-gpu.json").read_text())["s7jax"]["epoch_scan"]
+    if "referee" not in torch_steps:  # the dry run's referee trains model2 for one short epoch
+        assert len(runfiles.read_metrics(out / "results" / "model2" / "torch-seed-0")) == 1
     assert "step     status" in proc.stdout and "last-3 test acc" in proc.stdout
     assert "model6 (default recipe): last-3 mean" in proc.stdout
 
@@ -52,8 +75,44 @@ def test_a_step_that_fails_is_reported_and_the_others_still_run(tmp_path):
                            "--dry-run", "--only", "device", "model6"], capture_output=True,
                           text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 1
-    steps = {s["step"]: s["status"] for s in json.loads((out / "gpu_check.json").read_text())["steps"]}
-    assert steps["device"] == "ok" and steps["model6"].startswith("failed")
+    summary = json.loads((out / "results" / "gpu" / "gpu_check.json").read_text())
+    steps = {s["step"]: s["status"] for s in summary["steps"]}
+    assert steps == {"device": "ok", "model6": "failed (exit 2)"}
+
+
+def load_gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead; only its parent (here: init) has yet to reap it.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("leader_exits", [False, True])
+def test_a_step_is_killed_with_everything_it_started(tmp_path, leader_exits):
+    """On timeout, and after a step that exits leaving a worker behind, no
+    process of the step survives (on a GPU it would hold its memory)."""
+    gpu_check = load_gpu_check()
+    pid_file = tmp_path / "worker.pid"
+    code = ("import subprocess, sys, time; "
+            "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+            f"open({str(pid_file)!r}, 'w').write(str(w.pid)); "
+            + ("" if leader_exits else "time.sleep(300)"))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    record = gpu_check.run_step("stuck", [sys.executable, "-c", code], 3, logs)
+    assert record["status"] == ("ok" if leader_exits else "timed out after 3 s")
+    assert record["seconds"] < 30
+    assert not alive(int(pid_file.read_text()))
 
 
 NO_TENSORFLOW = """

@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import site
 import subprocess
 import sys
-import sysconfig
 import zipfile
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "SHA256SUMS")
 
@@ -38,21 +34,6 @@ def run(cmd, **kwargs):
     return result
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory):
-    out = tmp_path_factory.mktemp("wheel")
-    # setuptools builds in the checkout's build/ (ignored by git): start it
-    # empty, so that no module deleted since an earlier build slips in.
-    shutil.rmtree(ROOT / "build", ignore_errors=True)
-    try:
-        run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-             "-w", out, ROOT])
-    finally:
-        shutil.rmtree(ROOT / "build", ignore_errors=True)
-    (path,) = out.glob("s7jax-*.whl")
-    return path
-
-
 def test_the_wheel_carries_mnist_and_the_commands(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
@@ -63,21 +44,17 @@ def test_the_wheel_carries_mnist_and_the_commands(wheel):
         assert f"{command} = s7jax.cli." in entry_points
 
 
-def test_an_installed_wheel_trains_from_any_folder(wheel, tmp_path):
+def test_an_installed_wheel_trains_from_any_folder(wheel, make_venv, tmp_path):
     venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", "--without-pip", venv])
-    python = venv / "bin" / "python"
-    purelib = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
-                       ).stdout.strip())
-    ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
-            *site.getsitepackages()}
-    (purelib / "outer-environment.pth").write_text("\n".join(sorted(ours)) + "\n")
+    python = make_venv(venv)
+    # Without PYTHONPATH: a checkout on it (with the egg-info a build leaves)
+    # would count as s7jax installed already.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "S7JAX_MNIST_DIR")}
     run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps",
-         wheel])
+         wheel], env=env)
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "S7JAX_MNIST_DIR")}
     where = run([python, "-c", "import s7jax, s7jax.data as d; print(s7jax.__file__); "
                  "print(d.default_manual_dir())"], cwd=elsewhere, env=env).stdout.split()
     assert all(Path(p).is_relative_to(venv) for p in where), where  # not the checkout's

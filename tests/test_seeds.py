@@ -22,10 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # that the batched program's float rounding has not grown: over more steps
 # any two differently compiled programs drift apart (see test_parallel), here
 # a tie in a max-pool that the two programs break differently, then SGD.
+# Full float32 matmuls, as the comparisons are at float32 tolerances.
 SMALL = dict(epochs=2, train_subset=128, test_subset=256, batch_size=64, eval_batch_size=128,
-             precise_bn=128, clean_epochs=1)
+             precise_bn=128, clean_epochs=1, matmul_precision="highest")
 FLAGS = ["--epochs", "2", "--train-subset", "128", "--test-subset", "256", "--batch-size", "64",
-         "--eval-batch-size", "128", "--precise-bn", "128", "--clean-epochs", "1"]
+         "--eval-batch-size", "128", "--precise-bn", "128", "--clean-epochs", "1",
+         "--matmul-precision", "highest"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,8 @@ def swept(tfds_dir, tmp_path_factory):
     """``scripts/sweep.py --together`` for seeds 0 and 1, as a user runs it."""
     results = tmp_path_factory.mktemp("sweep")
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep.py"), "--model", "model6",
-                           "--seeds", "2", "--together", "--results", str(results), "--data-dir",
+                           "--seeds", "2", "--together", "--checkpoint-every", "2",
+                           "--results", str(results), "--data-dir",
                            str(tfds_dir), "--no-progress", *FLAGS],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -49,7 +52,8 @@ def test_the_sweep_writes_each_seeds_files_and_the_summary(swept):
         config = runfiles.read_config(run)
         assert (config.seed, config.pipeline) == (seed, "scan")
         assert [r["epoch"] for r in runfiles.read_metrics(run)] == [1, 2]
-        assert checkpoint.latest_step(runfiles.checkpoint_dir(run)) == 4
+        # --checkpoint-every 2: the last epoch's checkpoint only, not the first's.
+        assert checkpoint.all_steps(runfiles.checkpoint_dir(run)) == [4]
     summary = json.loads((results / "summary.json").read_text())
     assert summary["models"]["model6"]["n_seeds"] == 2
     assert (results / "model6" / "seeds.png").is_file()
@@ -79,7 +83,8 @@ def test_each_seed_trains_what_its_own_run_trains(swept, tfds_dir, tmp_path):
 def test_a_second_sweep_skips_the_finished_seeds(swept, tfds_dir):
     results, _ = swept
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep.py"), "--model", "model6",
-                           "--seeds", "2", "--together", "--results", str(results), "--data-dir",
+                           "--seeds", "2", "--together", "--checkpoint-every", "2",
+                           "--results", str(results), "--data-dir",
                            str(tfds_dir), "--no-progress", *FLAGS],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

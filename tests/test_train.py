@@ -19,8 +19,12 @@ from s7jax.errors import ConfigError, Interrupted, NonFiniteLossError
 from s7jax.steps import eval_step, initial_state, learning_rate_schedule, train_step, train_steps
 from s7jax.train import epoch_calls, resolve, train_and_evaluate
 
+# The step-by-step loop on the device, as every recorded run, whatever the
+# backend (auto would take scan on a GPU or TPU). Full float32 matmuls: the
+# runs below are compared at float32 tolerances, which a GPU's TF32 or a
+# TPU's bfloat16 passes would not meet.
 QUICK = dict(epochs=2, train_subset=512, test_subset=256, batch_size=64, eval_batch_size=128,
-             precise_bn=256)
+             precise_bn=256, matmul_precision="highest", pipeline="device")
 
 
 def fixed_batch(n=64, seed=0):
@@ -57,6 +61,7 @@ def test_one_step_per_call_compiles_to_exactly_train_step():
     assert grouped.replace("@jit_train_steps", "@jit_train_step", 1) == single
 
 
+@pytest.mark.usefixtures("highest_precision")
 def test_several_steps_per_call_equal_single_steps_up_to_rounding():
     state, key = fresh_state(lr=0.05)
     batches = tuple(fixed_batch(seed=s) for s in range(3))
@@ -96,6 +101,7 @@ def test_eval_step_is_pure():
     assert int(a["count"]) == 64
 
 
+@pytest.mark.usefixtures("highest_precision")
 def test_eval_step_ignores_masked_examples():
     state, _ = fresh_state()
     batch = fixed_batch()
@@ -281,7 +287,7 @@ def test_auto_settings_resolve_per_backend(monkeypatch):
 @pytest.fixture(scope="module")
 def scan_run(tfds_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("scan")
-    config = default_config("model6", **QUICK, pipeline="scan")
+    config = default_config("model6", **dict(QUICK, pipeline="scan"))
     history = train_and_evaluate(config, workdir, data_dir=tfds_dir, show_progress=False,
                                  log=lambda _: None)
     return workdir, history
@@ -292,7 +298,7 @@ def test_an_epoch_per_call_trains_what_the_device_pipeline_trains(scan_run, tfds
     """Same batches (tested in test_data), same steps: the figures agree up to
     the float rounding of a differently fused program."""
     workdir, history = scan_run
-    stepwise = train_and_evaluate(default_config("model6", **QUICK, pipeline="device"), tmp_path,
+    stepwise = train_and_evaluate(default_config("model6", **dict(QUICK, pipeline="device")), tmp_path,
                                   data_dir=tfds_dir, show_progress=False, log=lambda _: None)
     assert runfiles.read_config(workdir).pipeline == "scan"
     assert checkpoint.latest_step(runfiles.checkpoint_dir(workdir)) == 16
@@ -308,7 +314,7 @@ def test_an_epoch_per_call_resumes_after_ctrl_c(scan_run, tfds_dir, tmp_path):
     """Ctrl-C during an epoch call: the epoch finishes, is saved, and a resume
     ends exactly as the uninterrupted run."""
     _, history = scan_run
-    config = default_config("model6", **QUICK, pipeline="scan")
+    config = default_config("model6", **dict(QUICK, pipeline="scan"))
 
     def interrupt_once(line, sent=[]):  # noqa: B006
         if line == console.table_header() and not sent:
@@ -342,6 +348,7 @@ def test_a_malformed_batch_is_named_before_xla_sees_it(step, damage, named):
     assert "[Chex]" in str(err.value)
 
 
+@pytest.mark.usefixtures("highest_precision")
 def test_precise_bn_weighs_a_short_last_chunk_by_its_size():
     """2,500 images in chunks of 1,000: the first BN layer's statistics (whose
     input no other BN layer shapes) equal those of all 2,500 images at once,
@@ -357,3 +364,17 @@ def test_precise_bn_weighs_a_short_last_chunk_by_its_size():
     chunked = precise_batch_stats(stats_fn, state, images, chunk=1000)
     whole = precise_batch_stats(stats_fn, state, images, chunk=2500)
     chex.assert_trees_all_close(chunked["bn1"], whole["bn1"], rtol=1e-4, atol=1e-5)
+
+
+def test_the_run_traces_its_programs_with_its_matmul_precision(tmp_path):
+    """--matmul-precision reaches every program the run compiles: they are
+    traced inside the setting (the run's log lines are written from there)."""
+    seen = set()
+    tiny = dict(epochs=1, train_subset=128, test_subset=64, batch_size=64, eval_batch_size=64,
+                precise_bn=0, pipeline="device")
+    for precision in ("highest", "default"):
+        seen.clear()
+        train_and_evaluate(default_config("model6", **tiny, matmul_precision=precision),
+                           tmp_path / precision, show_progress=False,
+                           log=lambda _: seen.add(jax.config.jax_default_matmul_precision))
+        assert seen == {None if precision == "default" else precision}

@@ -47,7 +47,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="train the seeds as one vectorised program (jax.vmap over the runs, "
                         "one compiled call per epoch for all of them); each seed trains what "
                         "--pipeline scan trains for it, up to float rounding")
+    p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                   help="with --together: write each seed's checkpoint and metrics every N "
+                        "epochs and after the last (default 1)")
     args = p.parse_args(argv)
+    if args.checkpoint_every < 1:
+        p.error(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
     return args
@@ -92,8 +97,9 @@ def main(argv=None) -> int:
             print(f"\n== {config.model} seeds {', '.join(str(s) for s, _ in fresh)} together")
             train_seeds(config, [s for s, _ in fresh], [w for _, w in fresh],
                         overwrite=args.overwrite, refusal_advice=REFUSAL_ADVICE,
-                        data_dir=args.data_dir,
-                        manual_dir=args.manual_dir, show_progress=not args.no_progress)
+                        data_dir=args.data_dir, manual_dir=args.manual_dir,
+                        show_progress=not args.no_progress,
+                        checkpoint_every=args.checkpoint_every)
         results.write_summary(results_dir)
         model, kind = config_from_args(args).model, args.recipe or "default"
         if kind == "default":

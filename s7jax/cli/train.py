@@ -40,8 +40,29 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="print the config the run would use, as JSON (its auto settings "
                         "resolved for this machine), and exit")
     p.add_argument("--distributed", action="store_true",
-                   help="multi-host (TPU pods): call jax.distributed.initialize() first")
-    return p.parse_args(argv)
+                   help="several hosts as one: call jax.distributed.initialize() first (TPU pods "
+                        "and known schedulers are detected; elsewhere give the three flags below)")
+    cluster = p.add_argument_group("--distributed, where no cluster is detected")
+    cluster.add_argument("--coordinator-address", metavar="HOST:PORT",
+                         help="process 0's address, the same on every process")
+    cluster.add_argument("--num-processes", type=int, help="how many processes in all")
+    cluster.add_argument("--process-id", type=int, help="this process's number, 0 .. N-1")
+    args = p.parse_args(argv)
+    cluster_flags = (args.coordinator_address, args.num_processes, args.process_id)
+    if any(x is not None for x in cluster_flags) and not args.distributed:
+        p.error("--coordinator-address, --num-processes and --process-id go with --distributed")
+    return args
+
+
+def start_distributed(args: argparse.Namespace) -> None:
+    """Join this process to the others (before anything asks JAX for its
+    devices), so that the mesh spans every process's devices."""
+    import jax
+
+    # CPU devices of several processes need a collectives library to talk.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                               num_processes=args.num_processes, process_id=args.process_id)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,8 +92,7 @@ def run(args: argparse.Namespace) -> int:
         workdir = Path(args.workdir) if args.workdir else rundir.unique_dir(Path("runs"), config.model)
 
     if args.distributed:
-        import jax
-        jax.distributed.initialize()
+        start_distributed(args)
     import jax
 
     mesh = parallel.make_mesh()
@@ -89,10 +109,13 @@ def run(args: argparse.Namespace) -> int:
                                  overwrite=args.overwrite, mesh=mesh,
                                  data_dir=args.data_dir, manual_dir=args.manual_dir,
                                  show_progress=not args.no_progress, on_start=banner)
-    if runfiles.writes_files():
-        from s7jax import plots  # matplotlib: not before the checks that need no data
+    if not runfiles.writes_files():
+        print(f"process {jax.process_index()} of {jax.process_count()}: process 0 writes the "
+              "run's files")
+        return 0
+    from s7jax import plots  # matplotlib: not before the checks that need no data
 
-        plots.curves(history, workdir / "curves.png", title=f"{config.model}, seed {config.seed}")
+    plots.curves(history, workdir / "curves.png", title=f"{config.model}, seed {config.seed}")
     print(f"wrote {runfiles.metrics_path(workdir)}, {workdir / 'curves.png'}, "
           f"{runfiles.checkpoint_dir(workdir)}/")
     return 0
