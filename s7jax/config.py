@@ -119,7 +119,9 @@ class Config:
 # Settings added to Config after runs were recorded: a config.json without
 # one predates it, and ran with this value (TFDS was the only source, and one
 # step per call the only way).
-ADDED_LATER: dict[str, Any] = {"data_source": "tfds", "steps_per_call": 1}
+ADDED_LATER: dict[str, Any] = {"data_source": "tfds", "steps_per_call": 1,
+                                # JAX's own precision was the only one
+                                "matmul_precision": "default"}
 
 
 def _typed(name: str, annotation: str, value: Any) -> Any:
