@@ -32,13 +32,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
-from s7jax.cli import OneLineErrorParser, exit_on_known_errors
+from s7jax.cli import OneLineErrorParser, exit_on_known_errors, write_result
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -235,10 +233,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from s7jax.benchreport import parts_table
 
     print(parts_table(result))
-    path = Path(args.out or Path("results") / f"parts-{result['backend']}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(result, args.out, "parts")
     return 0
 
 

@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 
-from s7jax.cli import OneLineErrorParser, exit_on_known_errors
+from s7jax.cli import OneLineErrorParser, exit_on_known_errors, write_result
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -115,10 +113,7 @@ def main(argv=None) -> int:
             "train_images": len(split), "steps_per_epoch": steps, "batch_size": config.batch_size,
             "single": single, "together": rows,
         }
-        out = Path(args.out) if args.out else Path("results") / f"seeds-{result['backend']}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
+        write_result(result, args.out, "seeds")
     return 0
 
 

@@ -38,17 +38,15 @@ import argparse
 import datetime
 import functools
 import hashlib
-import json
 import os
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 
 from s7jax.benchreport import step_table
-from s7jax.cli import OneLineErrorParser, exit_on_known_errors
+from s7jax.cli import OneLineErrorParser, exit_on_known_errors, write_result
 
 BATCH_SIZE = 128
 STEPS_PER_CALL = 4
@@ -244,10 +242,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         "variants": results,
     }
     print(step_table(out))
-    path = Path(args.out or Path("results") / f"step-{out['backend']}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(out, args.out, "step")
     return 0
 
 
