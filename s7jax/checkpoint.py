@@ -58,8 +58,12 @@ def _reason(e: BaseException) -> str:
 
 
 def _is_leftover(unraisable) -> bool:
-    return (isinstance(unraisable.exc_value, RuntimeError)
-            and "Event loop is closed" in str(unraisable.exc_value))
+    if (isinstance(unraisable.exc_value, RuntimeError)
+            and "Event loop is closed" in str(unraisable.exc_value)):
+        return True
+    # One of Orbax's read coroutines, failed and closed by the collector.
+    code = getattr(unraisable.object, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
 
 
 class _Leftovers(logging.Filter):
