@@ -174,6 +174,7 @@ def test_bench_step_times_every_variant_and_checks_bit_identity(tmp_path):
     assert "| s7jax | " in result.stdout
 
 
+@pytest.mark.slow
 def test_bench_parts_covers_every_layer_of_the_step(tmp_path):
     """Every layer's parts are timed, the parts' FLOPs add up to the step's
     (what XLA fuses across parts moves bytes, not FLOPs), and the table and
