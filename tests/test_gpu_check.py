@@ -46,10 +46,10 @@ def test_dry_run_runs_every_step_and_writes_the_summary(tmp_path):
             assert step["seconds"] <= step["limit_s"]
     assert proc.returncode == (1 if torch_steps else 0)
     assert summary["seconds"] <= summary["budget_s"]
-    # The tests ran with TensorFlow unimportable, as on the GPU machine: the
-    # TFDS tests skipped themselves and nothing failed.
+    # The tests ran with TensorFlow unimportable, as on the GPU machine (the
+    # tests of TFDS itself skip or are left out as slow): nothing failed.
     tests_log = (out / "logs" / "tests.log").read_text()
-    assert "needs tensorflow and tensorflow-datasets" in tests_log and " failed" not in tests_log
+    assert " passed" in tests_log and " failed" not in tests_log and " error" not in tests_log
     for model in ("model6", "model1"):
         run = out / "results" / "gpu" / f"{model}-seed-0"
         assert len(runfiles.read_metrics(run)) == 1
