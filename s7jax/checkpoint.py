@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +29,8 @@ import orbax.checkpoint as ocp
 from s7jax.checksum import arrays_sha256
 from s7jax.errors import CheckpointError, WriteError
 
+# What Python says of an asyncio coroutine collected before it ran.
+_UNAWAITED = r"coroutine '.*' was never awaited"
 KEEP = 2  # the last completed epoch's state and the one before it
 CHECKSUM_KEY = "arrays_sha256"  # in the record; checked on restore where present
 
@@ -81,10 +84,11 @@ def _leftovers_silenced():
     When a write or read of array data fails, Orbax raises the error (which
     the caller turns into one line) but leaves behind asyncio futures whose
     exception nobody retrieves, logged whenever each is collected (up to the
-    interpreter's exit), and TensorStore callbacks into an event loop it has
-    closed, reported as unraisable exceptions; its threads also log each
-    failure, traceback and all, through absl: dozens of tracebacks for one
-    fault. Those three kinds of message are dropped while Orbax works and,
+    interpreter's exit), coroutines it never awaited, warned of when they are
+    collected, and TensorStore callbacks into an event loop it has closed,
+    reported as unraisable exceptions; its threads also log each failure,
+    traceback and all, through absl: dozens of tracebacks for one fault.
+    Those four kinds of message are dropped while Orbax works and,
     once a call has failed, for the rest of the process (s7jax has no asyncio
     of its own); every other message still gets through."""
     undo = _drop_leftovers()
@@ -115,12 +119,19 @@ def _drop_leftovers() -> Callable[[], None]:
 
         hook.drops_orbax_leftovers = True
         sys.unraisablehook = hook
+    warned = not any(f[0] == "ignore" and f[1] is not None and f[1].pattern == _UNAWAITED
+                     for f in warnings.filters)
+    if warned:
+        warnings.filterwarnings("ignore", message=_UNAWAITED, category=RuntimeWarning)
+        unawaited = warnings.filters[0]
 
     def undo() -> None:
         for logger, f in added:
             logger.removeFilter(f)
         if installed and sys.unraisablehook is hook:
             sys.unraisablehook = previous_hook
+        if warned and unawaited in warnings.filters:
+            warnings.filters.remove(unawaited)
 
     return undo
 

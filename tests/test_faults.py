@@ -5,6 +5,7 @@ write failures (a full disk included), damaged data at every layer."""
 from __future__ import annotations
 
 import errno
+import gc
 import gzip
 import hashlib
 import json
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -216,6 +218,28 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(full_disk, tfd
     leftovers = list(runfiles.checkpoint_dir(workdir).glob("*orbax-checkpoint-tmp*"))
     assert leftovers == []
     assert runfiles.read_metrics(workdir) == []  # no row for an epoch without its checkpoint
+
+
+def test_after_a_failed_save_orbaxs_unawaited_coroutines_stay_quiet():
+    """A failed write leaves Orbax coroutines that are collected (and warned
+    of) at any time up to the interpreter's exit; other work still warns."""
+    async def never_run():
+        pass
+
+    def collect_one():
+        coroutine = never_run()
+        del coroutine
+        gc.collect()
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        collect_one()
+        assert [w for w in seen if "never awaited" in str(w.message)]  # warned before any fault
+        seen.clear()
+        with pytest.raises(OSError), checkpoint._leftovers_silenced():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        collect_one()
+        assert [str(w.message) for w in seen] == []
 
 
 # --------------------------------------------------------------------------
