@@ -52,6 +52,10 @@ class Config:
                                    "optimisation")
     final_lr_fraction: float = _flag(1e-3, "one-cycle: final lr as a fraction of the peak",
                                      "optimisation")
+    label_smoothing: float = _flag(0.0, "train on targets (1 - x) one-hot + x uniform (0: off)",
+                                   "optimisation")
+    ema_decay: float = _flag(0.0, "evaluate a moving average of the weights, updated each step "
+                                  "with this decay (0: off)", "optimisation")
     augment: AugmentConfig = _flag(AugmentConfig(), "training augmentation", "data")
     clean_epochs: int = _flag(0, "train the last N epochs without augmentation", "data")
     precise_bn: int = _flag(0, "re-estimate BatchNorm statistics on N clean training images "
@@ -121,7 +125,9 @@ class Config:
 # step per call the only way).
 ADDED_LATER: dict[str, Any] = {"data_source": "tfds", "steps_per_call": 1,
                                 # JAX's own precision was the only one
-                                "matmul_precision": "default"}
+                                "matmul_precision": "default",
+                                # neither existed: no smoothing, no average
+                                "label_smoothing": 0.0, "ema_decay": 0.0}
 
 
 def _typed(name: str, annotation: str, value: Any) -> Any:
@@ -214,6 +220,8 @@ def validate(config: Config) -> Config:
         (0 < c.warmup_fraction < 1, f"--warmup-fraction must be in (0, 1), got {c.warmup_fraction}"),
         (0 < c.final_lr_fraction <= 1,
          f"--final-lr-fraction must be in (0, 1], got {c.final_lr_fraction}"),
+        (0 <= c.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {c.label_smoothing}"),
+        (0 <= c.ema_decay < 1, f"--ema-decay must be in [0, 1), got {c.ema_decay}"),
         (0 <= c.clean_epochs <= c.epochs,
          f"--clean-epochs must be in 0..{c.epochs}, got {c.clean_epochs}"),
         (c.precise_bn >= 0, f"--precise-bn must be >= 0, got {c.precise_bn}"),

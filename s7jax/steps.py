@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 from flax.training import train_state
 
 from s7jax.config import Config
@@ -32,9 +33,22 @@ Metrics = dict[str, jax.Array]
 
 
 class TrainState(train_state.TrainState):
-    """Flax's TrainState plus the BatchNorm running statistics."""
+    """Flax's TrainState plus the BatchNorm running statistics, and the
+    recipe's optional label smoothing and weight average.
+
+    ``label_smoothing`` and ``ema_decay`` are fixed when the state is made and
+    static (not arrays), and ``ema_params`` is None unless ``ema_decay`` is
+    set: a state without them has the leaves, and the checkpoints, it had
+    before they existed."""
 
     batch_stats: Any
+    label_smoothing: float = struct.field(pytree_node=False, default=0.0)
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
+    ema_params: Any = None
+
+    def eval_params(self) -> Any:
+        """The weights that are evaluated: their moving average, if kept."""
+        return self.ema_params if self.ema_decay else self.params
 
 
 def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
@@ -60,10 +74,14 @@ def make_optimizer(config: Config, schedule: optax.Schedule) -> optax.GradientTr
     return sgd
 
 
-def create_train_state(model: nn.Module, key: jax.Array, tx: optax.GradientTransformation) -> TrainState:
+def create_train_state(model: nn.Module, key: jax.Array, tx: optax.GradientTransformation, *,
+                       label_smoothing: float = 0.0, ema_decay: float = 0.0) -> TrainState:
     variables = init_variables(model, key)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                             batch_stats=variables.get("batch_stats", {}), tx=tx)
+    params = variables["params"]
+    return TrainState.create(apply_fn=model.apply, params=params,
+                             batch_stats=variables.get("batch_stats", {}), tx=tx,
+                             label_smoothing=label_smoothing, ema_decay=ema_decay,
+                             ema_params=params if ema_decay else None)
 
 
 def initial_state(config: Config, schedule: optax.Schedule) -> tuple[TrainState, jax.Array]:
@@ -71,7 +89,9 @@ def initial_state(config: Config, schedule: optax.Schedule) -> tuple[TrainState,
     functions of ``config.seed`` alone."""
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed, impl=PRNG_IMPL))
     model = get_model(config.model)
-    return create_train_state(model, init_key, make_optimizer(config, schedule)), dropout_key
+    state = create_train_state(model, init_key, make_optimizer(config, schedule),
+                               label_smoothing=config.label_smoothing, ema_decay=config.ema_decay)
+    return state, dropout_key
 
 
 # --------------------------------------------------------------------------
@@ -105,9 +125,19 @@ def check_batch(batch: Batch, *, masked: bool = False) -> None:
         chex.assert_shape(batch["mask"], (n,), custom_message='batch["mask"]: one per image')
 
 
+def training_loss(log_probs: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """The mean cross-entropy against targets ``(1 - e) one-hot + e uniform``
+    (``e = label_smoothing``; 0: the NLL of the labels)."""
+    nll = jnp.mean(-jnp.take_along_axis(log_probs, labels[:, None], axis=1))
+    if not label_smoothing:
+        return nll
+    return (1 - label_smoothing) * nll - label_smoothing * jnp.mean(log_probs)
+
+
 def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
-    """One SGD step on the mean NLL. Dropout draws from ``fold_in(key, step)``,
-    so the randomness is a function of the step alone (resumable, reproducible)."""
+    """One SGD step on the mean NLL (with the state's label smoothing).
+    Dropout draws from ``fold_in(key, step)``, so the randomness is a function
+    of the step alone (resumable, reproducible). The metrics are the NLL's."""
     check_batch(batch)
     dropout_key = jax.random.fold_in(key, state.step)
 
@@ -115,12 +145,14 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainSt
         log_probs, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
             mutable=["batch_stats"], rngs={"dropout": dropout_key})
-        nll = -jnp.take_along_axis(log_probs, batch["label"][:, None], axis=1)
-        return jnp.mean(nll), (log_probs, updates)
+        return training_loss(log_probs, batch["label"], state.label_smoothing), (log_probs, updates)
 
     (loss, (log_probs, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads,
                                   batch_stats=updates.get("batch_stats", state.batch_stats))
+    if state.ema_decay:
+        state = state.replace(ema_params=optax.incremental_update(
+            state.params, state.ema_params, 1 - state.ema_decay))
     metrics = metric_sums(log_probs, batch["label"])
     # The step of a non-finite loss (-1 if finite), to name it in the error.
     metrics["nonfinite_step"] = jnp.where(jnp.isfinite(loss), -1, state.step - 1).astype(jnp.int32)
@@ -143,7 +175,7 @@ def train_steps(state: TrainState, batches: tuple[Batch, ...], key: jax.Array
 def eval_step(state: TrainState, batch: Batch) -> Metrics:
     """Metric sums over the unmasked examples, with the running BN statistics."""
     check_batch(batch, masked=True)
-    log_probs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+    log_probs = state.apply_fn({"params": state.eval_params(), "batch_stats": state.batch_stats},
                                batch["image"], train=False)
     return metric_sums(log_probs, batch["label"], batch["mask"])
 
@@ -203,8 +235,8 @@ def precise_batch_stats(stats_fn: Callable, state: TrainState, images: jax.Array
     """Population BN statistics over ``images`` (normalised), in chunks: the
     mean of the chunk means, and E[x^2] - E[x]^2 for the variance, each chunk
     weighted by its number of images (a short last chunk counts for what it
-    holds)."""
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    holds). The statistics are those of the weights that are evaluated."""
+    variables = {"params": state.eval_params(), "batch_stats": state.batch_stats}
     starts = range(0, len(images), chunk)
     chunks = [stats_fn(variables, images[i:i + chunk]) for i in starts]
     sizes = [min(chunk, len(images) - i) for i in starts]

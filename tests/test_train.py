@@ -11,12 +11,14 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from s7jax import checkpoint, console, runfiles, train
 from s7jax.config import default_config
 from s7jax.errors import ConfigError, Interrupted, NonFiniteLossError
-from s7jax.steps import eval_step, initial_state, learning_rate_schedule, train_step, train_steps
+from s7jax.steps import (eval_step, initial_state, learning_rate_schedule, train_step, train_steps,
+                         training_loss)
 from s7jax.train import epoch_calls, resolve, train_and_evaluate
 
 # The step-by-step loop on the device, as every recorded run, whatever the
@@ -89,6 +91,34 @@ def test_epoch_calls_cover_each_step_once_and_fetch_at_every_fifty_and_the_end()
     assert [last for _, last, _ in calls] == [False] * (len(calls) - 1) + [True]
     one_by_one = list(epoch_calls(0, 120, 1))
     assert [i + 1 for i, (_, _, fetch) in enumerate(one_by_one) if fetch] == [50, 100, 120]
+
+
+def test_label_smoothing_is_cross_entropy_against_smoothed_targets():
+    log_probs = jax.nn.log_softmax(jnp.asarray(np.random.default_rng(0).normal(size=(16, 10))))
+    labels = jnp.arange(16) % 10
+    for e in (0.0, 0.1, 0.3):
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, 10), e)
+        expected = jnp.mean(optax.softmax_cross_entropy(log_probs, targets))
+        np.testing.assert_allclose(training_loss(log_probs, labels, e), expected, rtol=1e-6)
+
+
+@pytest.mark.usefixtures("highest_precision")
+def test_the_weight_average_follows_each_step_and_is_what_gets_evaluated():
+    d = 0.9
+    state, key = fresh_state(lr=0.05, ema_decay=d)
+    plain, _ = fresh_state(lr=0.05)
+    assert plain.ema_params is None  # off: the state's leaves (and checkpoints) as before
+    batch = fixed_batch()
+    seen = [state.params]
+    for _ in range(2):
+        state, _ = jax.jit(train_step)(state, batch, key)
+        plain, _ = jax.jit(train_step)(plain, batch, key)
+        seen.append(state.params)
+    chex.assert_trees_all_close(state.params, plain.params, rtol=1e-6)  # training is unchanged
+    expected = jax.tree.map(lambda p0, p1, p2: d * d * p0 + d * (1 - d) * p1 + (1 - d) * p2, *seen)
+    chex.assert_trees_all_close(state.ema_params, expected, rtol=1e-5, atol=1e-7)
+    averaged = plain.replace(params=state.ema_params, batch_stats=state.batch_stats)
+    chex.assert_trees_all_close(eval_step(state, batch), eval_step(averaged, batch), rtol=1e-6)
 
 
 def test_eval_step_is_pure():
