@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from s7jax import runfiles
 from s7jax.errors import WriteError
 
-DIRNAME = "tensorboard"
 # metrics.jsonl key -> TensorBoard tag
 TAGS = {"train_loss": "loss/train", "test_loss": "loss/test", "train_acc": "accuracy/train",
         "test_acc": "accuracy/test", "lr": "learning_rate"}
@@ -45,7 +45,7 @@ def epoch_events(workdir: Path, log: Callable[[str], None] = print):
             "(pip install tensorboardX)")
         yield lambda row, steps: None
         return
-    folder = Path(workdir) / DIRNAME
+    folder = Path(workdir) / runfiles.TENSORBOARD
     writer = None
 
     def write(row: dict[str, Any], steps: int) -> None:

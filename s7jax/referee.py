@@ -37,6 +37,7 @@ non-deterministic kernels.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
 import time
@@ -45,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from s7jax import console, rundir, runfiles
+from s7jax import console, recorder, runlock, runfiles
 from s7jax.augment import NO_AUGMENT, AugmentConfig
 from s7jax.config import MAX_EPOCHS, default_config, validate_model
 from s7jax.data import MEAN, STD, read_idx
@@ -116,7 +117,8 @@ def _environment(torch, device) -> dict[str, Any]:
 
 def train_referee(config: RefereeConfig, workdir: str | os.PathLike, *, manual_dir=None,
                   overwrite: bool = False, show_progress: bool = True) -> list[dict[str, Any]]:
-    """Train ``config`` with PyTorch on the CPU into ``workdir``; the epochs' rows."""
+    """Train ``config`` with PyTorch into ``workdir``, on the GPU where there
+    is one, else the CPU; the epochs' rows."""
     from s7jax import torch_reference
 
     torch = torch_reference._torch()
@@ -128,7 +130,7 @@ def train_referee(config: RefereeConfig, workdir: str | os.PathLike, *, manual_d
     # On a GPU where there is one (the GPU check trains model1 there); the
     # augmentation stays on the host, as the original DataLoader's.
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with rundir.claim(workdir, overwrite=overwrite) as workdir:
+    with runlock.claim(workdir, overwrite=overwrite) as workdir:
         torch.manual_seed(config.seed)
         net = torch_reference.build(config.model).to(device)
         optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum)
@@ -159,39 +161,38 @@ def train_referee(config: RefereeConfig, workdir: str | os.PathLike, *, manual_d
         generator = torch.Generator().manual_seed(config.seed)
         steps = -(-len(train) // config.batch_size)
         print(console.table_header())
-        history = []
-        for epoch in range(1, config.epochs + 1):
-            start = time.perf_counter()
-            net.train()
-            order = torch.randperm(len(train), generator=generator)
-            loss_sum, correct = 0.0, 0
-            bar = console.progress_bar(epoch, config.epochs, steps, 0, show_progress)
-            for i in range(steps):
-                idx = order[i * config.batch_size:(i + 1) * config.batch_size]
-                x = (torch.stack([augment(pil[j]) for j in idx.tolist()]).to(device) if pil
-                     else train_x[idx.to(device)])
-                y = train_y[idx.to(device)]
-                optimizer.zero_grad()
-                out = net(x)
-                loss = F.nll_loss(out, y)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.item() * len(y)
-                correct += int(out.argmax(1).eq(y).sum())
-                bar.update()
-            bar.close()
-            net.eval()
-            with torch.no_grad():
-                out = torch.cat([net(test_x[i:i + 1000]) for i in range(0, len(test), 1000)])
-                test_loss = F.nll_loss(out, test_y, reduction="sum").item() / len(test)
-                test_correct = int(out.argmax(1).eq(test_y).sum())
-            row = {"epoch": epoch, "lr": config.lr,
-                   "train_loss": loss_sum / len(train), "train_acc": 100.0 * correct / len(train),
-                   "test_loss": test_loss, "test_acc": 100.0 * test_correct / len(test),
-                   "seconds": time.perf_counter() - start}
-            if not np.isfinite(row["train_loss"]):
-                raise NonFiniteLossError(epoch, epoch * steps)  # the referee keeps no checkpoints
-            runfiles.append_metrics(workdir, row)
-            history.append(row)
-            print(console.table_row(row), flush=True)
+        history: list[dict[str, Any]] = []
+        log = functools.partial(print, flush=True)
+        with recorder.recording(workdir, history, log, checkpoints=False) as record:
+            for epoch in range(1, config.epochs + 1):
+                start = time.perf_counter()
+                net.train()
+                order = torch.randperm(len(train), generator=generator)
+                loss_sum, correct = 0.0, 0
+                bar = console.progress_bar(epoch, config.epochs, steps, 0, show_progress)
+                for i in range(steps):
+                    idx = order[i * config.batch_size:(i + 1) * config.batch_size]
+                    x = (torch.stack([augment(pil[j]) for j in idx.tolist()]).to(device) if pil
+                         else train_x[idx.to(device)])
+                    y = train_y[idx.to(device)]
+                    optimizer.zero_grad()
+                    out = net(x)
+                    loss = F.nll_loss(out, y)
+                    loss.backward()
+                    optimizer.step()
+                    loss_sum += loss.item() * len(y)
+                    correct += int(out.argmax(1).eq(y).sum())
+                    bar.update()
+                bar.close()
+                net.eval()
+                with torch.no_grad():
+                    out = torch.cat([net(test_x[i:i + 1000]) for i in range(0, len(test), 1000)])
+                    test_loss = F.nll_loss(out, test_y, reduction="sum").item() / len(test)
+                    test_correct = int(out.argmax(1).eq(test_y).sum())
+                if not np.isfinite(loss_sum):
+                    raise NonFiniteLossError(epoch, epoch * steps)  # the referee keeps no checkpoints
+                record.end_epoch(recorder.metrics_row(
+                    epoch, config.lr, (loss_sum / len(train), 100.0 * correct / len(train)),
+                    (test_loss, 100.0 * test_correct / len(test)), time.perf_counter() - start),
+                    steps)
     return history

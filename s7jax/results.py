@@ -1,7 +1,7 @@
 """Summaries of the committed runs under ``results/``.
 
 ``results/<model>/seed-<s>/`` holds one run's ``config.json`` and
-``metrics.jsonl``; :func:`summarize` reads them all and computes, per seed,
+``metrics.jsonl``; :func:`all_models` reads them all and computes, per seed,
 the test accuracies of the last three epochs (the target: each >= 99.4%),
 and per model the mean and standard deviation over seeds of the last-3 mean,
 its 95% interval, and the worst seed.
@@ -87,7 +87,7 @@ def runs_of(results_dir: str | Path, model: str, kind: str = "default") -> dict[
     return over_seeds({p.name[len(prefix):]: run_summary(p) for p in found})
 
 
-def summarize(results_dir: str | Path) -> dict[str, Any]:
+def all_models(results_dir: str | Path) -> dict[str, Any]:
     results_dir = Path(results_dir)
     models: dict[str, Any] = {}
     for model_dir in sorted(p for p in results_dir.iterdir() if p.is_dir()):
@@ -98,7 +98,7 @@ def summarize(results_dir: str | Path) -> dict[str, Any]:
 
 
 def write_summary(results_dir: str | Path) -> dict[str, Any]:
-    summary = summarize(results_dir)
+    summary = all_models(results_dir)
     path = Path(results_dir) / "summary.json"
     path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary

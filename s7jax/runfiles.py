@@ -1,9 +1,11 @@
 """The files of a run directory, and their formats.
 
-    <workdir>/config.json     every setting, library versions, the devices
-    <workdir>/metrics.jsonl   one JSON object per epoch, flushed as it ends
-    <workdir>/curves.png      train vs test loss and accuracy
-    <workdir>/checkpoints/    Orbax checkpoints (see s7jax.checkpoint)
+    <workdir>/config.json      every setting, library versions, the devices
+    <workdir>/metrics.jsonl    one JSON object per epoch, flushed as it ends
+    <workdir>/curves.png       train vs test loss and accuracy
+    <workdir>/weights.msgpack  the final weights (see s7jax.weights)
+    <workdir>/checkpoints/     Orbax checkpoints (see s7jax.checkpoint)
+    <workdir>/tensorboard/     TensorBoard events (see s7jax.events)
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import json
 import os
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +24,45 @@ from s7jax.errors import ConfigError, WriteError
 METRIC_KEYS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
 
 
+CONFIG, METRICS, CURVES, WEIGHTS = "config.json", "metrics.jsonl", "curves.png", "weights.msgpack"
+CHECKPOINTS, TENSORBOARD = "checkpoints", "tensorboard"
+RUN_FILES = (CONFIG, METRICS, CURVES, WEIGHTS)
+RUN_FOLDERS = (CHECKPOINTS, TENSORBOARD)
+
+
 def config_path(workdir: Path) -> Path:
-    return Path(workdir) / "config.json"
+    return Path(workdir) / CONFIG
 
 
 def metrics_path(workdir: Path) -> Path:
-    return Path(workdir) / "metrics.jsonl"
+    return Path(workdir) / METRICS
+
+
+def curves_path(workdir: Path) -> Path:
+    return Path(workdir) / CURVES
+
+
+def weights_path(workdir: Path) -> Path:
+    return Path(workdir) / WEIGHTS
 
 
 def checkpoint_dir(workdir: Path) -> Path:
-    return Path(workdir) / "checkpoints"
+    return Path(workdir) / CHECKPOINTS
+
+
+def unique_dir(parent: Path, stem: str) -> Path:
+    """A new folder ``parent/stem-<timestamp>``, created here: a launch in the
+    same second as another gets ``-2``, ``-3``, ... (``mkdir`` is atomic)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for n in range(1, 1000):
+        path = parent / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise ConfigError(f"no free run folder name under {parent} for {base}")
 
 
 def cpu_identity() -> dict[str, Any] | None:

@@ -33,14 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from s7jax import checkpoint, console, data, events, parallel, rundir, runfiles
+from s7jax import checkpoint, console, data, loops, parallel, recorder, runlock, runfiles
 from s7jax.config import Config
-from s7jax.errors import ConfigError, Interrupted, NonFiniteLossError
+from s7jax.errors import ConfigError, NonFiniteLossError
 from s7jax.models import INPUT_SHAPE, count_params, get_model, init_variables
 from s7jax.steps import (epoch_program, initial_state, learning_rate_schedule, make_batch_stats_fn,
-                         summarize)
-from s7jax.train import (calibration_images, checkpoint_record, device_train_data,
-                         matmul_precision, resolve, sigint_flag)
+                         mean_loss_and_accuracy)
+from s7jax.train import matmul_precision, resolve
 
 # Only a share of the memory JAX may use goes to the seeds' copies: XLA needs
 # room for its temporaries.
@@ -135,7 +134,7 @@ def train_seeds(
                for s in seeds]
     check_memory(configs[0], len(seeds))
     with contextlib.ExitStack() as claims:
-        dirs = [claims.enter_context(rundir.claim(w, overwrite=overwrite, advice=refusal_advice))
+        dirs = [claims.enter_context(runlock.claim(w, overwrite=overwrite, advice=refusal_advice))
                 for w in workdirs]
         claims.enter_context(matmul_precision(configs[0]))
         return _train(configs, dirs, mesh, data_dir, manual_dir, show_progress, checkpoint_every,
@@ -149,10 +148,8 @@ def _train(configs, workdirs, mesh, data_dir, manual_dir, show_progress, checkpo
     parallel.check_divisible(config.eval_batch_size, mesh, "eval batch size")
     replicated = parallel.replicated(mesh)
 
-    splits = data.load_mnist(data_dir, manual_dir, source=config.data_source)
-    train_split = splits["train"].subset(config.train_subset)
-    test_split = splits["test"].subset(config.test_subset)
-    steps = data.steps_per_epoch(len(train_split), config.batch_size)
+    run_data = loops.RunData.load(config, data_dir, manual_dir)
+    steps = run_data.steps
     schedule = learning_rate_schedule(config, steps)
 
     # Each seed's state and keys exactly as its own run makes them, then stacked.
@@ -162,65 +159,51 @@ def _train(configs, workdirs, mesh, data_dir, manual_dir, show_progress, checkpo
         states.append(state)
         dropout_keys.append(key)
         if c.precise_bn:
-            calibrations.append(calibration_images(train_split, c.precise_bn, c.seed))
+            calibrations.append(loops.calibration_images(run_data.train, c.precise_bn, c.seed))
         runfiles.write_config(workdir, c)
         runfiles.write_metrics(workdir, [])
     state = jax.device_put(stack(states), replicated)
     keys = stack(dropout_keys)
-    source, source_axes = device_train_data(config, train_split, replicated).for_seeds(
+    source, source_axes = loops.device_train_data(config, run_data.train, replicated).for_seeds(
         [c.seed for c in configs])
     calibration = jax.device_put(np.stack(calibrations), replicated) if calibrations else None
-    test = jax.device_put(data.eval_batches(test_split, batch_size=config.eval_batch_size),
-                          parallel.stacked_batch_sharded(mesh))
+    test = loops.stacked_test_set(run_data.test, config.eval_batch_size, mesh)
 
     stats_fn = make_batch_stats_fn(get_model(config.model)) if config.precise_bn else None
     program = jit_seeds_program(stats_fn, config.eval_batch_size, mesh, source_axes)
-    t = time.perf_counter()
-    compiled = program.lower(state, source, keys, np.int32(0), calibration, test).compile()
-    log(f"{len(configs)} seeds of {config.model} in one program (jax.vmap); "
-        f"compiled the epoch program in {time.perf_counter() - t:.1f} s")
+    whole_epoch = loops.compiled(program, (state, source, keys, np.int32(0), calibration, test),
+                                 log, f"{len(configs)} seeds of {config.model} in one program "
+                                      "(jax.vmap); ")
 
     histories: list[list[dict[str, Any]]] = [[] for _ in configs]
     run_start = time.perf_counter()
     with contextlib.ExitStack() as held:
-        interrupted = held.enter_context(sigint_flag())
-        write_events = [held.enter_context(events.epoch_events(w, log)) for w in workdirs]
+        interrupted = held.enter_context(recorder.interrupt_flag())
+        records = [held.enter_context(recorder.recording(w, h, log, prefix=f"{c.seed:>4}  "))
+                   for c, w, h in zip(configs, workdirs, histories)]
         log(f"{'seed':>4}  {console.table_header()}")
         for epoch in range(config.epochs):
             epoch_start = time.perf_counter()
             with console.progress_bar(epoch + 1, config.epochs, steps, 0, show_progress) as bar:
-                state, train_totals, test_totals = compiled(state, source, keys, np.int32(epoch),
-                                                            calibration, test)
+                state, train_totals, test_totals = whole_epoch(state, source, keys,
+                                                               np.int32(epoch), calibration, test)
                 train_host, test_host = jax.device_get((train_totals, test_totals))
                 bar.update(steps)
-            seconds = time.perf_counter() - epoch_start
-            for i, (c, workdir) in enumerate(zip(configs, workdirs)):
+            seconds = time.perf_counter() - epoch_start  # shared by the seeds trained in it
+            step = (epoch + 1) * steps
+            save = ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs
+                    or interrupted["set"])
+            for i, record in enumerate(records):
                 host = unstack(train_host, i)
                 if host["nonfinite_step"] >= 0:
                     raise NonFiniteLossError(epoch + 1, int(host["nonfinite_step"]),
-                                             checkpoint.latest_step(runfiles.checkpoint_dir(workdir)))
-                train_loss, train_acc = summarize(host)
-                test_loss, test_acc = summarize(unstack(test_host, i))
-                row = {"epoch": epoch + 1, "lr": float(schedule((epoch + 1) * steps - 1)),
-                       "train_loss": train_loss, "train_acc": train_acc,
-                       "test_loss": test_loss, "test_acc": test_acc,
-                       # The epoch's wall time, shared by the seeds trained in it.
-                       "seconds": seconds}
-                histories[i].append(row)
-                if runfiles.writes_files():
-                    write_events[i](row, steps)
-                log(f"{c.seed:>4}  {console.table_row(row)}")
-            if ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs
-                    or interrupted["set"]):
-                for i, workdir in enumerate(workdirs):
-                    # The checkpoint first: no metrics row names an unsaved epoch.
-                    checkpoint.save(runfiles.checkpoint_dir(workdir), (epoch + 1) * steps,
-                                    unstack(state, i),
-                                    checkpoint_record(epoch + 1, histories[i], None))
-                    runfiles.write_metrics(workdir, histories[i])
-            if interrupted["set"] and epoch + 1 < config.epochs:  # after the last: done anyway
-                raise Interrupted((epoch + 1) * steps, workdirs[0].parent,
-                                  how="run the same sweep again: it resumes each seed's folder",
-                                  signum=interrupted["signum"])
+                                             checkpoint.latest_step(record.checkpoint_dir))
+                row = recorder.metrics_row(epoch + 1, float(schedule(step - 1)),
+                                           mean_loss_and_accuracy(host),
+                                           mean_loss_and_accuracy(unstack(test_host, i)), seconds)
+                record.end_epoch(row, steps, state=unstack(state, i) if save else None, step=step)
+            recorder.stop_if_interrupted(
+                interrupted, epoch + 1, config.epochs, step, workdirs[0].parent,
+                how="run the same sweep again: it resumes each seed's folder")
     log(f"{len(configs)} seeds, {config.epochs} epochs in {time.perf_counter() - run_start:.1f} s")
     return {c.seed: h for c, h in zip(configs, histories)}

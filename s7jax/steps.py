@@ -197,7 +197,7 @@ def zero_totals() -> dict[str, np.ndarray]:
             "nonfinite_step": np.int32(-1)}
 
 
-def summarize(totals: dict[str, Any]) -> tuple[float, float]:
+def mean_loss_and_accuracy(totals: dict[str, Any]) -> tuple[float, float]:
     """(mean loss, accuracy in percent) from metric sums."""
     count = max(int(totals["count"]), 1)
     return float(totals["loss"]) / count, 100.0 * int(totals["correct"]) / count

@@ -30,12 +30,12 @@ import jax
 import numpy as np
 from flax import serialization
 
+from s7jax import runfiles
 from s7jax.checksum import arrays_sha256
 from s7jax.errors import CheckpointError, ConfigError
 from s7jax.models import get_model, init_variables
 
 FORMAT = "s7jax-weights-1"
-FILENAME = "weights.msgpack"
 
 
 def save(path: str | os.PathLike, model: str, variables: dict[str, Any], **info: Any) -> Path:
@@ -94,7 +94,7 @@ def _plain(tree) -> dict:
 def trained_path(model: str, seed: int = 0, results_dir: str | os.PathLike = "results") -> Path:
     from s7jax.results import run_dir
 
-    return run_dir(results_dir, model, seed) / FILENAME
+    return runfiles.weights_path(run_dir(results_dir, model, seed))
 
 
 def load_trained(model: str, seed: int = 0, results_dir: str | os.PathLike = "results"):
@@ -107,8 +107,10 @@ def load_trained(model: str, seed: int = 0, results_dir: str | os.PathLike = "re
 
 def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write the final weights of the run in ``workdir`` (its latest intact
-    checkpoint) to ``out`` (default ``workdir/weights.msgpack``)."""
-    from s7jax import checkpoint, runfiles
+    checkpoint; the weights it evaluates) to ``out`` (default
+    ``workdir/weights.msgpack``). The training and sweep scripts call it as a
+    run ends."""
+    from s7jax import checkpoint
     from s7jax.config import TRAIN_IMAGES
     from s7jax.data import steps_per_epoch
     from s7jax.steps import initial_state, learning_rate_schedule
@@ -119,8 +121,8 @@ def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None)
     state, _ = initial_state(config, learning_rate_schedule(config, steps))
     state, record = checkpoint.restore(runfiles.checkpoint_dir(workdir), state)
     last = record["history"][-1]
-    return save(out or workdir / FILENAME, config.model,
-                {"params": state.params, "batch_stats": state.batch_stats},
+    return save(out or runfiles.weights_path(workdir), config.model,
+                {"params": state.eval_params(), "batch_stats": state.batch_stats},
                 epoch=int(record["epoch"]), step=int(state.step), test_acc=float(last["test_acc"]),
                 seed=int(config.seed))
 

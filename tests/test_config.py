@@ -53,7 +53,7 @@ def test_summary_of_seeds(tmp_path):
         runfiles.write_metrics(run, [dict(epoch=i + 1, lr=0.1, train_loss=0.1, train_acc=99.0,
                                           test_loss=0.02, test_acc=a, seconds=1.0)
                                      for i, a in enumerate(values)])
-    summary = results.summarize(tmp_path)["models"]["model6"]
+    summary = results.all_models(tmp_path)["models"]["model6"]
     assert summary["seeds"]["0"]["last3"] == [99.45, 99.41, 99.50]
     assert summary["seeds"]["1"]["min"] == 99.38
     assert summary["min"] == 99.38 and summary["seeds_holding_target"] == 1

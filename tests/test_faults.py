@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from s7jax import checkpoint, data, rundir, runfiles
+from s7jax import checkpoint, data, runlock, runfiles
 from s7jax.config import default_config
 from s7jax.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, WriteError
 from s7jax.train import train_and_evaluate
@@ -57,12 +57,12 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_pat
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match=r"already holds a run \(config.json, checkpoints/\); "
                                           r"pass --resume .* or --overwrite"):
-        with rundir.claim(tmp_path):
+        with runlock.claim(tmp_path):
             pass
     assert (tmp_path / "config.json").is_file()  # refused: nothing touched
-    with rundir.claim(tmp_path, resume=True):
+    with runlock.claim(tmp_path, resume=True):
         assert (tmp_path / "checkpoints" / "8").is_dir()
-    with rundir.claim(tmp_path, overwrite=True):
+    with runlock.claim(tmp_path, overwrite=True):
         assert not (tmp_path / "config.json").exists() and not (tmp_path / "checkpoints").exists()
     assert (tmp_path / "notes.txt").read_text() == "mine"  # only the run's files go
 
@@ -70,31 +70,31 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_pat
 def test_a_file_where_the_checkpoints_folder_goes_is_refused_up_front(tmp_path):
     (tmp_path / "checkpoints").write_text("not a folder")
     with pytest.raises(ConfigError, match="is a file where the run's checkpoints folder goes"):
-        with rundir.claim(tmp_path):
+        with runlock.claim(tmp_path):
             pass
 
 
 def test_a_live_holder_is_named_and_a_dead_ones_lock_is_taken_over(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[2]);"
-         "from s7jax import rundir\n"
-         "with rundir.claim(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
+         "from s7jax import runlock\n"
+         "with runlock.claim(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
          str(tmp_path), str(ROOT)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(ConfigError, match=rf"in use by process {holder.pid} on "):
-            with rundir.claim(tmp_path):
+            with runlock.claim(tmp_path):
                 pass
     finally:
         holder.kill()  # no clean exit: the kernel drops its lock
         holder.wait()
-    assert (tmp_path / rundir.LOCK_NAME).is_file()  # the stale lock file is still there
-    with rundir.claim(tmp_path):
-        assert f"process {os.getpid()} " in (tmp_path / rundir.LOCK_NAME).read_text()
+    assert (tmp_path / runlock.LOCK_NAME).is_file()  # the stale lock file is still there
+    with runlock.claim(tmp_path):
+        assert f"process {os.getpid()} " in (tmp_path / runlock.LOCK_NAME).read_text()
 
 
 def test_default_folders_are_unique_within_a_second(tmp_path):
-    made = [rundir.unique_dir(tmp_path, "model6") for _ in range(3)]
+    made = [runfiles.unique_dir(tmp_path, "model6") for _ in range(3)]
     assert len(set(made)) == 3 and all(p.is_dir() for p in made)
     assert made[1].name == made[0].name + "-2"
 
@@ -324,7 +324,7 @@ def test_a_data_error_is_the_only_line_on_stderr(tmp_path, source):
 
 def test_only_the_first_process_of_a_multi_host_run_writes_the_run_files(tmp_path, monkeypatch):
     monkeypatch.setattr(jax, "process_index", lambda: 1)
-    with rundir.claim(tmp_path / "run") as workdir:  # the first host claims it, not this one
+    with runlock.claim(tmp_path / "run") as workdir:  # the first host claims it, not this one
         runfiles.write_config(workdir, default_config("model6"))
         runfiles.append_metrics(workdir, {"epoch": 1})
     assert not (tmp_path / "run").exists()
@@ -474,7 +474,7 @@ def test_a_dangling_symlink_is_named_as_such(tmp_path):
     link = tmp_path / "run"
     link.symlink_to(tmp_path / "gone")
     with pytest.raises(ConfigError, match=r"is a symlink to .*gone, which does not exist"):
-        with rundir.claim(link):
+        with runlock.claim(link):
             pass
 
 
@@ -483,9 +483,9 @@ def test_a_folder_whose_run_saved_nothing_takes_the_same_launch_again(tmp_path):
     and an empty metrics.jsonl: nothing to lose, so no refusal."""
     runfiles.write_config(tmp_path, default_config("model6"))
     runfiles.write_metrics(tmp_path, [])
-    with rundir.claim(tmp_path):
+    with runlock.claim(tmp_path):
         pass
-    assert not (tmp_path / rundir.LOCK_NAME).exists()  # a run that ends removes its lock file
+    assert not (tmp_path / runlock.LOCK_NAME).exists()  # a run that ends removes its lock file
 
 
 def test_the_sweeps_refusal_advises_what_the_sweep_has(finished, tmp_path):

@@ -27,7 +27,7 @@ from s7jax.config import default_config
 from s7jax.models import get_model
 from s7jax.seeds import jit_seeds_program, stack
 from s7jax.steps import initial_state, learning_rate_schedule, make_batch_stats_fn
-from s7jax.train import jit_epoch_program, jit_steps
+from s7jax.loops import jit_epoch_program, jit_steps
 
 PLATFORMS = ("tpu", "cuda")
 # Custom calls XLA resolves on every platform: sharding annotations

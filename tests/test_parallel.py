@@ -130,7 +130,7 @@ def _child(data_dir: str, out_path: str, work: str) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from s7jax import checkpoint, data, ops, parallel, seeds, train
+    from s7jax import checkpoint, data, loops, ops, parallel, seeds, train
     from s7jax.steps import PRNG_IMPL, eval_step, initial_state, learning_rate_schedule, train_step
     from s7jax.config import default_config
     from s7jax.errors import ConfigError
@@ -217,7 +217,7 @@ def _child(data_dir: str, out_path: str, work: str) -> None:
     out["train_steps"] = step_records
     eval_fns = {n: jax.jit(eval_step, out_shardings=rep[n]) for n in rep}
     evals = {n: [jax.device_get(eval_fns[n](jax.device_put(state, rep[n]), b))
-                 for b in train.device_eval_batches(test_split, config.eval_batch_size, shd[n])]
+                 for b in loops.device_eval_batches(test_split, config.eval_batch_size, shd[n])]
              for n in rep}
     out["eval_steps"] = [{"loss_rel": _rel(a["loss"], b["loss"]),
                           "correct": [int(a["correct"]), int(b["correct"])],
@@ -226,7 +226,7 @@ def _child(data_dir: str, out_path: str, work: str) -> None:
 
     # -- Whole runs, with spies on the 4-device one ----------------------------
     seen = {"train_batch": None, "eval_batch": None, "saved_states": []}
-    real_put, real_save, real_batches = jax.device_put, checkpoint.save, train.training_batches
+    real_put, real_save, real_batches = jax.device_put, checkpoint.save, loops.training_batches
 
     def spy_put(x, *args, **kwargs):
         result = real_put(x, *args, **kwargs)
@@ -256,14 +256,14 @@ def _child(data_dir: str, out_path: str, work: str) -> None:
         workdir.mkdir()
         if n == DEVICES:
             jax.device_put, checkpoint.save = spy_put, spy_save
-            train.training_batches = spy_batches
+            loops.training_batches = spy_batches
         try:
             histories[n] = train.train_and_evaluate(config, workdir, mesh=meshes[n],
                                                     data_dir=data_dir, show_progress=False,
                                                     log=lambda _: None)
         finally:
             jax.device_put, checkpoint.save = real_put, real_save
-            train.training_batches = real_batches
+            loops.training_batches = real_batches
     out["histories"] = {str(n): h for n, h in histories.items()}
     # The same runs with an epoch per compiled call (the accelerators' default).
     scan_config = default_config("model6", **RUN, pipeline="scan")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from s7jax import data, runfiles
+from s7jax import data, runfiles, weights
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--epochs", "2", "--train-subset", "512", "--test-subset", "256", "--batch-size", "64",
@@ -62,6 +62,8 @@ def test_train_script_writes_every_artifact(cli_run):
     assert config["config"]["model"] == "model6" and config["config"]["train_subset"] == 512
     assert {"jax", "flax", "optax", "tensorflow_datasets", "devices"} <= set(config["environment"])
     assert (workdir / "curves.png").stat().st_size > 10_000
+    model, _, info = weights.load(workdir / "weights.msgpack")  # the last epoch's, checked
+    assert (model, info["epoch"], info["test_acc"]) == ("model6", 2, rows[-1]["test_acc"])
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [8, 16]  # the last two epochs' states
 

@@ -14,12 +14,13 @@ import numpy as np
 import optax
 import pytest
 
-from s7jax import checkpoint, console, runfiles, train
+from s7jax import checkpoint, console, loops, runfiles
 from s7jax.config import default_config
 from s7jax.errors import ConfigError, Interrupted, NonFiniteLossError
 from s7jax.steps import (eval_step, initial_state, learning_rate_schedule, train_step, train_steps,
                          training_loss)
-from s7jax.train import epoch_calls, resolve, train_and_evaluate
+from s7jax.loops import epoch_calls
+from s7jax.train import resolve, train_and_evaluate
 
 # The step-by-step loop on the device, as every recorded run, whatever the
 # backend (auto would take scan on a GPU or TPU). Full float32 matmuls: the
@@ -233,7 +234,7 @@ def test_ctrl_c_during_the_last_evaluation_finishes_the_run(reference_run, tfds_
     """A run whose last epoch is saved is complete: Ctrl-C then does not
     advise --resume, the run ends as usual."""
     _, history = reference_run
-    evaluate, calls = train.evaluate, []
+    evaluate, calls = loops.evaluate, []
 
     def interrupted_evaluation(*args):
         calls.append(True)
@@ -241,7 +242,7 @@ def test_ctrl_c_during_the_last_evaluation_finishes_the_run(reference_run, tfds_
             os.kill(os.getpid(), signal.SIGINT)
         return evaluate(*args)
 
-    monkeypatch.setattr(train, "evaluate", interrupted_evaluation)
+    monkeypatch.setattr(loops, "evaluate", interrupted_evaluation)
     done = train_and_evaluate(default_config("model6", **QUICK), tmp_path, data_dir=tfds_dir,
                               show_progress=False, log=lambda _: None)
     assert strip_seconds(done) == strip_seconds(history)

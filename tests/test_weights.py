@@ -16,11 +16,11 @@ from s7jax import data, runfiles, weights
 from s7jax.errors import CheckpointError
 from s7jax.models import get_model, init_variables
 from s7jax.steps import eval_step
-from s7jax.train import device_eval_batches, evaluate
+from s7jax.loops import device_eval_batches, evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
-COMMITTED = sorted(RESULTS.glob("*/seed-*/" + weights.FILENAME))
+COMMITTED = sorted(RESULTS.glob("*/seed-*/" + runfiles.WEIGHTS))
 
 
 def test_every_committed_run_of_models_2_to_6_ships_its_weights():
@@ -50,7 +50,7 @@ def test_committed_weights_reproduce_the_recorded_test_accuracy(path, test_split
 
 
 def test_load_trained_gives_a_module_and_its_variables():
-    if not (RESULTS / "model6" / "seed-0" / weights.FILENAME).is_file():
+    if not (RESULTS / "model6" / "seed-0" / runfiles.WEIGHTS).is_file():
         pytest.skip("no committed model6 weights")
     model, variables = weights.load_trained("model6", seed=0, results_dir=RESULTS)
     out = model.apply(variables, np.zeros((2, 28, 28, 1), np.float32), train=False)
@@ -90,7 +90,7 @@ def test_torch_port_of_the_committed_model6_agrees(test_split):
     pytest.importorskip("torch")
     from s7jax import torch_reference
 
-    if not (RESULTS / "model6" / "seed-0" / weights.FILENAME).is_file():
+    if not (RESULTS / "model6" / "seed-0" / runfiles.WEIGHTS).is_file():
         pytest.skip("no committed model6 weights")
     model, variables = weights.load_trained("model6", seed=0, results_dir=RESULTS)
     images = data.normalize(test_split.images[:2000])

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import signal
 import sys
+from typing import Callable
 
 from s7jax.errors import RunError, Terminated
 
@@ -32,7 +33,7 @@ def exit_on_known_errors():
     """Known errors as one line and their exit codes. SIGTERM, which would
     kill the process where it stands, raises :class:`Terminated` instead, so
     that what a Ctrl-C cleans up is cleaned up (the training loop turns both
-    into a checkpoint, see ``s7jax.train.sigint_flag``)."""
+    into a checkpoint, see ``s7jax.recorder.interrupt_flag``)."""
     with contextlib.suppress(ValueError):  # ValueError: not the main thread
         signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -50,6 +51,19 @@ def exit_on_known_errors():
     except Terminated:
         print("error: terminated (SIGTERM)", file=sys.stderr)
         raise SystemExit(Terminated.exit_code) from None
+
+
+def run_command(run: Callable[[], int], *, compile_cache: bool = False) -> int:
+    """A command's body: ``run()``, its known errors as one line
+    (:func:`exit_on_known_errors`); ``compile_cache``: XLA's persistent
+    cache first, for a command that compiles (a second identical run skips
+    XLA's compiles)."""
+    with exit_on_known_errors():
+        if compile_cache:
+            from s7jax import compile_cache as cache
+
+            cache.enable()
+        return run()
 
 
 def _recipe_choice(argv=None) -> tuple[str, str]:

@@ -137,10 +137,10 @@ def run_s7jax(spec: dict) -> dict:
     import jax
     import numpy as np
 
-    from s7jax import data, parallel, train
+    from s7jax import data, loops, parallel, train
     from s7jax.steps import (accumulate, eval_step, evaluate_stacked, initial_state,
                              learning_rate_schedule, make_batch_stats_fn, precise_batch_stats,
-                             summarize, train_epoch, train_steps, zero_totals)
+                             mean_loss_and_accuracy, train_epoch, train_steps, zero_totals)
     from s7jax.config import default_config
     from s7jax.models import get_model
 
@@ -182,7 +182,7 @@ def run_s7jax(spec: dict) -> dict:
 
     state = fresh_state()
     def device_data():
-        return train.device_train_data(config, train_split, replicated)
+        return loops.device_train_data(config, train_split, replicated)
 
     # The first batch of the on-device pipeline serves as the fixed batch.
     fixed = next(device_data().batches(0, sharded))
@@ -216,28 +216,28 @@ def run_s7jax(spec: dict) -> dict:
     # Several steps per compiled call (Config.steps_per_call): the same jitted
     # function, compiled untimed for every group size an epoch uses.
     t = time.perf_counter()
-    for n in {1} | {n for n, _, _ in train.epoch_calls(0, steps, STEPS_PER_CALL)}:
+    for n in {1} | {n for n, _, _ in loops.epoch_calls(0, steps, STEPS_PER_CALL)}:
         state, _ = step_jit(state, (fixed,) * n, dropout_key)
     jax.block_until_ready(state)
     out["compile_train_steps_s"] = time.perf_counter() - t
 
     def timed_epochs(batches, label: str, setup_s: float, per_call: int = 1) -> dict:
         """Train ``epochs`` epochs through the training loop's own
-        ``train.step_through`` (metrics accumulated on the device, fetched
+        ``loops.step_through`` (metrics accumulated on the device, fetched
         every 50 steps and at the end), ``per_call`` steps per compiled call."""
         nonlocal state
         per_epoch = []
         for epoch in range(epochs):
             t = time.perf_counter()
             totals = jax.device_put(zero_totals(), replicated)
-            calls = train.epoch_calls(0, steps, per_call)
-            for state, totals, _, _, fetch in train.step_through(step_jit, state, batches,
+            calls = loops.epoch_calls(0, steps, per_call)
+            for state, totals, _, _, fetch in loops.step_through(step_jit, state, batches,
                                                                  dropout_key, totals, calls):
                 if fetch:
                     host = jax.device_get(totals)
             jax.block_until_ready(state)
             per_epoch.append(time.perf_counter() - t)
-            loss, acc = summarize(host)
+            loss, acc = mean_loss_and_accuracy(host)
             log(f"s7jax: {label} epoch {epoch + 1}: {per_epoch[-1]:.2f} s "
                 f"(train loss {loss:.4f}, acc {acc:.2f}%)")
         return epoch_summary(per_epoch, steps * batch_size, steps=steps, setup_s=setup_s)
@@ -255,7 +255,7 @@ def run_s7jax(spec: dict) -> dict:
 
     def tfds_batches():
         """The training loop's tf.data batches, put on the device one by one."""
-        return train.training_batches(dataclasses.replace(config, pipeline="tfds"), train_split,
+        return loops.training_batches(dataclasses.replace(config, pipeline="tfds"), train_split,
                                       0, sharded, replicated)
 
     # The training split on the device, batched and augmented there.
@@ -282,14 +282,14 @@ def run_s7jax(spec: dict) -> dict:
 
     # Evaluation as after every epoch: the test set already on the device.
     t = time.perf_counter()
-    test_batches = train.device_eval_batches(test_split, EVAL_BATCH_SIZE, sharded)
+    test_batches = loops.device_eval_batches(test_split, EVAL_BATCH_SIZE, sharded)
     prepare_s = time.perf_counter() - t
     eval_step = jax.jit(eval_step, out_shardings=replicated)
     t = time.perf_counter()
-    train.evaluate(eval_step, state, test_batches)  # compiles
+    loops.evaluate(eval_step, state, test_batches)  # compiles
     first_s = time.perf_counter() - t
     t = time.perf_counter()
-    loss, acc = train.evaluate(eval_step, state, test_batches)
+    loss, acc = loops.evaluate(eval_step, state, test_batches)
     seconds = time.perf_counter() - t
     out["eval"] = {"seconds": seconds, "images": len(test_split),
                    "images_per_s": len(test_split) / seconds, "first_call_s": first_s,
@@ -316,7 +316,7 @@ def run_s7jax(spec: dict) -> dict:
     for epoch in range(epochs):
         t = time.perf_counter()
         state, totals = scan_epoch(state, source, dropout_key, np.int32(epoch))
-        loss, acc = summarize(jax.device_get(totals))
+        loss, acc = mean_loss_and_accuracy(jax.device_get(totals))
         per_epoch.append(time.perf_counter() - t)
         log(f"s7jax: one call per epoch, epoch {epoch + 1}: {per_epoch[-1]:.2f} s "
             f"(train loss {loss:.4f}, acc {acc:.2f}%)")

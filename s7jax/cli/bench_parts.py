@@ -160,7 +160,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from s7jax.models import get_model
     from s7jax.steps import (evaluate_stacked, initial_state, learning_rate_schedule,
                              make_batch_stats_fn, precise_batch_stats, train_step)
-    from s7jax.train import device_train_data, resolve
+    from s7jax.loops import device_train_data
+    from s7jax.train import resolve
 
     config = resolve(default_config(args.model, batch_size=args.batch_size))
     split = data.load_mnist(source=config.data_source)

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
         from s7jax.config import default_config
         from s7jax.runfiles import cpu_identity
         from s7jax.steps import initial_state, learning_rate_schedule, train_epoch
-        from s7jax.train import device_train_data
+        from s7jax.loops import device_train_data
 
         config = default_config("model6", train_subset=args.train_images, epochs=15)
         split = data.load_mnist()["train"].subset(args.train_images)

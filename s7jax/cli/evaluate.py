@@ -14,11 +14,12 @@ misclassified test digits with their true and predicted labels.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
 
-from s7jax.cli import OneLineErrorParser, add_data_flags, exit_on_known_errors
+from s7jax.cli import OneLineErrorParser, add_data_flags, run_command
 from s7jax.errors import ConfigError
 
 
@@ -47,64 +48,63 @@ def locate(path: Path) -> tuple[Path, int | None]:
     raise ConfigError(f"--checkpoint {path}: no run's config.json found at or above it")
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    with exit_on_known_errors():
-        from s7jax import compile_cache
+def run(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
 
-        compile_cache.enable()  # a second identical run skips XLA's compiles
-        import jax
-        import numpy as np
+    from s7jax import checkpoint, data, runfiles, weights
+    from s7jax.config import TRAIN_IMAGES, Config
+    from s7jax.models import get_model
+    from s7jax.steps import eval_step, initial_state, learning_rate_schedule
+    from s7jax.loops import device_eval_batches, evaluate
 
-        from s7jax import checkpoint, data, runfiles, weights
-        from s7jax.config import TRAIN_IMAGES, Config
-        from s7jax.models import get_model
-        from s7jax.steps import eval_step, initial_state, learning_rate_schedule
-        from s7jax.train import device_eval_batches, evaluate
+    # The weights or the checkpoint first, read and verified: their faults
+    # need no data, and come before TensorFlow loads.
+    if args.weights:
+        name, variables, info = weights.load(args.weights)
+        model = get_model(name)
+        state, test_subset = weights.as_state(model, variables), None
+        eval_batch_size = Config.eval_batch_size  # the default every recorded run used
+        source = "auto"
+        where = f"{name} from {args.weights} (epoch {info.get('epoch')})"
+    else:
+        workdir, step = locate(Path(args.checkpoint))
+        config = runfiles.read_config(workdir)
+        ckpt_dir = runfiles.checkpoint_dir(workdir)
+        if step is None and checkpoint.latest_step(ckpt_dir) is None:
+            raise ConfigError(f"no checkpoint in {ckpt_dir}")
+        steps = data.steps_per_epoch(config.train_subset or TRAIN_IMAGES, config.batch_size)
+        state, _ = initial_state(config, learning_rate_schedule(config, steps))
+        state, record = checkpoint.restore(ckpt_dir, state, step, log=print)
+        where = f"{config.model} step {int(state.step)} (epoch {record['epoch']})"
+        test_subset, eval_batch_size = config.test_subset, config.eval_batch_size
+        source = config.data_source
+    data.check_files(source, args.data_dir, args.manual_dir)
+    splits = data.load_mnist(args.data_dir, args.manual_dir, source=source)
+    test = splits["test"].subset(test_subset)
+    loss, acc = evaluate(jax.jit(eval_step), state, device_eval_batches(test, eval_batch_size))
+    print(f"{where}: test loss {loss:.4f}, test acc {acc:.2f}% on {len(test):,} images")
 
-        # The weights or the checkpoint first, read and verified: their faults
-        # need no data, and come before TensorFlow loads.
-        if args.weights:
-            name, variables, info = weights.load(args.weights)
-            model = get_model(name)
-            state, test_subset = weights.as_state(model, variables), None
-            eval_batch_size = Config.eval_batch_size  # the default every recorded run used
-            source = "auto"
-            where = f"{name} from {args.weights} (epoch {info.get('epoch')})"
-        else:
-            workdir, step = locate(Path(args.checkpoint))
-            config = runfiles.read_config(workdir)
-            ckpt_dir = runfiles.checkpoint_dir(workdir)
-            if step is None and checkpoint.latest_step(ckpt_dir) is None:
-                raise ConfigError(f"no checkpoint in {ckpt_dir}")
-            steps = data.steps_per_epoch(config.train_subset or TRAIN_IMAGES, config.batch_size)
-            state, _ = initial_state(config, learning_rate_schedule(config, steps))
-            state, record = checkpoint.restore(ckpt_dir, state, step, log=print)
-            where = f"{config.model} step {int(state.step)} (epoch {record['epoch']})"
-            test_subset, eval_batch_size = config.test_subset, config.eval_batch_size
-            source = config.data_source
-        data.check_files(source, args.data_dir, args.manual_dir)
-        splits = data.load_mnist(args.data_dir, args.manual_dir, source=source)
-        test = splits["test"].subset(test_subset)
-        loss, acc = evaluate(jax.jit(eval_step), state, device_eval_batches(test, eval_batch_size))
-        print(f"{where}: test loss {loss:.4f}, test acc {acc:.2f}% on {len(test):,} images")
+    if args.misclassified:
+        from s7jax import plots
 
-        if args.misclassified:
-            from s7jax import plots
-
-            apply = jax.jit(lambda s, x: s.apply_fn(
-                {"params": s.params, "batch_stats": s.batch_stats}, x, train=False))
-            predictions = np.concatenate([
-                np.asarray(apply(state, images)).argmax(-1)
-                for images in data.eval_batches(test, batch_size=eval_batch_size)["image"]
-            ])[:len(test)]
-            wrong = np.flatnonzero(predictions != test.labels)
-            shown = wrong[:args.max_digits]
-            plots.digit_grid(test.images[shown], [f"{test.labels[i]} -> {predictions[i]}" for i in shown],
-                             args.misclassified, columns=12,
-                             suptitle=f"{len(wrong)} misclassified of {len(test):,} (true -> predicted)")
-            print(f"wrote {args.misclassified} ({len(shown)} of {len(wrong)} misclassified digits)")
+        apply = jax.jit(lambda s, x: s.apply_fn(
+            {"params": s.params, "batch_stats": s.batch_stats}, x, train=False))
+        predictions = np.concatenate([
+            np.asarray(apply(state, images)).argmax(-1)
+            for images in data.eval_batches(test, batch_size=eval_batch_size)["image"]
+        ])[:len(test)]
+        wrong = np.flatnonzero(predictions != test.labels)
+        shown = wrong[:args.max_digits]
+        plots.digit_grid(test.images[shown], [f"{test.labels[i]} -> {predictions[i]}" for i in shown],
+                         args.misclassified, columns=12,
+                         suptitle=f"{len(wrong)} misclassified of {len(test):,} (true -> predicted)")
+        print(f"wrote {args.misclassified} ({len(shown)} of {len(wrong)} misclassified digits)")
     return 0
+
+
+def main(argv=None) -> int:
+    return run_command(functools.partial(run, parse_args(argv)), compile_cache=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ not. On the same backend and library versions a CPU run repeats bit for bit.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 
 
 from s7jax.cli import (
-    OneLineErrorParser, add_data_flags, add_progress_flag, exit_on_known_errors)
+    OneLineErrorParser, add_data_flags, add_progress_flag, run_command)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,58 +35,60 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def run(args: argparse.Namespace) -> int:
+    from s7jax import runfiles
+    from s7jax.errors import ConfigError
+    from s7jax.train import train_and_evaluate
+
+    run = Path(args.run)
+    if not runfiles.config_path(run).is_file():
+        raise ConfigError(f"{run}: no config.json there (not a run directory)")
+    expected = runfiles.read_metrics(run)
+    if not expected:
+        raise ConfigError(f"{run}: no metrics.jsonl rows to compare with")
+    recorded = runfiles.read_record(run)
+    config = runfiles.read_config(run)
+    workdir = Path(args.workdir) if args.workdir else runfiles.unique_dir(
+        Path("runs"), f"reproduce-{config.model}-seed-{config.seed}")
+    print(f"repeating {run} ({config.model}, seed {config.seed}, {config.epochs} epochs) "
+          f"in {workdir}")
+    actual = train_and_evaluate(config, workdir, data_dir=args.data_dir,
+                                manual_dir=args.manual_dir, show_progress=not args.no_progress)
+    differences = runfiles.metric_differences(expected, actual)
+    here = runfiles.environment()
+    recorded_cpu = recorded["environment"].get("cpu")
+    verdict = {
+        "command": "python scripts/reproduce.py " + shlex.join(args.argv),
+        "date": time.strftime("%Y-%m-%d"),
+        "reproduced": not differences,
+        "epochs_compared": min(len(expected), len(actual)),
+        "compared": [k for k in runfiles.METRIC_KEYS if k not in runfiles.TIMING_KEYS],
+        "differences": differences,
+        "recorded_environment": recorded["environment"],
+        "repeat_environment": here,
+        # None: the recorded run predates the CPU record (config.json).
+        "same_cpu": None if recorded_cpu is None else recorded_cpu == here["cpu"],
+    }
+    (run / "reproduce.json").write_text(json.dumps(verdict, indent=2) + "\n")
+    if differences:
+        print(f"NOT reproduced: {len(differences)} differences, first: {differences[0]}")
+        if not verdict["same_cpu"]:
+            print("note: the recorded run's CPU "
+                  + ("is not recorded" if recorded_cpu is None else f"was {recorded_cpu}")
+                  + f"; this one is {here['cpu']}. XLA's CPU kernels may sum in another order "
+                    "on another CPU model, which changes the last bits from the first step on")
+        print(f"wrote {run / 'reproduce.json'}")
+        return 1
+    print(f"reproduced: all {verdict['epochs_compared']} epochs of {run} repeat exactly "
+          f"(every figure but the seconds); wrote {run / 'reproduce.json'}")
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    with exit_on_known_errors():
-        from s7jax import compile_cache
-
-        compile_cache.enable()  # a second identical run skips XLA's compiles
-        from s7jax import rundir, runfiles
-        from s7jax.errors import ConfigError
-        from s7jax.train import train_and_evaluate
-
-        run = Path(args.run)
-        if not runfiles.config_path(run).is_file():
-            raise ConfigError(f"{run}: no config.json there (not a run directory)")
-        expected = runfiles.read_metrics(run)
-        if not expected:
-            raise ConfigError(f"{run}: no metrics.jsonl rows to compare with")
-        recorded = runfiles.read_record(run)
-        config = runfiles.read_config(run)
-        workdir = Path(args.workdir) if args.workdir else rundir.unique_dir(
-            Path("runs"), f"reproduce-{config.model}-seed-{config.seed}")
-        print(f"repeating {run} ({config.model}, seed {config.seed}, {config.epochs} epochs) "
-              f"in {workdir}")
-        actual = train_and_evaluate(config, workdir, data_dir=args.data_dir,
-                                    manual_dir=args.manual_dir, show_progress=not args.no_progress)
-        differences = runfiles.metric_differences(expected, actual)
-        here = runfiles.environment()
-        recorded_cpu = recorded["environment"].get("cpu")
-        verdict = {
-            "command": "python scripts/reproduce.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-            "date": time.strftime("%Y-%m-%d"),
-            "reproduced": not differences,
-            "epochs_compared": min(len(expected), len(actual)),
-            "compared": [k for k in runfiles.METRIC_KEYS if k not in runfiles.TIMING_KEYS],
-            "differences": differences,
-            "recorded_environment": recorded["environment"],
-            "repeat_environment": here,
-            # None: the recorded run predates the CPU record (config.json).
-            "same_cpu": None if recorded_cpu is None else recorded_cpu == here["cpu"],
-        }
-        (run / "reproduce.json").write_text(json.dumps(verdict, indent=2) + "\n")
-        if differences:
-            print(f"NOT reproduced: {len(differences)} differences, first: {differences[0]}")
-            if not verdict["same_cpu"]:
-                print("note: the recorded run's CPU "
-                      + ("is not recorded" if recorded_cpu is None else f"was {recorded_cpu}")
-                      + f"; this one is {here['cpu']}. XLA's CPU kernels may sum in another order "
-                        "on another CPU model, which changes the last bits from the first step on")
-            print(f"wrote {run / 'reproduce.json'}")
-            return 1
-        print(f"reproduced: all {verdict['epochs_compared']} epochs of {run} repeat exactly "
-              f"(every figure but the seconds); wrote {run / 'reproduce.json'}")
-        return 0
+    args.argv = argv  # the command as given, for the verdict
+    return run_command(functools.partial(run, args), compile_cache=True)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 
 trains seeds 0..4 with model6's default recipe into
 ``results/model6/seed-<s>/`` (with ``--recipe original``, the study's recipe,
-into ``results/model6/original-seed-<s>/``) (``config.json``, ``metrics.jsonl``; a seed
-whose run is complete is skipped, an interrupted one resumes), then rewrites
+into ``results/model6/original-seed-<s>/``) (``config.json``, ``metrics.jsonl``, the
+final ``weights.msgpack``; a seed whose run is complete is skipped, an
+interrupted one resumes), then rewrites
 ``results/summary.json`` (every model under ``results/``: per seed the
 accuracies of the last three epochs, their min and mean; per model the
 mean +/- std over seeds and the min) and ``results/<model>/seeds.png``.
@@ -20,13 +21,14 @@ trains the seeds that are not done yet as one vectorised program
 from __future__ import annotations
 
 import argparse
+import functools
 import dataclasses
 import sys
 from pathlib import Path
 
 
 from s7jax.cli import (OneLineErrorParser, add_config_flags, add_progress_flag, config_from_args,
-                       exit_on_known_errors)
+                       run_command)
 
 
 # sweep.py has no --resume: it resumes a seed's run of the same config by itself.
@@ -58,59 +60,61 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    with exit_on_known_errors():
-        from s7jax import compile_cache
+def run(args: argparse.Namespace) -> int:
+    from s7jax import checkpoint, plots, results, runfiles, weights
+    from s7jax.errors import Interrupted
+    from s7jax.seeds import train_seeds
+    from s7jax.train import resolve, train_and_evaluate
 
-        compile_cache.enable()  # a second identical run skips XLA's compiles
-        from s7jax import checkpoint, plots, results, runfiles
-        from s7jax.errors import Interrupted
-        from s7jax.seeds import train_seeds
-        from s7jax.train import resolve, train_and_evaluate
-
-        results_dir = Path(args.results)
-        fresh = []  # with --together: the seeds to train as one program
-        for seed in range(args.seeds):
-            config = config_from_args(args, seed=seed)
-            if args.together:
-                config = dataclasses.replace(config, pipeline="scan")
-            workdir = results.run_dir(results_dir, config.model, seed, args.recipe or "default")
-            same = (runfiles.config_path(workdir).is_file()
-                    and resolve(runfiles.read_config(workdir)) == resolve(config))
-            if same and len(runfiles.read_metrics(workdir)) >= config.epochs:
-                print(f"seed {seed}: complete, skipped")
-                continue
-            resume = same and checkpoint.latest_step(runfiles.checkpoint_dir(workdir)) is not None
-            if args.together and not resume:
-                fresh.append((seed, workdir))
-                continue
-            print(f"\n== {config.model} seed {seed} -> {workdir}")
-            try:
-                train_and_evaluate(config, workdir, resume=resume,
-                                   overwrite=args.overwrite and not same, data_dir=args.data_dir,
-                                   manual_dir=args.manual_dir, show_progress=not args.no_progress,
-                                   refusal_advice=REFUSAL_ADVICE)
-            except Interrupted as e:  # say how to go on in the sweep's terms
-                raise Interrupted(e.step, workdir, how=AGAIN, signum=e.exit_code - 128) from None
-        if fresh:
-            print(f"\n== {config.model} seeds {', '.join(str(s) for s, _ in fresh)} together")
-            train_seeds(config, [s for s, _ in fresh], [w for _, w in fresh],
-                        overwrite=args.overwrite, refusal_advice=REFUSAL_ADVICE,
-                        data_dir=args.data_dir, manual_dir=args.manual_dir,
-                        show_progress=not args.no_progress,
-                        checkpoint_every=args.checkpoint_every)
-        results.write_summary(results_dir)
-        model, kind = config_from_args(args).model, args.recipe or "default"
-        if kind == "default":
-            runs = {seed: runfiles.read_metrics(results.run_dir(results_dir, model, seed))
-                    for seed in range(args.seeds)}
-            plots.seeds(runs, results_dir / model / "seeds.png",
-                        title=f"{model}: test accuracy per seed")
-        line = results.runs_of(results_dir, model, kind)
-        print(f"\n{model} ({kind} recipe): last-3 mean {line['mean']:.3f} +/- {line['std']:.3f} "
-              f"over {line['n_seeds']} seeds, min {line['min']:.2f}")
+    results_dir = Path(args.results)
+    fresh = []  # with --together: the seeds to train as one program
+    for seed in range(args.seeds):
+        config = config_from_args(args, seed=seed)
+        if args.together:
+            config = dataclasses.replace(config, pipeline="scan")
+        workdir = results.run_dir(results_dir, config.model, seed, args.recipe or "default")
+        same = (runfiles.config_path(workdir).is_file()
+                and resolve(runfiles.read_config(workdir)) == resolve(config))
+        if same and len(runfiles.read_metrics(workdir)) >= config.epochs:
+            print(f"seed {seed}: complete, skipped")
+            continue
+        resume = same and checkpoint.latest_step(runfiles.checkpoint_dir(workdir)) is not None
+        if args.together and not resume:
+            fresh.append((seed, workdir))
+            continue
+        print(f"\n== {config.model} seed {seed} -> {workdir}")
+        try:
+            train_and_evaluate(config, workdir, resume=resume,
+                               overwrite=args.overwrite and not same, data_dir=args.data_dir,
+                               manual_dir=args.manual_dir, show_progress=not args.no_progress,
+                               refusal_advice=REFUSAL_ADVICE)
+        except Interrupted as e:  # say how to go on in the sweep's terms
+            raise Interrupted(e.step, workdir, how=AGAIN, signum=e.exit_code - 128) from None
+        weights.export_run(workdir)
+    if fresh:
+        print(f"\n== {config.model} seeds {', '.join(str(s) for s, _ in fresh)} together")
+        train_seeds(config, [s for s, _ in fresh], [w for _, w in fresh],
+                    overwrite=args.overwrite, refusal_advice=REFUSAL_ADVICE,
+                    data_dir=args.data_dir, manual_dir=args.manual_dir,
+                    show_progress=not args.no_progress,
+                    checkpoint_every=args.checkpoint_every)
+        for _, workdir in fresh:
+            weights.export_run(workdir)
+    results.write_summary(results_dir)
+    model, kind = config_from_args(args).model, args.recipe or "default"
+    if kind == "default":
+        runs = {seed: runfiles.read_metrics(results.run_dir(results_dir, model, seed))
+                for seed in range(args.seeds)}
+        plots.seeds(runs, results_dir / model / "seeds.png",
+                    title=f"{model}: test accuracy per seed")
+    line = results.runs_of(results_dir, model, kind)
+    print(f"\n{model} ({kind} recipe): last-3 mean {line['mean']:.3f} +/- {line['std']:.3f} "
+          f"over {line['n_seeds']} seeds, min {line['min']:.2f}")
     return 0
+
+
+def main(argv=None) -> int:
+    return run_command(functools.partial(run, parse_args(argv)), compile_cache=True)
 
 
 if __name__ == "__main__":

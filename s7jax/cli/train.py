@@ -3,7 +3,7 @@
     python scripts/train.py --model model6
 
 runs model6's default recipe (``s7jax.config.DEFAULTS``) for 15 epochs and
-writes ``config.json``, ``metrics.jsonl``, ``curves.png`` and ``checkpoints/``
+writes ``config.json``, ``metrics.jsonl``, ``curves.png``, ``weights.msgpack`` and ``checkpoints/``
 into ``runs/model6-<timestamp>/``. Every flag overrides one setting of the
 recipe; ``--resume WORKDIR`` continues an interrupted run.
 
@@ -15,12 +15,13 @@ saved; resume with --resume).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
 
 from s7jax.cli import (OneLineErrorParser, add_config_flags, add_progress_flag, config_flags_given,
-                       config_from_args, exit_on_known_errors)
+                       config_from_args, run_command)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,10 +67,10 @@ def start_distributed(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from s7jax import parallel, rundir, runfiles
+    from s7jax import parallel, runfiles
     from s7jax.config import ConfigError
     from s7jax.models import get_model, init_variables
-    from s7jax.summary import summary_table
+    from s7jax.layer_table import layer_table
     from s7jax.steps import PRNG_IMPL
     from s7jax.train import train_and_evaluate
 
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         print(resolve(config).dumps())
         return 0
     if not args.resume:
-        workdir = Path(args.workdir) if args.workdir else rundir.unique_dir(Path("runs"), config.model)
+        workdir = Path(args.workdir) if args.workdir else runfiles.unique_dir(Path("runs"), config.model)
 
     if args.distributed:
         start_distributed(args)
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         print(parallel.describe(mesh))
         model = get_model(config.model)
         variables = init_variables(model, jax.random.key(0, impl=PRNG_IMPL))
-        print(f"\n{config.model}\n{summary_table(model, variables)}\n")
+        print(f"\n{config.model}\n{layer_table(model, variables)}\n")
         print(f"workdir {workdir}")
 
     history = train_and_evaluate(config, workdir, resume=bool(args.resume),
@@ -115,19 +116,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from s7jax import plots  # matplotlib: not before the checks that need no data
 
-    plots.curves(history, workdir / "curves.png", title=f"{config.model}, seed {config.seed}")
-    print(f"wrote {runfiles.metrics_path(workdir)}, {workdir / 'curves.png'}, "
-          f"{runfiles.checkpoint_dir(workdir)}/")
+    from s7jax import weights
+
+    curves = plots.curves(history, runfiles.curves_path(workdir),
+                          title=f"{config.model}, seed {config.seed}")
+    print(f"wrote {runfiles.metrics_path(workdir)}, {curves}, "
+          f"{weights.export_run(workdir)}, {runfiles.checkpoint_dir(workdir)}/")
     return 0
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    with exit_on_known_errors():
-        from s7jax import compile_cache
-
-        compile_cache.enable()  # a second identical run skips XLA's compiles
-        return run(args)
+    return run_command(functools.partial(run, parse_args(argv)), compile_cache=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""A per-layer summary of a model: output shape, parameters, receptive field."""
+"""A model's per-layer table: output shape, parameters, receptive field."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def layer_rows(model: nn.Module, variables) -> list[tuple[str, str, tuple[int, .
     return rows
 
 
-def summary_table(model: nn.Module, variables) -> str:
+def layer_table(model: nn.Module, variables) -> str:
     rows = layer_rows(model, variables)
     lines = [f"{'layer':<7}{'type':<12}{'output':>14}{'params':>9}{'RF':>5}"]
     lines += [f"{n:<7}{k:<12}{str(s):>14}{p:>9,}{rf:>5}" for n, k, s, p, rf in rows]

@@ -24,7 +24,6 @@ from s7jax import runfiles
 from s7jax.errors import ConfigError
 
 LOCK_NAME = ".lock"
-RUN_FILES = ("config.json", "metrics.jsonl", "curves.png")
 
 
 def holds_a_run(workdir: Path) -> list[str]:
@@ -34,26 +33,12 @@ def holds_a_run(workdir: Path) -> list[str]:
     for the same launch again."""
     if not _saved_anything(workdir):
         return []
-    found = [name for name in ("config.json", "metrics.jsonl") if (workdir / name).is_file()]
-    ckpts = workdir / "checkpoints"
+    found = [path.name for path in (runfiles.config_path(workdir), runfiles.metrics_path(workdir))
+             if path.is_file()]
+    ckpts = runfiles.checkpoint_dir(workdir)
     if ckpts.is_dir() and any(ckpts.iterdir()):
-        found.append("checkpoints/")
+        found.append(f"{ckpts.name}/")
     return found
-
-
-def unique_dir(parent: Path, stem: str) -> Path:
-    """A new folder ``parent/stem-<timestamp>``, created here: a launch in the
-    same second as another gets ``-2``, ``-3``, ... (``mkdir`` is atomic)."""
-    parent.mkdir(parents=True, exist_ok=True)
-    base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for n in range(1, 1000):
-        path = parent / (base if n == 1 else f"{base}-{n}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise ConfigError(f"no free run folder name under {parent} for {base}")
 
 
 def _lock(workdir: Path):
@@ -117,7 +102,7 @@ def claim(workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool =
     except OSError as e:
         raise ConfigError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
     try:
-        ckpts = workdir / "checkpoints"
+        ckpts = runfiles.checkpoint_dir(workdir)
         if ckpts.exists() and not ckpts.is_dir():
             raise ConfigError(f"{ckpts} is a file where the run's checkpoints folder goes; "
                               "move it away or choose another --workdir")
@@ -145,11 +130,11 @@ def claim(workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool =
 
 def _saved_anything(workdir: Path) -> bool:
     """A checkpoint, or a recorded epoch: what a failed run must not lose."""
-    ckpts = workdir / "checkpoints"
+    ckpts = runfiles.checkpoint_dir(workdir)
     if ckpts.is_dir() and any(ckpts.iterdir()):
         return True
     try:
-        return bool((workdir / "metrics.jsonl").read_text().strip())
+        return bool(runfiles.metrics_path(workdir).read_text().strip())
     except OSError:
         return False
 
@@ -157,9 +142,9 @@ def _saved_anything(workdir: Path) -> bool:
 def _clear(workdir: Path) -> None:
     """Delete a previous run's files (``--overwrite``), nothing else."""
     try:
-        for name in RUN_FILES:
+        for name in runfiles.RUN_FILES:
             (workdir / name).unlink(missing_ok=True)
-        for folder in ("checkpoints", "tensorboard"):
+        for folder in runfiles.RUN_FOLDERS:
             if (workdir / folder).is_dir():
                 shutil.rmtree(workdir / folder)
     except OSError as e:
