@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         cases = make_cases(tmp)
         holder = subprocess.Popen(  # holds tmp/held, as a run in progress does
             [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[2]);"
-             "from s7jax import rundir\nwith rundir.claim(sys.argv[1]):\n"
+             "from s7jax import runlock\nwith runlock.claim(sys.argv[1]):\n"
              "    print('held', flush=True); time.sleep(3600)", str(tmp / "held"), str(ROOT)],
             stdout=subprocess.PIPE, text=True)
         try:
