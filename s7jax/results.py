@@ -97,6 +97,45 @@ def all_models(results_dir: str | Path) -> dict[str, Any]:
     return {"target": TARGET, "last_epochs": LAST, "models": models}
 
 
+TRIALS = "recipe-trials"  # results/recipe-trials/<trial>/<model>/seed-<s>/: candidate recipes
+BASELINE = "previous"  # the trial that holds the recipe the others were measured against
+
+
+def _settings(run: Path) -> dict[str, Any]:
+    config = dict(runfiles.read_record(run)["config"])
+    augment = config.pop("augment")
+    return {**config, **{f"augment.{k}": v for k, v in augment.items()}}
+
+
+def recipe_trials(results_dir: str | Path, model: str = "model6") -> list[dict[str, Any]]:
+    """Every trial of a candidate recipe under ``results/recipe-trials/``:
+    its name, the settings in which it differs from the baseline trial
+    (``{name: (baseline's, trial's)}``), :func:`over_seeds` of its runs, and
+    the mean over its seeds of (its last-3 mean - the baseline's on the same
+    seed). The baseline comes first."""
+    root = Path(results_dir) / TRIALS
+    found = {p.name: runs_of(p, model) for p in sorted(root.iterdir()) if p.is_dir()} if (
+        root.is_dir()) else {}
+    if BASELINE not in found or found[BASELINE] is None:
+        return []
+    base = found.pop(BASELINE)
+    base_settings = _settings(run_dir(root / BASELINE, model, int(next(iter(base["seeds"])))))
+    trials = [{"name": BASELINE, "changes": {}, "runs": base, "paired_difference": 0.0,
+               "paired_seeds": base["n_seeds"]}]
+    for name, runs in found.items():
+        if runs is None:
+            continue
+        settings = _settings(run_dir(root / name, model, int(next(iter(runs["seeds"])))))
+        changes = {k: (base_settings.get(k), v) for k, v in settings.items()
+                   if k != "seed" and base_settings.get(k) != v}
+        paired = [runs["seeds"][s]["mean"] - base["seeds"][s]["mean"]
+                  for s in runs["seeds"] if s in base["seeds"]]
+        trials.append({"name": name, "changes": changes, "runs": runs,
+                       "paired_difference": statistics.fmean(paired) if paired else None,
+                       "paired_seeds": len(paired)})
+    return trials
+
+
 def write_summary(results_dir: str | Path) -> dict[str, Any]:
     summary = all_models(results_dir)
     path = Path(results_dir) / "summary.json"

@@ -21,3 +21,34 @@ def test_over_seeds_counts_holders_and_gives_the_mean_a_students_t_interval():
     assert m["ci95"] == pytest.approx(4.303 * 0.1 / 3 ** 0.5)  # t(0.975, 2 degrees of freedom)
     assert m["worst_seed"] == "2" and m["min"] == 99.39
     assert results.over_seeds({"0": seed(99.5, 99.5, 99.5)})["ci95"] is None
+
+
+def record_run(run, config, last3):
+    from s7jax import runfiles
+
+    run.mkdir(parents=True)
+    runfiles.write_config(run, config)
+    runfiles.write_metrics(run, [dict(epoch=i + 1, lr=0.1, train_loss=0.1, train_acc=99.0,
+                                      test_loss=0.02, test_acc=a, seconds=1.0)
+                                 for i, a in enumerate([98.0, *last3])])
+
+
+def test_recipe_trials_name_their_changes_and_compare_on_the_same_seeds(tmp_path):
+    from s7jax.augment import AugmentConfig
+    from s7jax.config import default_config
+
+    root = tmp_path / results.TRIALS
+    for s, last3 in {0: (99.40, 99.42, 99.44), 1: (99.50, 99.50, 99.50),
+                     2: (99.30, 99.30, 99.30)}.items():
+        record_run(root / results.BASELINE / "model6" / f"seed-{s}", default_config(seed=s), last3)
+    for s, last3 in {0: (99.50, 99.52, 99.54), 1: (99.50, 99.56, 99.53)}.items():
+        record_run(root / "decay" / "model6" / f"seed-{s}",
+                   default_config(seed=s, weight_decay=1e-3,
+                                  augment=AugmentConfig(5.0, 0.2, 0.2)), last3)
+    (root / "empty").mkdir()  # a trial with no runs yet is left out
+    base, decay = results.recipe_trials(tmp_path)
+    assert base["name"] == results.BASELINE and base["runs"]["n_seeds"] == 3
+    assert decay["changes"] == {"weight_decay": (0.0, 1e-3), "augment.degrees": (7.0, 5.0)}
+    assert decay["paired_seeds"] == 2  # seed 2 has no trial run
+    assert decay["paired_difference"] == pytest.approx((0.10 + 0.03) / 2)
+    assert results.recipe_trials(tmp_path / "nowhere") == []
