@@ -40,6 +40,7 @@ def test_the_wheel_carries_mnist_and_the_commands(wheel):
         entry_points = next(z.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     assert {f"s7jax/mnist_files/{f}" for f in MNIST_FILES} <= names
     assert "s7jax/cli/train.py" in names and not any(n.startswith("tests/") for n in names)
+    assert {f"s7jax/data/{m}.py" for m in ("__init__", "files", "tfds", "host", "device")} <= names
     for command in ("s7jax-train", "s7jax-evaluate", "s7jax-sweep", "s7jax-reproduce"):
         assert f"{command} = s7jax.cli." in entry_points
 

@@ -1,0 +1,110 @@
+"""Batches made on the accelerator: :class:`DeviceTrainData`, the training
+split resident there, batched and augmented in JAX, one jitted call per batch
+or folded into a compiled epoch, with the same batches either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from s7jax.augment import AugmentConfig, augment_jax
+from s7jax.data.files import Split
+from s7jax.data.host import MEAN, STD, steps_per_epoch
+from s7jax.seedwise import seedwise
+
+@struct.dataclass
+class DeviceTrainData:
+    """The training split resident on the accelerator(s), batched and
+    augmented there in JAX: no host pipeline, no host-to-device copies.
+
+    A pytree (``flax.struct``), so it passes into jitted functions as an
+    argument: the arrays as traced inputs, never baked into a program as
+    constants. Like :func:`~s7jax.data.host.train_dataset`, each batch is a
+    pure function of (seed, step): the epoch's permutation comes from
+    ``fold_in(shuffle_key, epoch)`` and the augmentation from
+    ``fold_in(augment_key, step)``. The two pipelines sample the same
+    distributions with different random streams.
+    """
+
+    images: jax.Array  # uint8 (N, 28, 28, 1)
+    labels: jax.Array  # int32 (N,)
+    shuffle_key: jax.Array
+    augment_key: jax.Array
+    batch_size: int = struct.field(pytree_node=False)
+    epochs: int = struct.field(pytree_node=False)
+    first_clean_step: int = struct.field(pytree_node=False)
+    augment: AugmentConfig = struct.field(pytree_node=False)
+
+    @classmethod
+    def create(cls, split: Split, *, batch_size: int, seed: int, augment: AugmentConfig,
+               epochs: int, clean_epochs: int = 0, replicated=None) -> "DeviceTrainData":
+        steps = steps_per_epoch(len(split), batch_size)
+        shuffle_key, augment_key = cls.keys_for(seed)
+        return cls(images=jax.device_put(split.images, replicated),
+                   labels=jax.device_put(split.labels, replicated),
+                   shuffle_key=shuffle_key, augment_key=augment_key, batch_size=batch_size,
+                   epochs=epochs, first_clean_step=(epochs - clean_epochs) * steps,
+                   augment=augment)
+
+    @staticmethod
+    def keys_for(seed: int) -> tuple[jax.Array, jax.Array]:
+        """The (shuffle, augment) keys of ``seed``'s data."""
+        return tuple(jax.random.split(jax.random.key(seed, impl="rbg")))
+
+    def for_seeds(self, seeds) -> tuple["DeviceTrainData", "DeviceTrainData"]:
+        """This data with each seed's own keys stacked along a leading axis, and
+        the ``in_axes`` that ``jax.vmap`` needs for it (the images and labels,
+        put on the device once, shared by every seed)."""
+        keys = [self.keys_for(s) for s in seeds]
+        stacked = dataclasses.replace(self, shuffle_key=jnp.stack([k for k, _ in keys]),
+                                      augment_key=jnp.stack([k for _, k in keys]))
+        axes = dataclasses.replace(self, images=None, labels=None, shuffle_key=0, augment_key=0)
+        return stacked, axes
+
+    @property
+    def steps(self) -> int:
+        """Batches per epoch (the remainder dropped, as :func:`steps_per_epoch`)."""
+        return self.images.shape[0] // self.batch_size
+
+    def order(self, epoch) -> jax.Array:
+        """The epoch's permutation of the split (per seed under ``jax.vmap``)."""
+        n = self.images.shape[0]
+        return seedwise(lambda key, epoch: jax.random.permutation(jax.random.fold_in(key, epoch), n))(
+            self.shuffle_key, epoch)
+
+    def batch(self, order: jax.Array, step) -> dict[str, jax.Array]:
+        """Global step ``step``'s batch, given its epoch's ``order`` (jit-able)."""
+        i = step % self.steps
+        idx = jax.lax.dynamic_slice_in_dim(order, i * self.batch_size, self.batch_size)
+        batch = self.images[idx].astype(jnp.float32) / 255.0
+        if self.augment.enabled:
+            key = jax.random.fold_in(self.augment_key, step)
+            batch = jax.lax.cond(step < self.first_clean_step,
+                                 lambda b: augment_jax(b, key, self.augment), lambda b: b, batch)
+        return {"image": (batch - MEAN) / STD, "label": self.labels[idx]}
+
+    def batches(self, start_step: int = 0, sharding=None) -> Iterator[dict[str, jax.Array]]:
+        """Batches from global step ``start_step`` to the end of the run, one
+        jitted call each, laid out as ``sharding``."""
+        permutation = jax.jit(DeviceTrainData.order)
+        make = jax.jit(DeviceTrainData.batch, out_shardings=sharding)
+        order = None
+        for step in range(start_step, self.epochs * self.steps):
+            if order is None or step % self.steps == 0:
+                order = permutation(self, step // self.steps)
+            yield make(self, order, step)
+
+    def scan(self, fn: Callable[[Any, dict[str, jax.Array]], tuple[Any, Any]], carry: Any,
+             epoch, first: int = 0) -> tuple[Any, Any]:
+        """``lax.scan`` of ``fn(carry, batch) -> (carry, y)`` over the batches
+        of steps ``first .. steps - 1`` of ``epoch``, inside whatever program
+        calls it: the batches are exactly those :meth:`batches` yields."""
+        order = self.order(epoch)
+        steps = jnp.arange(first, self.steps) + epoch * self.steps
+        return jax.lax.scan(lambda c, step: fn(c, self.batch(order, step)), carry, steps)
