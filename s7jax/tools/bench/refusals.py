@@ -11,25 +11,26 @@ Every case is refused before TensorFlow, TFDS or the data load; the time is
 Python, JAX, Flax and Orbax starting up. The folders it needs (a recorded run
 without checkpoints, a run with damaged checkpoints, a locked folder, a
 damaged weights file) are made in a temporary folder.
+
+A tool of the repository, not of the installed package: it runs the
+checkout's scripts and copies a recorded run from its ``results/``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+from s7jax.cli import OneLineErrorParser, exit_on_known_errors
+from s7jax.tools.bench.measure import run_timed, write_result
 
-from s7jax.cli import OneLineErrorParser, exit_on_known_errors  # noqa: E402
+ROOT = Path(__file__).resolve().parents[3]  # the checkout: scripts/ and results/
 
 
 def make_cases(tmp: Path) -> list[tuple[str, list[str], int]]:
@@ -86,25 +87,19 @@ def make_cases(tmp: Path) -> list[tuple[str, list[str], int]]:
     ]
 
 
-def timed(command: list[str], code: int) -> tuple[float, float, str]:
-    """(wall seconds, CPU seconds, the stderr line) of one run of ``command``.
-    The CPU time (user + system) is the steadier figure on a shared machine:
-    other jobs stretch the wall time, not the work."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, *command], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
-    seconds = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+def refusal(command: list[str], code: int) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds, the stderr line) of one run of ``command``,
+    which must exit ``code`` with exactly one line on stderr. The CPU time is
+    the steadier figure on a shared machine."""
+    proc, times = run_timed([sys.executable, *command], cwd=ROOT, timeout=300)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     if proc.returncode != code or len(lines) != 1:
         raise SystemExit(f"error: {' '.join(command)} exited {proc.returncode} (expected {code}) "
                          f"with {len(lines)} lines on stderr: {lines[:3]}")
-    return seconds, cpu, lines[0]
+    return times["wall_s"], times["cpu_s"], lines[0]
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=3, help="runs per case (the median is shown)")
     p.add_argument("--out", help="also write the figures to this JSON file")
@@ -121,7 +116,7 @@ def main(argv=None) -> int:
             holder.stdout.readline()
             rows = []
             for fault, command, code in cases:
-                runs = [timed(command, code) for _ in range(args.repeats)]
+                runs = [refusal(command, code) for _ in range(args.repeats)]
                 rows.append({"fault": fault, "exit": code,
                              "seconds": statistics.median(s for s, _, _ in runs),
                              "cpu_seconds": statistics.median(c for _, c, _ in runs),
@@ -135,8 +130,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['fault']} | {r['exit']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} |")
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_result(rows, args.out, "refusals")
     return 0
 
 

@@ -1,6 +1,6 @@
 """What training N seeds as one vectorised program costs, against N runs.
 
-    python scripts/bench_seeds.py
+    python scripts/bench_seeds.py    # or s7jax-bench-seeds, or python -m s7jax.tools.bench.seeds
 
 times, in one process and one run, model6's training epoch (the recipe's
 augmented epochs; batch 128; a subset of the training set, 6,400 images by
@@ -20,15 +20,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import statistics
 import sys
-import time
+from typing import Any
+
+from s7jax.cli import OneLineErrorParser
+from s7jax.tools.bench.measure import command, compile_timed, environment, timed, write_result
 
 
-from s7jax.cli import OneLineErrorParser, exit_on_known_errors, write_result
-
-
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 4, 8], help="the Ns to time")
     p.add_argument("--train-images", type=int, default=6400, help="training images per epoch")
@@ -40,81 +39,86 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    with exit_on_known_errors():
-        import jax
-        import numpy as np
+def epoch_time(config: Any, split: Any, n: int, vectorised: bool, epochs: int) -> dict[str, Any]:
+    """The epoch program of ``n`` seeds (``jax.vmap``), or of one seed
+    unbatched: its compile (timed), XLA's estimate of its memory, and the
+    median of ``epochs`` timed epochs after an untimed one."""
+    import jax
+    import numpy as np
 
-        from s7jax import data, parallel, seeds
-        from s7jax.config import default_config
-        from s7jax.runfiles import cpu_identity
-        from s7jax.steps import initial_state, learning_rate_schedule, train_epoch
-        from s7jax.train import device_train_data
+    from s7jax import data, parallel, seeds
+    from s7jax.steps import initial_state, learning_rate_schedule, train_epoch
+    from s7jax.train import device_train_data
 
-        config = default_config("model6", train_subset=args.train_images, epochs=15)
-        split = data.load_mnist()["train"].subset(args.train_images)
-        steps = data.steps_per_epoch(len(split), config.batch_size)
-        mesh = parallel.make_mesh()
-        replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-        schedule = learning_rate_schedule(config, steps)
-        epoch_fn = lambda s, src, k, e: train_epoch(s, src, k, e, batch_sharding=sharded)  # noqa: E731
+    mesh = parallel.make_mesh()
+    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    schedule = learning_rate_schedule(config, data.steps_per_epoch(len(split), config.batch_size))
+    configs = [dataclasses.replace(config, seed=s) for s in range(n)]
+    made = [initial_state(c, schedule) for c in configs]
+    state = jax.device_put(seeds.stack([m[0] for m in made]) if vectorised else made[0][0],
+                           replicated)
+    key = seeds.stack([m[1] for m in made]) if vectorised else made[0][1]
+    source = device_train_data(configs[0], split, replicated)
 
-        def measure(n: int, vectorised: bool) -> dict:
-            configs = [dataclasses.replace(config, seed=s) for s in range(n)]
-            made = [initial_state(c, schedule) for c in configs]
-            state = jax.device_put(seeds.stack([m[0] for m in made]) if vectorised else made[0][0],
-                                   replicated)
-            key = seeds.stack([m[1] for m in made]) if vectorised else made[0][1]
-            source = device_train_data(configs[0], split, replicated)
-            fn = epoch_fn
-            if vectorised:
-                source, axes = source.for_seeds([c.seed for c in configs])
-                fn = jax.vmap(epoch_fn, in_axes=(0, axes, 0, None))
-            t = time.perf_counter()
-            compiled = jax.jit(fn, donate_argnums=0).lower(state, source, key,
-                                                           np.int32(0)).compile()
-            compile_s = time.perf_counter() - t
-            memory = compiled.memory_analysis()
-            times = []
-            for epoch in range(args.epochs + 1):  # the first, untimed, warms up
-                t = time.perf_counter()
-                state, totals = compiled(state, source, key, np.int32(epoch))
-                jax.block_until_ready((state, totals))
-                times.append(time.perf_counter() - t)
-            seconds = statistics.median(times[1:])
-            out = {"seeds": n if vectorised else 1, "epoch_s": seconds, "compile_s": compile_s,
-                   "epoch_s_all": times[1:]}
-            if memory is not None:
-                out["memory_bytes"] = int(memory.temp_size_in_bytes + memory.argument_size_in_bytes
-                                          + memory.output_size_in_bytes)
-            return out
+    def fn(s: Any, src: Any, k: Any, e: Any) -> Any:
+        return train_epoch(s, src, k, e, batch_sharding=sharded)
 
-        single = measure(1, vectorised=False)
-        print(f"one seed, one call per epoch: {single['epoch_s']:.2f} s per epoch "
-              f"(compiled in {single['compile_s']:.1f} s)", flush=True)
-        rows = []
-        for n in args.seeds:
-            r = measure(n, vectorised=True)
-            r["separate_s"] = n * single["epoch_s"]
-            r["ratio_to_separate"] = r["epoch_s"] / r["separate_s"]
-            r["seed_epochs_per_hour"] = 3600 * n / r["epoch_s"]
-            r["separate_seed_epochs_per_hour"] = 3600 / single["epoch_s"]
-            rows.append(r)
-            print(f"{n} seeds together: {r['epoch_s']:.2f} s per epoch, {r['ratio_to_separate']:.2f}x "
-                  f"the time of {n} separate epochs (compiled in {r['compile_s']:.1f} s)", flush=True)
-        device = jax.devices()[0]
-        result = {
-            "command": "python scripts/bench_seeds.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "date": datetime.date.today().isoformat(),
-            "backend": jax.default_backend(), "device_kind": device.device_kind,
-            "device_count": jax.device_count(), "jax": jax.__version__,
-            "cpu": cpu_identity(),
-            "train_images": len(split), "steps_per_epoch": steps, "batch_size": config.batch_size,
-            "single": single, "together": rows,
-        }
-        write_result(result, args.out, "seeds")
+    if vectorised:
+        source, axes = source.for_seeds([c.seed for c in configs])
+        fn = jax.vmap(fn, in_axes=(0, axes, 0, None))
+    compiled, times = compile_timed(jax.jit(fn, donate_argnums=0), state, source, key,
+                                    np.int32(0))
+    memory = compiled.memory_analysis()
+    epoch = 0
+
+    def one_epoch() -> Any:
+        nonlocal state, epoch
+        state, totals = compiled(state, source, key, np.int32(epoch))
+        epoch += 1
+        return state, totals
+
+    t = timed(one_epoch, epochs)  # the first epoch, untimed, warms up
+    out = {"seeds": n if vectorised else 1, "epoch_s": t.median, "compile_s": times["compile_s"],
+           "epoch_s_all": t.seconds}
+    if memory is not None:
+        out["memory_bytes"] = int(memory.temp_size_in_bytes + memory.argument_size_in_bytes
+                                  + memory.output_size_in_bytes)
+    return out
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    from s7jax import data
+    from s7jax.config import default_config
+
+    env = environment()
+    config = default_config("model6", train_subset=args.train_images, epochs=15)
+    split = data.load_mnist()["train"].subset(args.train_images)
+    single = epoch_time(config, split, 1, False, args.epochs)
+    print(f"one seed, one call per epoch: {single['epoch_s']:.2f} s per epoch "
+          f"(compiled in {single['compile_s']:.1f} s)", flush=True)
+    rows = []
+    for n in args.seeds:
+        r = epoch_time(config, split, n, True, args.epochs)
+        r["separate_s"] = n * single["epoch_s"]
+        r["ratio_to_separate"] = r["epoch_s"] / r["separate_s"]
+        r["seed_epochs_per_hour"] = 3600 * n / r["epoch_s"]
+        r["separate_seed_epochs_per_hour"] = 3600 / single["epoch_s"]
+        rows.append(r)
+        print(f"{n} seeds together: {r['epoch_s']:.2f} s per epoch, {r['ratio_to_separate']:.2f}x "
+              f"the time of {n} separate epochs (compiled in {r['compile_s']:.1f} s)", flush=True)
+    result = {
+        "command": "python scripts/bench_seeds.py " + " ".join(argv),
+        "date": datetime.date.today().isoformat(), **env,
+        "train_images": len(split), "steps_per_epoch": data.steps_per_epoch(
+            len(split), config.batch_size), "batch_size": config.batch_size,
+        "single": single, "together": rows,
+    }
+    write_result(result, args.out, "seeds")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command(parse_args, run, argv)
 
 
 if __name__ == "__main__":
