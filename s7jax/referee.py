@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -96,23 +95,14 @@ def is_referee_run(workdir: Path) -> bool:
 
 
 def _environment(torch, device) -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        torchvision = version("torchvision")
-    except PackageNotFoundError:
-        torchvision = None
-    return {
-        "framework": "pytorch",
-        "torch": torch.__version__,
-        "torchvision": torchvision,
-        "python": platform.python_version(),
-        "backend": "gpu" if device.type == "cuda" else "cpu",
-        "devices": [torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"],
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "cpu": runfiles.cpu_identity(),
-    }
+    """The run's record of its environment: the host's, as an s7jax run's,
+    with PyTorch in place of JAX."""
+    return runfiles.environment(
+        with_jax=False, framework="pytorch", torch=torch.__version__,
+        torchvision=runfiles.package_versions("torchvision")["torchvision"],
+        backend="gpu" if device.type == "cuda" else "cpu",
+        devices=[torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"],
+        threads=torch.get_num_threads())
 
 
 def train_referee(config: RefereeConfig, workdir: str | os.PathLike, *, manual_dir=None,
@@ -149,40 +139,32 @@ def train_referee(config: RefereeConfig, workdir: str | os.PathLike, *, manual_d
         pil = augment = None
         if config.augment.enabled:  # torchvision is needed for augmented models only
             from PIL import Image
-            from torchvision import transforms
 
-            a = config.augment
-            augment = transforms.Compose([
-                transforms.RandomRotation((-a.degrees, a.degrees), fill=(0,)),
-                transforms.ColorJitter(brightness=a.brightness, contrast=a.contrast),
-                transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
+            augment = torch_reference.transform(config.augment)
             pil = [Image.fromarray(im[..., 0]) for im in train.images]
 
         generator = torch.Generator().manual_seed(config.seed)
         steps = -(-len(train) // config.batch_size)
+
+        def batches(order):
+            # Made as they are consumed: augmentation and dropout draw from
+            # torch's global generator in the order of the original loop.
+            for i in range(steps):
+                idx = order[i * config.batch_size:(i + 1) * config.batch_size]
+                x = (torch.stack([augment(pil[j]) for j in idx.tolist()]).to(device) if pil
+                     else train_x[idx.to(device)])
+                yield x, train_y[idx.to(device)]
+
         print(console.table_header())
         history: list[dict[str, Any]] = []
         log = functools.partial(print, flush=True)
         with recorder.recording(workdir, history, log, checkpoints=False) as record:
             for epoch in range(1, config.epochs + 1):
                 start = time.perf_counter()
-                net.train()
                 order = torch.randperm(len(train), generator=generator)
-                loss_sum, correct = 0.0, 0
                 bar = console.progress_bar(epoch, config.epochs, steps, 0, show_progress)
-                for i in range(steps):
-                    idx = order[i * config.batch_size:(i + 1) * config.batch_size]
-                    x = (torch.stack([augment(pil[j]) for j in idx.tolist()]).to(device) if pil
-                         else train_x[idx.to(device)])
-                    y = train_y[idx.to(device)]
-                    optimizer.zero_grad()
-                    out = net(x)
-                    loss = F.nll_loss(out, y)
-                    loss.backward()
-                    optimizer.step()
-                    loss_sum += loss.item() * len(y)
-                    correct += int(out.argmax(1).eq(y).sum())
-                    bar.update()
+                loss_sum, correct, _ = torch_reference.train_epoch(net, optimizer, batches(order),
+                                                                   bar.update)
                 bar.close()
                 net.eval()
                 with torch.no_grad():

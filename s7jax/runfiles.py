@@ -85,30 +85,44 @@ def cpu_identity() -> dict[str, Any] | None:
             "avx512f": "avx512f" in flags, "avx2": "avx2" in flags}
 
 
-def environment() -> dict[str, Any]:
-    """Versions and devices, recorded with every run so results can be traced."""
+def package_versions(*names: str) -> dict[str, str | None]:
+    """Installed versions by distribution name, read from the package metadata
+    (None where one is not installed): recording them imports nothing,
+    TensorFlow least of all."""
     from importlib.metadata import PackageNotFoundError, version
 
-    import flax
-    import jax
-    import optax
+    found: dict[str, str | None] = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
 
-    try:  # read from the package metadata: recording it must not import TensorFlow
-        tfds_version = version("tensorflow-datasets")
-    except PackageNotFoundError:
-        tfds_version = None
-    return {
-        "jax": jax.__version__,
-        "flax": flax.__version__,
-        "optax": optax.__version__,
-        "tensorflow_datasets": tfds_version,
-        "python": platform.python_version(),
-        "backend": jax.default_backend(),
-        "devices": [str(d.device_kind) for d in jax.devices()],
-        "device_count": jax.device_count(),
-        "cpu_count": os.cpu_count(),
-        "cpu": cpu_identity(),
-    }
+
+def environment(with_jax: bool = True, **extras: Any) -> dict[str, Any]:
+    """Versions, devices and the host, recorded with every run so results can
+    be traced: Python and the CPU always; JAX's versions and devices unless
+    ``with_jax`` is False (the PyTorch referee records its own framework, and a
+    benchmark's parent process leaves the accelerator to its workers); then
+    ``extras``, as given."""
+    record: dict[str, Any] = {"python": platform.python_version(), "cpu_count": os.cpu_count(),
+                              "cpu": cpu_identity()}
+    if with_jax:
+        import flax
+        import jax
+        import optax
+
+        record.update({
+            "jax": jax.__version__,
+            "flax": flax.__version__,
+            "optax": optax.__version__,
+            "tensorflow_datasets": package_versions("tensorflow-datasets")["tensorflow-datasets"],
+            "backend": jax.default_backend(),
+            "devices": [str(d.device_kind) for d in jax.devices()],
+            "device_count": jax.device_count(),
+        })
+    return {**record, **extras}
 
 
 def writes_files() -> bool:

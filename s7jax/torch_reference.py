@@ -3,10 +3,12 @@
 This is the yardstick for s7jax: the original study's models were PyTorch
 ``nn.Module``\\ s, so ``tests/test_parity.py`` ports the Flax variables of each
 model into the network built here and checks that both compute the same
-log-probabilities, and ``scripts/bench.py`` trains model6 with it to time the
-original recipe. The networks are written straight from the study's layer
-tables (channels, padding, bias, order of operations), not from
-``s7jax.models``, so that agreement means something::
+log-probabilities, and the referee (``s7jax.referee``) and ``scripts/bench.py``
+train them with the original recipe's step and epoch written here once
+(:func:`transform`, :func:`sgd_step`, :func:`train_epoch`). The networks are
+written straight from the study's layer tables (channels, padding, bias,
+order of operations), not from ``s7jax.models``, so that agreement means
+something::
 
     net = build("model6")                       # torch.nn.Sequential, NCHW input
     load_flax_variables(net, variables)         # {"params", "batch_stats"} of Model6
@@ -152,6 +154,54 @@ def build(name: str) -> Any:
     layers.append(("flatten", nn.Flatten()))  # (B, 10, 1, 1) -> (B, 10)
     layers.append(("log_softmax", nn.LogSoftmax(dim=1)))
     return nn.Sequential(OrderedDict(layers))
+
+
+def transform(augment=None) -> Any:
+    """The original's transform of one MNIST image (a PIL 'L' image, as
+    torchvision's MNIST serves it): with ``augment`` (an enabled
+    ``s7jax.augment.AugmentConfig``) ``RandomRotation(+/-degrees, fill=0)``
+    and ``ColorJitter(brightness, contrast)`` first; then ``ToTensor`` and
+    ``Normalize(0.1307, 0.3081)``. Needs torchvision."""
+    from torchvision import transforms
+
+    from s7jax.data import MEAN, STD
+
+    steps = []
+    if augment is not None and augment.enabled:
+        steps = [transforms.RandomRotation((-augment.degrees, augment.degrees), fill=(0,)),
+                 transforms.ColorJitter(brightness=augment.brightness, contrast=augment.contrast)]
+    return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
+
+
+def sgd_step(net, optimizer, images, labels) -> tuple[Any, Any]:
+    """One training step of the original: the negative log-likelihood of the
+    net's log-probabilities, its gradient and the optimiser's step; returns
+    ``(log_probs, loss)``, still on the device."""
+    F = _torch().nn.functional
+    optimizer.zero_grad()
+    out = net(images)
+    loss = F.nll_loss(out, labels)
+    loss.backward()
+    optimizer.step()
+    return out, loss
+
+
+def train_epoch(net, optimizer, batches, on_step=None) -> tuple[float, int, int]:
+    """One epoch as the original notebooks' ``train()`` runs it: ``net`` in
+    train mode, :func:`sgd_step` on each ``(images, labels)`` of ``batches``,
+    the loss and accuracy read back after every step (``on_step()`` then, if
+    given). Returns (the sum of each batch's mean loss times its size, the
+    correct predictions, the images)."""
+    net.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for images, labels in batches:
+        out, loss = sgd_step(net, optimizer, images, labels)
+        loss_sum += loss.item() * len(labels)
+        correct += int(out.argmax(1).eq(labels).sum())
+        seen += len(labels)
+        if on_step is not None:
+            on_step()
+    return loss_sum, correct, seen
 
 
 def count_params(net) -> int:

@@ -1,8 +1,8 @@
-"""The benchmark tables say what the measurements say."""
+"""The benchmark tables (s7jax.tools.bench.tables) say what the measurements say."""
 
 from __future__ import annotations
 
-from s7jax import benchreport
+from s7jax.tools.bench import tables
 
 
 def bench_result(epoch_s=10.0, step=6000.0, eval_s=0.5, memory_mib=900):
@@ -19,17 +19,17 @@ def bench_result(epoch_s=10.0, step=6000.0, eval_s=0.5, memory_mib=900):
 
 
 def test_goals_are_judged_from_the_measured_ratios():
-    text = benchreport.goals(bench_result())
+    text = tables.goals(bench_result())
     assert "training epoch 2.300x (goal 2x: met)" in text
     assert "train step 1.818x (goal 1.5x: met)" in text
     assert "evaluation 2.000x (goal 2x: met)" in text
     assert "peak memory 900 MiB against 1,150 MiB (goal: at most PyTorch's: met)" in text
     assert "(compile channels last, 4,000 img/s): 1.50x" in text
-    slow = benchreport.goals(bench_result(epoch_s=12.0, eval_s=0.6, memory_mib=1200))
+    slow = tables.goals(bench_result(epoch_s=12.0, eval_s=0.6, memory_mib=1200))
     assert "training epoch 1.917x (goal 2x: not met)" in slow
     assert "evaluation 1.667x (goal 2x: not met)" in slow
     assert "(goal: at most PyTorch's: not met)" in slow
-    assert benchreport.goals({"s7jax": {}, "pytorch": {}}) is None  # an older file
+    assert tables.goals({"s7jax": {}, "pytorch": {}}) is None  # an older file
 
 
 def test_parts_table_sums_layers_and_names_the_rest():
@@ -41,7 +41,7 @@ def test_parts_table_sums_layers_and_names_the_rest():
                         part("conv forward", "conv2", 1.0)],
               "per_step": [dict(part="dispatch", ms=0.5)],
               "per_epoch": [dict(part="evaluation", ms=1000.0)]}
-    table = benchreport.parts_table(result)
+    table = tables.parts_table(result)
     lines = table.splitlines()
     assert lines[2].startswith("| conv forward (2 layers) | 4.00 | 40% | 2.0 | 2.0 |")
     assert lines[3].startswith("| conv weight gradient | 2.00 | 20% |")

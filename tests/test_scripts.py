@@ -210,20 +210,20 @@ def test_bench_step_rejects_a_step_count_it_cannot_split(tmp_path):
     (99.20, "(measured with dropout on) ends 0.20 points below"),
 ])
 def test_report_names_a_train_test_gap_by_its_size(train_acc, phrase):
-    from s7jax import report
+    from s7jax.tools.report import study
     history = [{"epoch": 1, "test_acc": 98.0, "train_acc": 97.0},
                {"epoch": 2, "test_acc": 99.4, "train_acc": train_acc}]
-    text = report.analysis("model4", history, {"mean": 99.4}, None,
+    text = study.analysis("model4", history, {"mean": 99.4}, None,
                            {"dropout": True, "augmentation": False})
     assert phrase in text
     assert "Epoch 1 reached 98.00%" in text and "99.4% first in epoch 2." in text
 
 
 def test_report_compares_runs_of_different_lengths_at_a_shared_epoch():
-    from s7jax import report
+    from s7jax.tools.report import study
     short = [{"epoch": e, "test_acc": a, "train_acc": a} for e, a in ((1, 98.9), (2, 99.1))]
     long = [{"epoch": e, "test_acc": 97.0 + e / 4, "train_acc": 99.0} for e in range(1, 6)]
-    text = report.analysis("model2", long, {"mean": 99.4}, ("model1", short, {"mean": 99.0}),
+    text = study.analysis("model2", long, {"mean": 99.4}, ("model1", short, {"mean": 99.0}),
                            {"dropout": False, "augmentation": False})
     assert "Against model1 at epoch 2 (the shorter run's last): 97.50% vs 99.10%." in text
     assert "99.4% not reached in 5 epochs." in text

@@ -174,15 +174,3 @@ def config_flags_given(args: argparse.Namespace) -> list[str]:
     names = [f.name for f, _ in _config_fields()] + ["recipe"]
     return sorted([_flag(n) for n in names if getattr(args, n, None) is not None]
                   + ["--no-augment"] * bool(args.no_augment))
-
-
-def write_result(result: dict, out: str | None, name: str) -> None:
-    """A benchmark's result as JSON: to ``out``, or by default to
-    ``results/<name>-<backend>.json``; says where."""
-    import json
-    from pathlib import Path
-
-    path = Path(out or Path("results") / f"{name}-{result['backend']}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")

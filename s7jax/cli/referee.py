@@ -20,12 +20,14 @@ from s7jax.cli import (
 
 
 def parse_args(argv=None):
+    from s7jax.config import MAX_EPOCHS
+
     p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="model6", help="model1 .. model6 (default model6)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and order seed (default 0)")
-    p.add_argument("--epochs", type=int, default=15, help="epochs (default 15)")
+    p.add_argument("--epochs", type=int, default=MAX_EPOCHS, help=f"epochs (default {MAX_EPOCHS})")
     p.add_argument("--allow-long", action="store_true",
-                   help="allow more than 15 epochs (the study itself trained 20)")
+                   help=f"allow more than {MAX_EPOCHS} epochs (the study itself trained 20)")
     p.add_argument("--train-subset", type=int, help="train on the first N images only (quick runs)")
     p.add_argument("--test-subset", type=int, help="evaluate on the first N test images only")
     p.add_argument("--results", default="results",

@@ -3,8 +3,9 @@
     python scripts/report.py          # rewrite README.md in place
     python scripts/report.py --check  # exit 1 if README.md is out of date
 
-Every number comes from the committed files (see ``s7jax.report``); run it
-from the repository's root, or name the files with ``--readme`` and
+(or ``s7jax-report``, or ``python -m s7jax.tools.report.readme``). Every
+number comes from the committed files (:mod:`.results`, :mod:`.performance`);
+run it from the repository's root, or name the files with ``--readme`` and
 ``--results``.
 """
 
@@ -14,11 +15,25 @@ import sys
 from pathlib import Path
 
 from s7jax.cli import OneLineErrorParser, exit_on_known_errors
-from s7jax.report import (
-    BEGIN, END, PERF_BEGIN, PERF_END, performance_section, replace_between, results_section)
+from s7jax.errors import ConfigError
+from s7jax.tools.report.performance import performance_section
+from s7jax.tools.report.results import results_section
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+PERF_BEGIN, PERF_END = "<!-- performance:begin -->", "<!-- performance:end -->"
 
 
-def main(argv=None) -> int:
+def replace_between(text: str, begin: str, end: str, body: str) -> str:
+    """``text`` with what stands between the markers ``begin`` and ``end``
+    replaced by ``body``."""
+    if begin not in text or end not in text:
+        raise ConfigError(f"the README lacks the markers {begin} ... {end}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
     p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--check", action="store_true", help="only check that README.md is up to date")
     p.add_argument("--readme", default="README.md", help="the README to update (default ./README.md)")

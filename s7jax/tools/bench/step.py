@@ -1,6 +1,6 @@
 """What each speed choice in model6's training step is worth, in one run.
 
-    python scripts/bench_step.py
+    python scripts/bench_step.py     # or s7jax-bench-step, or python -m s7jax.tools.bench.step
 
 times model6's jitted train step (batch 128, four fixed MNIST-like batches,
 clocks read after ``block_until_ready``) as s7jax builds it, and with one choice at a
@@ -38,21 +38,20 @@ import argparse
 import datetime
 import functools
 import hashlib
-import os
-import platform
 import statistics
 import sys
-import time
+from collections.abc import Callable
+from typing import Any
 
-
-from s7jax.benchreport import step_table
-from s7jax.cli import OneLineErrorParser, exit_on_known_errors, write_result
+from s7jax.cli import OneLineErrorParser
+from s7jax.tools.bench.measure import command, clock, compile_timed, environment, log, write_result
+from s7jax.tools.bench.tables import step_table
 
 BATCH_SIZE = 128
 STEPS_PER_CALL = 4
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=24, help="steps timed per variant and round")
     p.add_argument("--rounds", type=int, default=3, help="rounds over all variants")
@@ -65,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def variants():
+def variants() -> dict[str, Callable[[], Any]]:
     """name -> a context in which the train step is traced with that choice."""
     import contextlib
 
@@ -148,16 +147,19 @@ def variants():
     }
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> int:
+def inputs() -> tuple[Any, list, Any, Any, Any]:
+    """model6's default config, ``STEPS_PER_CALL`` fixed MNIST-like batches
+    (each alone, and stacked), its initial state (on the host: each variant
+    starts from a copy) and its dropout key."""
     import jax
     import numpy as np
 
-    from s7jax.config import default_config
-    from s7jax.data import normalize
-    from s7jax.steps import initial_state, learning_rate_schedule, train_step, train_steps
+    from s7jax.config import TRAIN_IMAGES, default_config
+    from s7jax.data import normalize, steps_per_epoch
+    from s7jax.steps import initial_state, learning_rate_schedule
 
     config = default_config("model6")
-    schedule = learning_rate_schedule(config, 468)
+    schedule = learning_rate_schedule(config, steps_per_epoch(TRAIN_IMAGES, BATCH_SIZE))
     rng = np.random.default_rng(0)
     # MNIST-like: mostly a constant (black) background, so activations tie
     # within pooling windows as they do on real digits.
@@ -168,89 +170,107 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     batches = jax.device_put(batches)
     stacked = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *batches)
     host_state, key = initial_state(config, schedule)
-    host_state = jax.device_get(host_state)
+    return config, batches, stacked, jax.device_get(host_state), key
 
-    def several(state, stacked, key, fenced=False, scan=False):
-        if scan:  # the loop of --pipeline scan
-            return jax.lax.scan(lambda s, b: (train_step(s, b, key)[0], None), state, stacked)[0]
-        group = tuple(jax.tree.map(lambda x: x[i], stacked) for i in range(STEPS_PER_CALL))
-        if not fenced:
-            return train_steps(state, group, key)[0]
-        # Barriers around each step keep XLA from fusing across steps.
-        fence = jax.lax.optimization_barrier
-        for batch in group:
-            state = fence(train_step(state, fence(batch), key)[0])
+
+def several(state: Any, stacked: Any, key: Any, fenced: bool = False, scan: bool = False) -> Any:
+    """``STEPS_PER_CALL`` train steps in one function: as ``train_steps``,
+    fenced step by step, or as the rolled loop of ``--pipeline scan``."""
+    import jax
+
+    from s7jax.steps import train_step, train_steps
+
+    if scan:
+        return jax.lax.scan(lambda s, b: (train_step(s, b, key)[0], None), state, stacked)[0]
+    group = tuple(jax.tree.map(lambda x: x[i], stacked) for i in range(STEPS_PER_CALL))
+    if not fenced:
+        return train_steps(state, group, key)[0]
+    # Barriers around each step keep XLA from fusing across steps.
+    fence = jax.lax.optimization_barrier
+    for batch in group:
+        state = fence(train_step(state, fence(batch), key)[0])
+    return state
+
+
+def compile_variant(name: str, context: Callable[[], Any], steps: int, batches: list,
+                    stacked: Any, host_state: Any, key: Any) -> tuple[Callable, Any, dict]:
+    """The variant's step compiled within its context (timed), and run for
+    ``steps`` steps from the initial state: ``run(state, n)`` (n steps), the
+    state after them, and its record (compile time, the state's SHA-256)."""
+    import jax
+    import numpy as np
+
+    from s7jax.steps import train_step
+
+    multi = "per jit call" in name
+    # A new function object per variant: jit's trace cache is keyed on it.
+    fn = ((lambda s, b, k, f="fenced" in name, sc="lax.scan" in name: several(s, b, k, f, sc))
+          if multi else (lambda s, b, k: train_step(s, b, k)[0]))
+    with context():
+        compiled, times = compile_timed(jax.jit(fn, donate_argnums=0), jax.device_put(host_state),
+                                        stacked if multi else batches[0], key)
+
+    def run(state: Any, n: int) -> Any:
+        if multi:
+            for _ in range(n // STEPS_PER_CALL):
+                state = compiled(state, stacked, key)
+        else:
+            for i in range(n):
+                state = compiled(state, batches[i % STEPS_PER_CALL], key)
         return state
 
-    runners, results = {}, {}
-    for name, context in variants().items():
-        multi = "per jit call" in name
-        # A new function object per variant: jit's trace cache is keyed on it.
-        fn = ((lambda s, b, k, f="fenced" in name, sc="lax.scan" in name: several(s, b, k, f, sc))
-              if multi
-              else (lambda s, b, k: train_step(s, b, k)[0]))
-        with context():
-            step = jax.jit(fn, donate_argnums=0)
-            state = jax.device_put(host_state)
-            t = time.perf_counter()
-            compiled = step.lower(state, stacked if multi else batches[0], key).compile()
-            compile_s = time.perf_counter() - t
-        if multi:
-            def run(state, n, compiled=compiled):
-                for _ in range(n // STEPS_PER_CALL):
-                    state = compiled(state, stacked, key)
-                return state
-        else:
-            def run(state, n, compiled=compiled):
-                for i in range(n):
-                    state = compiled(state, batches[i % STEPS_PER_CALL], key)
-                return state
-        state = jax.block_until_ready(run(state, args.steps))  # the same steps for every variant
-        leaves = jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))
-        digest = hashlib.sha256(b"".join(np.asarray(x).tobytes() for x in leaves)).hexdigest()
-        runners[name] = (run, state)
-        results[name] = {"compile_s": compile_s, "state_sha256": digest, "ms_per_step": []}
-        print(f"[bench_step] compiled {name!r} in {compile_s:.2f} s", file=sys.stderr, flush=True)
+    state = jax.block_until_ready(run(jax.device_put(host_state), steps))  # the same steps for all
+    leaves = jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))
+    digest = hashlib.sha256(b"".join(np.asarray(x).tobytes() for x in leaves)).hexdigest()
+    log(f"compiled {name!r} in {times['compile_s']:.2f} s", "bench_step")
+    return run, state, {"compile_s": times["compile_s"], "state_sha256": digest, "ms_per_step": []}
 
+
+def time_rounds(runners: dict[str, tuple[Callable, Any]], results: dict[str, dict],
+                steps: int, rounds: int) -> None:
+    """``rounds`` rounds of ``steps`` steps of every variant, each round in a
+    new order (so that no variant always follows the same one)."""
     names = list(runners)
-    for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
             run, state = runners[name]
-            t = time.perf_counter()
-            state = jax.block_until_ready(run(state, args.steps))
-            results[name]["ms_per_step"].append((time.perf_counter() - t) / args.steps * 1e3)
+            seconds, state = clock(lambda: run(state, steps))
             runners[name] = (run, state)
+            results[name]["ms_per_step"].append(seconds / steps * 1e3)
 
+
+def compare(results: dict[str, dict]) -> None:
+    """Each variant's median step time, its ratio to s7jax's, and whether it
+    ends in s7jax's state."""
     base = statistics.median(results["s7jax"]["ms_per_step"])
-    for name, r in results.items():
+    for r in results.values():
         r["median_ms_per_step"] = statistics.median(r["ms_per_step"])
         r["ratio_to_s7jax"] = r["median_ms_per_step"] / base
         r["images_per_s"] = BATCH_SIZE / r["median_ms_per_step"] * 1e3
         r["same_state_as_s7jax"] = r["state_sha256"] == results["s7jax"]["state_sha256"]
 
-    out = {
-        "command": " ".join(["python scripts/bench_step.py", *argv]),
-        "date": datetime.date.today().isoformat(),
-        "backend": jax.default_backend(),
-        "device_kind": jax.devices()[0].device_kind,
-        "cpu_count": os.cpu_count(),
-        "loadavg_before": list(os.getloadavg()),
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-        "batch_size": BATCH_SIZE, "steps": args.steps, "rounds": args.rounds,
-        "variants": results,
-    }
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    env = environment()
+    _, batches, stacked, host_state, key = inputs()
+    runners, results = {}, {}
+    for name, context in variants().items():
+        run_fn, state, results[name] = compile_variant(name, context, args.steps, batches,
+                                                       stacked, host_state, key)
+        runners[name] = (run_fn, state)
+    time_rounds(runners, results, args.steps, args.rounds)
+    compare(results)
+    out = {"command": " ".join(["python scripts/bench_step.py", *argv]),
+           "date": datetime.date.today().isoformat(), **env,
+           "batch_size": BATCH_SIZE, "steps": args.steps, "rounds": args.rounds,
+           "variants": results}
     print(step_table(out))
     write_result(out, args.out, "step")
     return 0
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    with exit_on_known_errors():
-        return run(args, argv)
+def main(argv: list[str] | None = None) -> int:
+    return command(parse_args, run, argv)
 
 
 if __name__ == "__main__":

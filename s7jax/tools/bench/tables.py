@@ -1,14 +1,15 @@
-"""Tables of the benchmarks' results: ``scripts/bench.py`` (s7jax against the
-PyTorch original) and ``scripts/bench_step.py`` (the train step's speed choices).
+"""The benchmarks' results as tables: the text each benchmark prints, the README's Markdown.
 
 ``scripts/bench.py`` writes ``results/bench-<cpu|gpu>.json``; :func:`rows`
 turns one such result into table rows, :func:`text_table` prints them
 aligned (the bench's own output) and :func:`performance_markdown` makes the
-README's Performance section from several files::
+README's Performance tables from several files::
 
-    from s7jax.benchreport import performance_markdown
+    from s7jax.tools.bench.tables import performance_markdown
     print(performance_markdown(sorted(Path("results").glob("bench-*.json"))))
 
+:func:`parts_table`, :func:`step_table` and :func:`seeds_table` do the same
+for ``scripts/bench_parts.py``, ``bench_step.py`` and ``bench_seeds.py``.
 The speed-up column is s7jax's rate over PyTorch's (images per second, or
 PyTorch's seconds over s7jax's): above 1, s7jax is faster.
 """
