@@ -81,7 +81,8 @@ def create_train_state(model: nn.Module, key: jax.Array, tx: optax.GradientTrans
     return TrainState.create(apply_fn=model.apply, params=params,
                              batch_stats=variables.get("batch_stats", {}), tx=tx,
                              label_smoothing=label_smoothing, ema_decay=ema_decay,
-                             ema_params=params if ema_decay else None)
+                             # its own buffers: the state is donated to each step
+                             ema_params=jax.tree.map(jnp.copy, params) if ema_decay else None)
 
 
 def initial_state(config: Config, schedule: optax.Schedule) -> tuple[TrainState, jax.Array]:

@@ -110,15 +110,16 @@ def test_the_weight_average_follows_each_step_and_is_what_gets_evaluated():
     plain, _ = fresh_state(lr=0.05)
     assert plain.ema_params is None  # off: the state's leaves (and checkpoints) as before
     batch = fixed_batch()
-    seen = [state.params]
+    seen = [jax.tree.map(np.asarray, state.params)]  # the step donates the arrays
+    step = jax.jit(train_step, donate_argnums=0)  # as the loops run it
     for _ in range(2):
-        state, _ = jax.jit(train_step)(state, batch, key)
-        plain, _ = jax.jit(train_step)(plain, batch, key)
-        seen.append(state.params)
+        state, _ = step(state, batch, key)
+        plain, _ = step(plain, batch, key)
+        seen.append(jax.tree.map(np.asarray, state.params))
     chex.assert_trees_all_close(state.params, plain.params, rtol=1e-6)  # training is unchanged
     expected = jax.tree.map(lambda p0, p1, p2: d * d * p0 + d * (1 - d) * p1 + (1 - d) * p2, *seen)
     chex.assert_trees_all_close(state.ema_params, expected, rtol=1e-5, atol=1e-7)
-    averaged = plain.replace(params=state.ema_params, batch_stats=state.batch_stats)
+    averaged = fresh_state()[0].replace(params=state.ema_params, batch_stats=state.batch_stats)
     chex.assert_trees_all_close(eval_step(state, batch), eval_step(averaged, batch), rtol=1e-6)
 
 
