@@ -101,7 +101,8 @@ TRIALS = "recipe-trials"  # results/recipe-trials/<trial>/<model>/seed-<s>/: can
 BASELINE = "previous"  # the trial that holds the recipe the others were measured against
 
 
-def _settings(run: Path) -> dict[str, Any]:
+def settings(run: Path) -> dict[str, Any]:
+    """A run's recorded config, flat (``augment.degrees``, ...)."""
     config = dict(runfiles.read_record(run)["config"])
     augment = config.pop("augment")
     return {**config, **{f"augment.{k}": v for k, v in augment.items()}}
@@ -119,14 +120,14 @@ def recipe_trials(results_dir: str | Path, model: str = "model6") -> list[dict[s
     if BASELINE not in found or found[BASELINE] is None:
         return []
     base = found.pop(BASELINE)
-    base_settings = _settings(run_dir(root / BASELINE, model, int(next(iter(base["seeds"])))))
+    base_settings = settings(run_dir(root / BASELINE, model, int(next(iter(base["seeds"])))))
     trials = [{"name": BASELINE, "changes": {}, "runs": base, "paired_difference": 0.0,
                "paired_seeds": base["n_seeds"]}]
     for name, runs in found.items():
         if runs is None:
             continue
-        settings = _settings(run_dir(root / name, model, int(next(iter(runs["seeds"])))))
-        changes = {k: (base_settings.get(k), v) for k, v in settings.items()
+        trial_settings = settings(run_dir(root / name, model, int(next(iter(runs["seeds"])))))
+        changes = {k: (base_settings.get(k), v) for k, v in trial_settings.items()
                    if k != "seed" and base_settings.get(k) != v}
         paired = [runs["seeds"][s]["mean"] - base["seeds"][s]["mean"]
                   for s in runs["seeds"] if s in base["seeds"]]

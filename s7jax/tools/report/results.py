@@ -33,6 +33,7 @@ def results_section(results_dir: Path, write_plots: bool = True) -> str:
     lines += models_table(models, first_runs)
     if "model6" in models:
         lines += model6_over_seeds(models["model6"], summary["target"], results_dir, write_plots)
+    lines += recipe_trials(results_dir)
     if models:
         if write_plots:
             from s7jax import plots
@@ -95,6 +96,51 @@ def model6_over_seeds(m: dict[str, Any], target: float, results_dir: Path,
             f"{' / '.join(f'{a:.2f}' for a in worst['last3'])}.",
             "", "![model6, the last three epochs of every seed](results/model6/last3.png)",
             "", "![model6 test accuracy per seed](results/model6/seeds.png)"]
+
+
+def _flag(setting: str, value: Any) -> str:
+    return f"--{setting.removeprefix('augment.').replace('_', '-')} {value:g}"
+
+
+def recipe_trials(results_dir: Path, model: str = "model6") -> list[str]:
+    """The candidate recipes tried under ``results/recipe-trials/``: what
+    each changed, on how many seeds, and what it did against the recipe
+    before them on the same seeds; each with the command that trains it
+    today (the flags in which it differs from today's default)."""
+    from s7jax import results
+    from s7jax.config import default_config
+
+    trials = results.recipe_trials(results_dir, model)
+    if not trials:
+        return []
+    today = {**default_config(model).to_json()}
+    today.update({f"augment.{k}": v for k, v in today.pop("augment").items()})
+    base = trials[0]["runs"]
+    lines = ["", f"**Improving {model}'s recipe.** Each candidate below trained {model} on a few "
+             f"seeds; its last-3 mean is set against the earlier recipe's "
+             f"(`{results.BASELINE}`, {base['n_seeds']} seeds) on the same seeds. The files are "
+             f"under `results/{results.TRIALS}/<trial>/`.", "",
+             "| trial | change | seeds | seeds holding | last-3 mean | against the earlier recipe, "
+             "same seeds | command |", "|---|---|---:|---:|---:|---:|---|"]
+    for t in trials:
+        runs = t["runs"]
+        run = results.run_dir(results_dir / results.TRIALS / t["name"], model,
+                              int(next(iter(runs["seeds"]))))
+        settings = results.settings(run)
+        flags = " ".join(_flag(k, v) for k, v in settings.items()
+                         if k != "seed" and today.get(k) != v and isinstance(v, (int, float))
+                         and not isinstance(v, bool))  # the rest: resolved per machine
+        change = ", ".join(f"{k} {old:g} -> {new:g}" for k, (old, new) in t["changes"].items()) or (
+            "(the earlier recipe)")
+        if not flags:
+            change += " (the default now)"
+        versus = ("" if t["name"] == results.BASELINE else
+                  f"{t['paired_difference']:+.3f} ({t['paired_seeds']} seeds)")
+        command = (f"`python scripts/sweep.py --model {model} --seeds {runs['n_seeds']} {flags} "
+                   f"--results results/{results.TRIALS}/{t['name']}`").replace("  ", " ")
+        lines.append(f"| {t['name']} | {change} | {runs['n_seeds']} | "
+                     f"{runs['seeds_holding_target']} | {runs['mean']:.3f} | {versus} | {command} |")
+    return lines
 
 
 def reproducibility(results_dir: Path) -> list[str]:
