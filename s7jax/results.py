@@ -102,8 +102,9 @@ BASELINE = "previous"  # the trial that holds the recipe the others were measure
 
 
 def settings(run: Path) -> dict[str, Any]:
-    """A run's recorded config, flat (``augment.degrees``, ...)."""
-    config = dict(runfiles.read_record(run)["config"])
+    """A run's recorded config, flat (``augment.degrees``, ...), with the
+    settings added since it was recorded at the value it ran with."""
+    config = runfiles.read_config(run).to_json()
     augment = config.pop("augment")
     return {**config, **{f"augment.{k}": v for k, v in augment.items()}}
 

@@ -146,7 +146,8 @@ def recipe_trials(results_dir: Path, model: str = "model6") -> list[str]:
 def reproducibility(results_dir: Path) -> list[str]:
     """One line per recorded run trained again (its ``reproduce.json``)."""
     paths = sorted([*results_dir.glob("*/seed-*/reproduce.json"),
-                    *results_dir.glob("repeats/*/reproduce.json")])
+                    *results_dir.glob("repeats/*/reproduce.json"),
+                    *results_dir.glob("recipe-trials/*/*/seed-*/reproduce.json")])
     lines = ["", "### Reproducibility", ""] if paths else []
     for path in paths:
         v = json.loads(path.read_text())
