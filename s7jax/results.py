@@ -112,29 +112,34 @@ def settings(run: Path) -> dict[str, Any]:
 def recipe_trials(results_dir: str | Path, model: str = "model6") -> list[dict[str, Any]]:
     """Every trial of a candidate recipe under ``results/recipe-trials/``:
     its name, the settings in which it differs from the baseline trial
-    (``{name: (baseline's, trial's)}``), :func:`over_seeds` of its runs, and
-    the mean over its seeds of (its last-3 mean - the baseline's on the same
-    seed). The baseline comes first."""
+    (``changes``: ``{name: (baseline's, trial's)}``), :func:`over_seeds` of
+    its runs, and what it did: the mean over its seeds of (its last-3 mean -
+    that of the trial it builds on, on the same seed). A trial builds on the
+    one whose changes it makes all of plus the fewest others (on the baseline
+    when none). The baseline comes first."""
     root = Path(results_dir) / TRIALS
     found = {p.name: runs_of(p, model) for p in sorted(root.iterdir()) if p.is_dir()} if (
         root.is_dir()) else {}
-    if BASELINE not in found or found[BASELINE] is None:
+    if found.get(BASELINE) is None:
         return []
     base = found.pop(BASELINE)
     base_settings = settings(run_dir(root / BASELINE, model, int(next(iter(base["seeds"])))))
-    trials = [{"name": BASELINE, "changes": {}, "runs": base, "paired_difference": 0.0,
-               "paired_seeds": base["n_seeds"]}]
+    trials = [{"name": BASELINE, "changes": {}, "runs": base, "builds_on": None,
+               "paired_difference": None, "paired_seeds": 0}]
     for name, runs in found.items():
-        if runs is None:
-            continue
-        trial_settings = settings(run_dir(root / name, model, int(next(iter(runs["seeds"])))))
-        changes = {k: (base_settings.get(k), v) for k, v in trial_settings.items()
-                   if k != "seed" and base_settings.get(k) != v}
-        paired = [runs["seeds"][s]["mean"] - base["seeds"][s]["mean"]
-                  for s in runs["seeds"] if s in base["seeds"]]
-        trials.append({"name": name, "changes": changes, "runs": runs,
-                       "paired_difference": statistics.fmean(paired) if paired else None,
-                       "paired_seeds": len(paired)})
+        if runs is not None:
+            trial_settings = settings(run_dir(root / name, model, int(next(iter(runs["seeds"])))))
+            trials.append({"name": name, "runs": runs, "changes": {
+                k: (base_settings.get(k), v) for k, v in trial_settings.items()
+                if k != "seed" and base_settings.get(k) != v}})
+    for t in trials[1:]:
+        below = [o for o in trials if len(o["changes"]) < len(t["changes"])
+                 and o["changes"].items() <= t["changes"].items()]
+        parent = max(below, key=lambda o: len(o["changes"]))
+        paired = [seed["mean"] - parent["runs"]["seeds"][s]["mean"]
+                  for s, seed in t["runs"]["seeds"].items() if s in parent["runs"]["seeds"]]
+        t.update(builds_on=parent["name"], paired_seeds=len(paired),
+                 paired_difference=statistics.fmean(paired) if paired else None)
     return trials
 
 

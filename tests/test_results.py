@@ -52,10 +52,16 @@ def test_recipe_trials_name_their_changes_and_compare_on_the_same_seeds(tmp_path
         record_run(root / "decay" / "model6" / f"seed-{s}",
                    default_config(seed=s, weight_decay=1e-3,
                                   augment=AugmentConfig(5.0, 0.2, 0.2)), last3)
+    record_run(root / "decay-smooth" / "model6" / "seed-1",
+               default_config(seed=1, weight_decay=1e-3, augment=AugmentConfig(5.0, 0.2, 0.2),
+                              label_smoothing=0.1), (99.40, 99.40, 99.40))
     (root / "empty").mkdir()  # a trial with no runs yet is left out
-    base, decay = results.recipe_trials(tmp_path)
+    base, decay, smooth = results.recipe_trials(tmp_path)
     assert base["name"] == results.BASELINE and base["runs"]["n_seeds"] == 3
     assert decay["changes"] == {"weight_decay": (0.0, 1e-3), "augment.degrees": (7.0, 5.0)}
+    assert decay["builds_on"] == results.BASELINE
     assert decay["paired_seeds"] == 2  # seed 2 has no trial run
     assert decay["paired_difference"] == pytest.approx((0.10 + 0.03) / 2)
+    assert smooth["builds_on"] == "decay" and smooth["paired_seeds"] == 1
+    assert smooth["paired_difference"] == pytest.approx(99.40 - 99.53)
     assert results.recipe_trials(tmp_path / "nowhere") == []

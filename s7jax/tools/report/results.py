@@ -117,11 +117,13 @@ def recipe_trials(results_dir: Path, model: str = "model6") -> list[str]:
     today.update({f"augment.{k}": v for k, v in today.pop("augment").items()})
     base = trials[0]["runs"]
     lines = ["", f"**Improving {model}'s recipe.** Each candidate below trained {model} on a few "
-             f"seeds; its last-3 mean is set against the earlier recipe's "
-             f"(`{results.BASELINE}`, {base['n_seeds']} seeds) on the same seeds. The files are "
-             f"under `results/{results.TRIALS}/<trial>/`.", "",
-             "| trial | change | seeds | seeds holding | last-3 mean | against the earlier recipe, "
-             "same seeds | command |", "|---|---|---:|---:|---:|---:|---|"]
+             f"seeds, changing the earlier recipe (`{results.BASELINE}`, {base['n_seeds']} "
+             "seeds) as the second column says; the last column sets its last-3 mean against "
+             "the trial it builds on (the earlier recipe, or the trial whose changes it makes "
+             "plus one), on the same seeds. The files are under "
+             f"`results/{results.TRIALS}/<trial>/`.", "",
+             "| trial | change | seeds | seeds holding | last-3 mean | against what it builds on, "
+             "same seeds | command |", "|---|---|---:|---:|---:|---|---|"]
     for t in trials:
         runs = t["runs"]
         run = results.run_dir(results_dir / results.TRIALS / t["name"], model,
@@ -134,8 +136,9 @@ def recipe_trials(results_dir: Path, model: str = "model6") -> list[str]:
             "(the earlier recipe)")
         if not flags:
             change += " (the default now)"
-        versus = ("" if t["name"] == results.BASELINE else
-                  f"{t['paired_difference']:+.3f} ({t['paired_seeds']} seeds)")
+        versus = ("" if t["builds_on"] is None else
+                  f"{t['paired_difference']:+.3f} against {t['builds_on']} "
+                  f"({t['paired_seeds']} seeds)")
         command = (f"`python scripts/sweep.py --model {model} --seeds {runs['n_seeds']} {flags} "
                    f"--results results/{results.TRIALS}/{t['name']}`").replace("  ", " ")
         lines.append(f"| {t['name']} | {change} | {runs['n_seeds']} | "
