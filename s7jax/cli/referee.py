@@ -4,8 +4,9 @@ for s7jax's run of the same model (see ``s7jax.referee``).
     python scripts/referee.py --model model2 --seed 0
 
 trains ``s7jax.torch_reference``'s model2 (PyTorch's default initialisation)
-with SGD 0.01, momentum 0.9, batch 128 for 15 epochs on the CPU and writes
-``results/model2/torch-seed-0/`` (``config.json``, ``metrics.jsonl``), which
+with SGD 0.01, momentum 0.9, batch 128 for 15 epochs, on the GPU where PyTorch
+sees one, else the CPU, and writes ``results/model2/torch-seed-0/``
+(``config.json``, ``metrics.jsonl``), which
 ``scripts/report.py`` sets beside s7jax's runs in the README's "Against the
 original" table. Needs PyTorch and torchvision (``pip install -e '.[bench]'``).
 """
