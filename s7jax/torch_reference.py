@@ -224,8 +224,8 @@ def flax_to_state_dict(variables: Mapping[str, Any]) -> OrderedDict[str, Any]:
     stats = variables.get("batch_stats", {}) or {}
     state: OrderedDict[str, Any] = OrderedDict()
 
-    def tensor(x):
-        return torch.from_numpy(np.ascontiguousarray(_to_numpy(x)))
+    def tensor(x):  # a writable copy: arrays loaded from a weights file are read-only
+        return torch.from_numpy(np.array(_to_numpy(x), order="C"))
 
     for layer, p in params.items():
         if layer.startswith("conv"):
