@@ -96,12 +96,17 @@ def recording(workdir: Path, history: list[dict[str, Any]], log: Callable[[str],
         yield Recorder(workdir, history, log, write_events, prefix=prefix, checkpoints=checkpoints)
 
 
+def unset_flag() -> dict[str, Any]:
+    return {"set": False, "signum": signal.SIGINT}
+
+
 @contextlib.contextmanager
-def interrupt_flag() -> Iterator[dict[str, Any]]:
+def interrupt_flag(flag: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """Turn Ctrl-C, and SIGTERM (what ``timeout``, a scheduler or a container
     runtime sends), into a flag checked between steps: ``flag["set"]``, and
-    ``flag["signum"]`` the signal that came."""
-    flag = {"set": False, "signum": signal.SIGINT}
+    ``flag["signum"]`` the signal that came (``flag``: one made with
+    :func:`unset_flag` ahead, for what holds it before the signals are caught)."""
+    flag = unset_flag() if flag is None else flag
 
     def handler(signum, frame):
         flag["set"], flag["signum"] = True, signum

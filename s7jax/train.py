@@ -172,31 +172,42 @@ def _run(config: Config, workdir: Path, start, *, mesh, data_dir, manual_dir,
         f"batches {'made on the device' if config.pipeline == 'device' else 'from tf.data'}"))
 
     run_start = time.perf_counter()
-    with (recorder.interrupt_flag() as interrupted,
-          recorder.recording(workdir, history, log) as record):
+    interrupted = recorder.unset_flag()
+    with recorder.recording(workdir, history, log) as record:
         ctx = loops.RunContext(
             config, mesh, run_data, dropout_key,
             make_batch_stats_fn(get_model(config.model)) if config.precise_bn else None,
             calibration, record, interrupted)
+        # Made (and, for scan, compiled) before signals are caught: until the
+        # first step, Ctrl-C stops the run at once.
         run_epoch = (loops.EpochPerCall(ctx, state, log) if config.pipeline == "scan"
                      else loops.StepByStep(ctx, start_step))
-        log(console.table_header())
-        for epoch in range(start_step // steps, config.epochs):
-            epoch_start = time.perf_counter()
-            first = start_step - epoch * steps if epoch == start_step // steps else 0
-            try:
-                with console.progress_bar(epoch + 1, config.epochs, steps, first,
-                                          show_progress) as bar:
-                    state, host, test = run_epoch(state, epoch, first, partial, bar)
-            except NonFiniteLossError as e:  # say what is kept
-                raise NonFiniteLossError(e.epoch, e.step,
-                                         checkpoint.latest_step(record.checkpoint_dir)) from None
-            partial = None
-            step = int(state.step)
-            row = recorder.metrics_row(epoch + 1, float(schedule(step - 1)),
-                                       mean_loss_and_accuracy(host), test,
-                                       time.perf_counter() - epoch_start)
-            record.end_epoch(row, steps - first, state=state, step=step)
-            recorder.stop_if_interrupted(interrupted, epoch + 1, config.epochs, step, workdir)
+        with recorder.interrupt_flag(interrupted):
+            _epochs(ctx, run_epoch, state, start_step, partial, schedule, show_progress)
     log(console.final_line(history, time.perf_counter() - run_start))
     return history
+
+
+def _epochs(ctx: loops.RunContext, run_epoch: Callable, state, start_step: int,
+            partial: dict | None, schedule, show_progress: bool) -> None:
+    """The run's epochs from ``start_step`` on, each recorded as it ends."""
+    config, steps, record = ctx.config, ctx.data.steps, ctx.recorder
+    record.log(console.table_header())
+    for epoch in range(start_step // steps, config.epochs):
+        epoch_start = time.perf_counter()
+        first = start_step - epoch * steps if epoch == start_step // steps else 0
+        try:
+            with console.progress_bar(epoch + 1, config.epochs, steps, first,
+                                      show_progress) as bar:
+                state, host, test = run_epoch(state, epoch, first, partial, bar)
+        except NonFiniteLossError as e:  # say what is kept
+            raise NonFiniteLossError(e.epoch, e.step,
+                                     checkpoint.latest_step(record.checkpoint_dir)) from None
+        partial = None
+        step = int(state.step)
+        row = recorder.metrics_row(epoch + 1, float(schedule(step - 1)),
+                                   mean_loss_and_accuracy(host), test,
+                                   time.perf_counter() - epoch_start)
+        record.end_epoch(row, steps - first, state=state, step=step)
+        recorder.stop_if_interrupted(ctx.interrupted, epoch + 1, config.epochs, step,
+                                     record.workdir)
