@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from s7jax import checkpoint, console, data, loops, parallel, recorder, runlock, runfiles
+from s7jax import checkpoint, console, data, loops, parallel, recorder, runfiles, runlock, weights
 from s7jax.config import Config
 from s7jax.errors import ConfigError, NonFiniteLossError
 from s7jax.models import INPUT_SHAPE, count_params, get_model, init_variables
@@ -205,5 +205,8 @@ def _train(configs, workdirs, mesh, data_dir, manual_dir, show_progress, checkpo
             recorder.stop_if_interrupted(
                 interrupted, epoch + 1, config.epochs, step, workdirs[0].parent,
                 how="run the same sweep again: it resumes each seed's folder")
+    if runfiles.writes_files():
+        for i, (c, workdir) in enumerate(zip(configs, workdirs)):
+            weights.export_state(workdir, c, unstack(state, i), histories[i])
     log(f"{len(configs)} seeds, {config.epochs} epochs in {time.perf_counter() - run_start:.1f} s")
     return {c.seed: h for c, h in zip(configs, histories)}

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import jax
 
-from s7jax import checkpoint, console, data, loops, parallel, recorder, runlock, runfiles
+from s7jax import checkpoint, console, data, loops, parallel, recorder, runfiles, runlock, weights
 from s7jax.config import TRAIN_IMAGES, Config
 from s7jax.errors import CheckpointError, ConfigError, NonFiniteLossError
 from s7jax.models import get_model
@@ -183,14 +183,17 @@ def _run(config: Config, workdir: Path, start, *, mesh, data_dir, manual_dir,
         run_epoch = (loops.EpochPerCall(ctx, state, log) if config.pipeline == "scan"
                      else loops.StepByStep(ctx, start_step))
         with recorder.interrupt_flag(interrupted):
-            _epochs(ctx, run_epoch, state, start_step, partial, schedule, show_progress)
+            state = _epochs(ctx, run_epoch, state, start_step, partial, schedule, show_progress)
+    if runfiles.writes_files():
+        weights.export_state(workdir, config, state, history)
     log(console.final_line(history, time.perf_counter() - run_start))
     return history
 
 
 def _epochs(ctx: loops.RunContext, run_epoch: Callable, state, start_step: int,
-            partial: dict | None, schedule, show_progress: bool) -> None:
-    """The run's epochs from ``start_step`` on, each recorded as it ends."""
+            partial: dict | None, schedule, show_progress: bool):
+    """The run's epochs from ``start_step`` on, each recorded as it ends;
+    the state after the last."""
     config, steps, record = ctx.config, ctx.data.steps, ctx.recorder
     record.log(console.table_header())
     for epoch in range(start_step // steps, config.epochs):
@@ -211,3 +214,4 @@ def _epochs(ctx: loops.RunContext, run_epoch: Callable, state, start_step: int,
         record.end_epoch(row, steps - first, state=state, step=step)
         recorder.stop_if_interrupted(ctx.interrupted, epoch + 1, config.epochs, step,
                                      record.workdir)
+    return state

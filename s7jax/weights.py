@@ -105,26 +105,22 @@ def load_trained(model: str, seed: int = 0, results_dir: str | os.PathLike = "re
     return get_model(name), variables
 
 
-def export_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Write the final weights of the run in ``workdir`` (its latest intact
-    checkpoint; the weights it evaluates) to ``out`` (default
-    ``workdir/weights.msgpack``). The training and sweep scripts call it as a
-    run ends."""
-    from s7jax import checkpoint
-    from s7jax.config import TRAIN_IMAGES
-    from s7jax.data import steps_per_epoch
-    from s7jax.steps import initial_state, learning_rate_schedule
+def export_state(workdir: str | os.PathLike, config, state, history: list[dict[str, Any]]) -> Path:
+    """Write the weights a finished run evaluates (its moving average, if it
+    keeps one) from ``state`` to ``workdir/weights.msgpack``, with the run's
+    last epoch, step, test accuracy and seed. The train loop and the
+    vectorised seeds call it as a run ends (the first process only). The
+    arrays are taken from this process's own copy: in a run over several
+    processes they are replicated, and none of them holds a global array."""
+    def local(x):
+        return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x
 
-    workdir = Path(workdir)
-    config = runfiles.read_config(workdir)
-    steps = steps_per_epoch(config.train_subset or TRAIN_IMAGES, config.batch_size)
-    state, _ = initial_state(config, learning_rate_schedule(config, steps))
-    state, record = checkpoint.restore(runfiles.checkpoint_dir(workdir), state)
-    last = record["history"][-1]
-    return save(out or runfiles.weights_path(workdir), config.model,
-                {"params": state.eval_params(), "batch_stats": state.batch_stats},
-                epoch=int(record["epoch"]), step=int(state.step), test_acc=float(last["test_acc"]),
-                seed=int(config.seed))
+    last = history[-1]
+    return save(runfiles.weights_path(workdir), config.model,
+                jax.tree.map(local, {"params": state.eval_params(),
+                                     "batch_stats": state.batch_stats}),
+                epoch=int(last["epoch"]), step=int(local(state.step)),
+                test_acc=float(last["test_acc"]), seed=int(config.seed))
 
 
 def as_state(model, variables: dict[str, Any]):

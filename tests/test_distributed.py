@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from s7jax import checkpoint, runfiles
+from s7jax import checkpoint, runfiles, weights
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ["--epochs", "2", "--train-subset", "256", "--test-subset", "128", "--batch-size", "64",
@@ -101,6 +101,8 @@ def test_only_process_0_writes_the_run_files(runs):
     workdir = tmp / "two-processes"
     assert runfiles.read_config(workdir).pipeline == "scan"
     assert (workdir / "curves.png").is_file()
+    _, _, info = weights.load(runfiles.weights_path(workdir))  # process 0's copy, no barrier
+    assert info["step"] == 8
     assert checkpoint.all_steps(runfiles.checkpoint_dir(workdir)) == [4, 8]
     assert f"wrote {runfiles.metrics_path(workdir)}" in first
     assert "process 1 of 2: process 0 writes the run's files" in second

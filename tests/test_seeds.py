@@ -11,7 +11,7 @@ import chex
 import numpy as np
 import pytest
 
-from s7jax import checkpoint, runfiles, seeds
+from s7jax import checkpoint, runfiles, seeds, weights
 from s7jax.config import default_config
 from s7jax.errors import ConfigError
 from s7jax.train import train_and_evaluate
@@ -54,6 +54,8 @@ def test_the_sweep_writes_each_seeds_files_and_the_summary(swept):
         assert [r["epoch"] for r in runfiles.read_metrics(run)] == [1, 2]
         # --checkpoint-every 2: the last epoch's checkpoint only, not the first's.
         assert checkpoint.all_steps(runfiles.checkpoint_dir(run)) == [4]
+        _, _, info = weights.load(runfiles.weights_path(run))  # each seed's own final weights
+        assert (info["seed"], info["step"]) == (seed, 4)
     summary = json.loads((results / "summary.json").read_text())
     assert summary["models"]["model6"]["n_seeds"] == 2
     assert (results / "model6" / "seeds.png").is_file()

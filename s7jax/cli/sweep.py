@@ -61,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    from s7jax import checkpoint, plots, results, runfiles, weights
+    from s7jax import checkpoint, plots, results, runfiles
     from s7jax.errors import Interrupted
     from s7jax.seeds import train_seeds
     from s7jax.train import resolve, train_and_evaluate
@@ -90,7 +90,6 @@ def run(args: argparse.Namespace) -> int:
                                refusal_advice=REFUSAL_ADVICE)
         except Interrupted as e:  # say how to go on in the sweep's terms
             raise Interrupted(e.step, workdir, how=AGAIN, signum=e.exit_code - 128) from None
-        weights.export_run(workdir)
     if fresh:
         print(f"\n== {config.model} seeds {', '.join(str(s) for s, _ in fresh)} together")
         train_seeds(config, [s for s, _ in fresh], [w for _, w in fresh],
@@ -98,8 +97,6 @@ def run(args: argparse.Namespace) -> int:
                     data_dir=args.data_dir, manual_dir=args.manual_dir,
                     show_progress=not args.no_progress,
                     checkpoint_every=args.checkpoint_every)
-        for _, workdir in fresh:
-            weights.export_run(workdir)
     results.write_summary(results_dir)
     model, kind = config_from_args(args).model, args.recipe or "default"
     if kind == "default":

@@ -114,12 +114,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"process {jax.process_index()} of {jax.process_count()}: process 0 writes the "
               "run's files")
         return 0
-    from s7jax import plots, weights  # matplotlib: not before the checks that need no data
+    from s7jax import plots  # matplotlib: not before the checks that need no data
 
     curves = plots.curves(history, runfiles.curves_path(workdir),
                           title=f"{config.model}, seed {config.seed}")
     print(f"wrote {runfiles.metrics_path(workdir)}, {curves}, "
-          f"{weights.export_run(workdir)}, {runfiles.checkpoint_dir(workdir)}/")
+          f"{runfiles.weights_path(workdir)}, {runfiles.checkpoint_dir(workdir)}/")
     return 0
 
 
