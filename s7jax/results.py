@@ -101,18 +101,23 @@ TRIALS = "recipe-trials"  # results/recipe-trials/<trial>/<model>/seed-<s>/: can
 BASELINE = "previous"  # the trial that holds the recipe the others were measured against
 
 
+def flat(config) -> dict[str, Any]:
+    """A Config's settings in one level (``augment.degrees``, ...)."""
+    settings = config.to_json()
+    augment = settings.pop("augment")
+    return {**settings, **{f"augment.{k}": v for k, v in augment.items()}}
+
+
 def settings(run: Path) -> dict[str, Any]:
-    """A run's recorded config, flat (``augment.degrees``, ...), with the
-    settings added since it was recorded at the value it ran with."""
-    config = runfiles.read_config(run).to_json()
-    augment = config.pop("augment")
-    return {**config, **{f"augment.{k}": v for k, v in augment.items()}}
+    """A run's recorded config, :func:`flat`, with the settings added since it
+    was recorded at the value it ran with."""
+    return flat(runfiles.read_config(run))
 
 
 def recipe_trials(results_dir: str | Path, model: str = "model6") -> list[dict[str, Any]]:
     """Every trial of a candidate recipe under ``results/recipe-trials/``:
-    its name, the settings in which it differs from the baseline trial
-    (``changes``: ``{name: (baseline's, trial's)}``), :func:`over_seeds` of
+    its name, its recorded ``settings`` (:func:`settings`), those in which
+    it differs from the baseline trial (``changes``: ``{name: (baseline's, trial's)}``), :func:`over_seeds` of
     its runs, and what it did: the mean over its seeds of (its last-3 mean -
     that of the trial it builds on, on the same seed). A trial builds on the
     one whose changes it makes all of plus the fewest others (on the baseline
@@ -124,12 +129,12 @@ def recipe_trials(results_dir: str | Path, model: str = "model6") -> list[dict[s
         return []
     base = found.pop(BASELINE)
     base_settings = settings(run_dir(root / BASELINE, model, int(next(iter(base["seeds"])))))
-    trials = [{"name": BASELINE, "changes": {}, "runs": base, "builds_on": None,
-               "paired_difference": None, "paired_seeds": 0}]
+    trials = [{"name": BASELINE, "settings": base_settings, "changes": {}, "runs": base,
+               "builds_on": None, "paired_difference": None, "paired_seeds": 0}]
     for name, runs in found.items():
         if runs is not None:
             trial_settings = settings(run_dir(root / name, model, int(next(iter(runs["seeds"])))))
-            trials.append({"name": name, "runs": runs, "changes": {
+            trials.append({"name": name, "runs": runs, "settings": trial_settings, "changes": {
                 k: (base_settings.get(k), v) for k, v in trial_settings.items()
                 if k != "seed" and base_settings.get(k) != v}})
     for t in trials[1:]:

@@ -113,8 +113,7 @@ def recipe_trials(results_dir: Path, model: str = "model6") -> list[str]:
     trials = results.recipe_trials(results_dir, model)
     if not trials:
         return []
-    today = {**default_config(model).to_json()}
-    today.update({f"augment.{k}": v for k, v in today.pop("augment").items()})
+    today = results.flat(default_config(model))
     base = trials[0]["runs"]
     lines = ["", f"**Improving {model}'s recipe.** Each candidate below trained {model} on a few "
              f"seeds, changing the earlier recipe (`{results.BASELINE}`, {base['n_seeds']} "
@@ -126,9 +125,7 @@ def recipe_trials(results_dir: Path, model: str = "model6") -> list[str]:
              "same seeds | command |", "|---|---|---:|---:|---:|---|---|"]
     for t in trials:
         runs = t["runs"]
-        run = results.run_dir(results_dir / results.TRIALS / t["name"], model,
-                              int(next(iter(runs["seeds"]))))
-        settings = results.settings(run)
+        settings = t["settings"]
         flags = " ".join(_flag(k, v) for k, v in settings.items()
                          if k != "seed" and today.get(k) != v and isinstance(v, (int, float))
                          and not isinstance(v, bool))  # the rest: resolved per machine
