@@ -48,3 +48,25 @@ def test_parts_table_sums_layers_and_names_the_rest():
     assert "| the rest (ReLU, loss, fusion across parts) | 4.00 | 40% |" in table
     # 468 steps of 10 ms and 0.5 ms, and one evaluation of a second.
     assert "| **an epoch, from its parts** | | | 5.91 |" in table
+
+
+def test_a_missed_step_goal_is_explained_from_the_step_and_parts_files():
+    from s7jax.tools.report.performance import step_shortfall
+
+    step = {"backend": "cpu", "variants": {
+        "s7jax": {"ratio_to_s7jax": 1.0}, "nn.max_pool": {"ratio_to_s7jax": 1.7},
+        "4 steps per jit call": {"ratio_to_s7jax": 0.9},
+        "no conv weight gradient": {"ratio_to_s7jax": 0.8}}}  # a bound, not a formulation
+    part = lambda name, ms, flops: dict(part=name, layer="conv1", ms=ms, flops=flops, bytes=1.0)  # noqa: E731
+    parts = {"backend": "cpu", "limit": {"gflops": 100.0, "gbytes_per_s": 50.0},
+             "step": {"ms": 10.0}, "parts": [part("conv forward", 4.0, 8e7),
+                                             part("conv weight gradient", 4.0, 8e7),
+                                             part("BatchNorm forward", 2.0, 1e6)]}
+    assert step_shortfall(bench_result(step=6000.0), step, parts) is None  # 1.818x: met
+    text = step_shortfall(bench_result(step=4620.0), step, parts)  # 1.400x
+    assert "1.400x the original's, where 1.5x needs a step 7.1% faster" in text
+    assert "Of the 2 other formulations in step-cpu.json, the fastest, 4 steps per jit call, " \
+           "takes 0.90x s7jax's step time." in text
+    assert "take 80% of the step at 20 GFLOP/s, 20% of the machine's matrix-multiply peak" in text
+    assert text.endswith("without any weight gradient the step would take 0.80x its time.")
+    assert step_shortfall(bench_result(step=4620.0), None, parts) is None  # nothing to explain from

@@ -146,17 +146,26 @@ def _notes(result: dict[str, Any]) -> list[str]:
 GOALS = {"epoch": 2.0, "step": 1.5, "eval": 2.0}  # s7jax over the PyTorch original
 
 
-def goals(result: dict[str, Any]) -> str | None:
-    """One sentence: s7jax's default path against the PyTorch original, goal
-    by goal (issue 21's), and against PyTorch at its best on the step."""
+def goal_ratios(result: dict[str, Any]) -> dict[str, float] | None:
+    """s7jax's default path over the PyTorch original, by the goals' names;
+    None for a file without both sides."""
     j, t = result.get("s7jax") or {}, result.get("pytorch") or {}
     if not j.get("default_path") or not t.get("epoch"):
         return None
-    measured = {
+    return {
         "epoch": t["epoch"]["seconds"] / j["epoch_device"]["seconds"],
         "step": j["step_images_per_s"] / t["step_images_per_s"],
         "eval": t["eval"]["seconds"] / j["eval"]["seconds"],
     }
+
+
+def goals(result: dict[str, Any]) -> str | None:
+    """One sentence: s7jax's default path against the PyTorch original, goal
+    by goal (issue 21's), and against PyTorch at its best on the step."""
+    measured = goal_ratios(result)
+    if measured is None:
+        return None
+    j, t = result["s7jax"], result["pytorch"]
     names = {"epoch": "training epoch", "step": "train step", "eval": "evaluation"}
     # Three decimals: a ratio that rounds to the goal may still miss it.
     parts = [f"{names[k]} {v:.3f}x (goal {GOALS[k]:g}x: {'met' if v >= GOALS[k] else 'not met'})"

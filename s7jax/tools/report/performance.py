@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from s7jax.tools.bench.tables import parts_table, performance_markdown, seeds_table, step_table
+from s7jax.tools.bench.tables import (GOALS, goal_ratios, parts_table, performance_markdown,
+                                      seeds_table, step_table)
 
 BOUND = "no conv weight gradient"  # scripts/bench_step.py's lower bound, not a real step
 
@@ -69,6 +70,50 @@ def seeds_block(name: str, result: dict[str, Any]) -> list[str]:
         "Below 1x, training the seeds together costs less than training them one after another."]
 
 
+def step_shortfall(bench: dict[str, Any], step: dict[str, Any] | None,
+                   parts: dict[str, Any] | None) -> str | None:
+    """Where ``bench``'s train step misses its goal: how far, the fastest
+    formulation ``step`` (``bench_step.py``) measured, and what bounds the
+    step in ``parts`` (``bench_parts.py``). None where the goal is met."""
+    ratio = (goal_ratios(bench) or {}).get("step")
+    if ratio is None or ratio >= GOALS["step"] or not step or not parts:
+        return None
+    others = {n: v["ratio_to_s7jax"] for n, v in step["variants"].items()
+              if n not in ("s7jax", BOUND)}
+    fastest = min(others, key=others.get)
+    conv = [p for p in parts["parts"] if p["part"].startswith("conv")]
+    conv_ms = sum(p["ms"] for p in conv)
+    conv_gflops = sum(p["flops"] for p in conv) / (conv_ms / 1e3) / 1e9
+    text = (f"**The train step's goal is not met** in this bench run: {ratio:.3f}x the "
+            f"original's, where {GOALS['step']:g}x needs a step "
+            f"{100 * (GOALS['step'] / ratio - 1):.1f}% faster. ")
+    text += (f"Of the {len(others)} other formulations in step-{step['backend']}.json, the "
+             f"fastest, {fastest}, takes {others[fastest]:.2f}x s7jax's step time"
+             + (", no real gain. " if others[fastest] > 0.98 else ". "))
+    text += (f"What bounds it (parts-{parts['backend']}.json): the convolutions, forward and "
+             f"both gradients, take {100 * conv_ms / parts['step']['ms']:.0f}% of the step at "
+             f"{conv_gflops:.0f} GFLOP/s, {100 * conv_gflops / parts['limit']['gflops']:.0f}% of "
+             "the machine's matrix-multiply peak")
+    if BOUND in step["variants"]:
+        text += (f"; without any weight gradient the step would take "
+                 f"{step['variants'][BOUND]['ratio_to_s7jax']:.2f}x its time")
+    return text + "."
+
+
+def shortfall_blocks(results_dir: Path) -> list[str]:
+    """A paragraph per backend whose bench run misses the step's goal."""
+    blocks = []
+    for path in sorted(results_dir.glob("bench-*.json")):
+        backend = path.stem.removeprefix("bench-")
+        step, parts = (results_dir / f"{kind}-{backend}.json" for kind in ("step", "parts"))
+        text = step_shortfall(json.loads(path.read_text()),
+                              json.loads(step.read_text()) if step.exists() else None,
+                              json.loads(parts.read_text()) if parts.exists() else None)
+        if text:
+            blocks += ["", text, ""]
+    return blocks
+
+
 # Each kind of benchmark file, in the section's order, and its block.
 BLOCKS: dict[str, Callable[[str, dict[str, Any]], list[str]]] = {
     "parts": parts_block, "step": step_block, "startup": startup_block, "seeds": seeds_block}
@@ -80,6 +125,7 @@ def performance_section(results_dir: Path) -> str:
     paths = sorted(results_dir.glob("bench-*.json"))
     text = (performance_markdown(paths) if paths
             else "No benchmark results committed yet: run `python scripts/bench.py`.\n")
+    text += "\n".join(shortfall_blocks(results_dir))
     for kind, block in BLOCKS.items():
         for path in sorted(results_dir.glob(f"{kind}-*.json")):
             text += "\n".join(["", *block(path.name, json.loads(path.read_text())), ""])
