@@ -65,3 +65,15 @@ def test_recipe_trials_name_their_changes_and_compare_on_the_same_seeds(tmp_path
     assert smooth["builds_on"] == "decay" and smooth["paired_seeds"] == 1
     assert smooth["paired_difference"] == pytest.approx(99.40 - 99.53)
     assert results.recipe_trials(tmp_path / "nowhere") == []
+
+
+def test_the_trials_table_says_how_large_chance_alone_is():
+    from s7jax.tools.report.results import trial_noise
+
+    def trial(n, std, paired):
+        return {"name": f"t{n}", "runs": {"n_seeds": n, "std": std}, "paired_seeds": paired}
+
+    text = trial_noise([trial(11, 0.05, 0), trial(20, 0.04, 11), trial(3, 0.2, 3)])[-1]
+    assert "over its 20 seeds, t20's last-3 means spread with a std of 0.040" in text
+    assert text.endswith("0.033 for 3 seeds, 0.017 for 11 seeds.")  # 0.04 * sqrt(2/k)
+    assert trial_noise([trial(4, 0.05, 0), trial(3, 0.05, 3)]) == []  # too few seeds to say

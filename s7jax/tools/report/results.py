@@ -135,12 +135,28 @@ def recipe_trials(results_dir: Path, model: str = "model6") -> list[str]:
             change += " (the default now)"
         versus = ("" if t["builds_on"] is None else
                   f"{t['paired_difference']:+.3f} against {t['builds_on']} "
-                  f"({t['paired_seeds']} seeds)")
+                  f"({t['paired_seeds']} seed{'s' if t['paired_seeds'] > 1 else ''})")
         command = (f"`python scripts/sweep.py --model {model} --seeds {runs['n_seeds']} {flags} "
                    f"--results results/{results.TRIALS}/{t['name']}`").replace("  ", " ")
         lines.append(f"| {t['name']} | {change} | {runs['n_seeds']} | "
                      f"{runs['seeds_holding_target']} | {runs['mean']:.3f} | {versus} | {command} |")
-    return lines
+    return lines + trial_noise(trials)
+
+
+def trial_noise(trials: list[dict[str, Any]]) -> list[str]:
+    """How large a difference between trials chance alone makes, from the
+    spread over seeds of the trial with the most of them."""
+    widest = max(trials, key=lambda t: t["runs"]["n_seeds"])
+    n, std = widest["runs"]["n_seeds"], widest["runs"]["std"]
+    if n < 5:
+        return []
+    few = sorted({t["paired_seeds"] for t in trials if t["paired_seeds"]})[:3]
+    return ["", f"How large chance alone is: over its {n} seeds, {widest['name']}'s last-3 "
+            f"means spread with a std of {std:.3f}. Two recipes trained on the same seed share "
+            "little beyond their start, so a difference over k seeds carries a standard error "
+            "of about std x sqrt(2/k): " + ", ".join(
+                f"{std * (2 / k) ** 0.5:.3f} for {k} seed{'s' if k > 1 else ''}" for k in few)
+            + "."]
 
 
 def reproducibility(results_dir: Path) -> list[str]:
