@@ -119,7 +119,8 @@ def recipe_trials(results_dir: str | Path, model: str = "model6") -> list[dict[s
     its name, its recorded ``settings`` (:func:`settings`), those in which
     it differs from the baseline trial (``changes``: ``{name: (baseline's, trial's)}``), :func:`over_seeds` of
     its runs, and what it did: the mean over its seeds of (its last-3 mean -
-    that of the trial it builds on, on the same seed). A trial builds on the
+    that of the trial it builds on, on the same seed), with its standard
+    error (``paired_se``, from two seeds on). A trial builds on the
     one whose changes it makes all of plus the fewest others (on the baseline
     when none). The baseline comes first."""
     root = Path(results_dir) / TRIALS
@@ -130,7 +131,8 @@ def recipe_trials(results_dir: str | Path, model: str = "model6") -> list[dict[s
     base = found.pop(BASELINE)
     base_settings = settings(run_dir(root / BASELINE, model, int(next(iter(base["seeds"])))))
     trials = [{"name": BASELINE, "settings": base_settings, "changes": {}, "runs": base,
-               "builds_on": None, "paired_difference": None, "paired_seeds": 0}]
+               "builds_on": None, "paired_difference": None, "paired_seeds": 0,
+               "paired_se": None}]
     for name, runs in found.items():
         if runs is not None:
             trial_settings = settings(run_dir(root / name, model, int(next(iter(runs["seeds"])))))
@@ -144,7 +146,12 @@ def recipe_trials(results_dir: str | Path, model: str = "model6") -> list[dict[s
         paired = [seed["mean"] - parent["runs"]["seeds"][s]["mean"]
                   for s, seed in t["runs"]["seeds"].items() if s in parent["runs"]["seeds"]]
         t.update(builds_on=parent["name"], paired_seeds=len(paired),
-                 paired_difference=statistics.fmean(paired) if paired else None)
+                 paired_difference=statistics.fmean(paired) if paired else None,
+                 # The standard error of that mean, from the spread of the
+                 # per-seed differences themselves (runs on one seed share
+                 # their start, so they are not independent draws).
+                 paired_se=(statistics.stdev(paired) / len(paired) ** 0.5
+                            if len(paired) > 1 else None))
     return trials
 
 

@@ -62,18 +62,20 @@ def test_recipe_trials_name_their_changes_and_compare_on_the_same_seeds(tmp_path
     assert decay["builds_on"] == results.BASELINE
     assert decay["paired_seeds"] == 2  # seed 2 has no trial run
     assert decay["paired_difference"] == pytest.approx((0.10 + 0.03) / 2)
+    assert decay["paired_se"] == pytest.approx(0.07 / 2 ** 0.5 / 2 ** 0.5)  # std 0.07/sqrt(2)
     assert smooth["builds_on"] == "decay" and smooth["paired_seeds"] == 1
     assert smooth["paired_difference"] == pytest.approx(99.40 - 99.53)
+    assert smooth["paired_se"] is None  # one seed has no spread
     assert results.recipe_trials(tmp_path / "nowhere") == []
 
 
 def test_the_trials_table_says_how_large_chance_alone_is():
     from s7jax.tools.report.results import trial_noise
 
-    def trial(n, std, paired):
-        return {"name": f"t{n}", "runs": {"n_seeds": n, "std": std}, "paired_seeds": paired}
+    def trial(n, std):
+        return {"name": f"t{n}", "runs": {"n_seeds": n, "std": std}}
 
-    text = trial_noise([trial(11, 0.05, 0), trial(20, 0.04, 11), trial(3, 0.2, 3)])[-1]
-    assert "over its 20 seeds, t20's last-3 means spread with a std of 0.040" in text
-    assert text.endswith("0.033 for 3 seeds, 0.017 for 11 seeds.")  # 0.04 * sqrt(2/k)
-    assert trial_noise([trial(4, 0.05, 0), trial(3, 0.05, 3)]) == []  # too few seeds to say
+    (text,) = trial_noise([trial(11, 0.05), trial(20, 0.04), trial(3, 0.2)])[1:]
+    assert text.startswith("How large chance alone is: over its 20 seeds, t20's last-3 means "
+                           "spread with a std of 0.040.")
+    assert trial_noise([trial(4, 0.05), trial(3, 0.05)]) == []  # too few seeds to say

@@ -134,7 +134,9 @@ def recipe_trials(results_dir: Path, model: str = "model6") -> list[str]:
         if not flags:
             change += " (the default now)"
         versus = ("" if t["builds_on"] is None else
-                  f"{t['paired_difference']:+.3f} against {t['builds_on']} "
+                  f"{t['paired_difference']:+.3f}"
+                  + (f" +/- {t['paired_se']:.3f}" if t["paired_se"] is not None else "")
+                  + f" against {t['builds_on']} "
                   f"({t['paired_seeds']} seed{'s' if t['paired_seeds'] > 1 else ''})")
         command = (f"`python scripts/sweep.py --model {model} --seeds {runs['n_seeds']} {flags} "
                    f"--results results/{results.TRIALS}/{t['name']}`").replace("  ", " ")
@@ -144,19 +146,17 @@ def recipe_trials(results_dir: Path, model: str = "model6") -> list[str]:
 
 
 def trial_noise(trials: list[dict[str, Any]]) -> list[str]:
-    """How large a difference between trials chance alone makes, from the
-    spread over seeds of the trial with the most of them."""
+    """How large a difference chance alone makes: the spread over seeds of
+    the trial with the most of them, and what the table's +/- is."""
     widest = max(trials, key=lambda t: t["runs"]["n_seeds"])
     n, std = widest["runs"]["n_seeds"], widest["runs"]["std"]
     if n < 5:
         return []
-    few = sorted({t["paired_seeds"] for t in trials if t["paired_seeds"]})[:3]
     return ["", f"How large chance alone is: over its {n} seeds, {widest['name']}'s last-3 "
-            f"means spread with a std of {std:.3f}. Two recipes trained on the same seed share "
-            "little beyond their start, so a difference over k seeds carries a standard error "
-            "of about std x sqrt(2/k): " + ", ".join(
-                f"{std * (2 / k) ** 0.5:.3f} for {k} seed{'s' if k > 1 else ''}" for k in few)
-            + "."]
+            f"means spread with a std of {std:.3f}. The +/- in the table is the standard "
+            "error of the mean difference, from the spread of the per-seed differences (std "
+            "over sqrt(k), from k = 2 seeds): a difference within about twice it is no "
+            "evidence either way."]
 
 
 def reproducibility(results_dir: Path) -> list[str]:
