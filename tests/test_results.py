@@ -72,10 +72,15 @@ def test_recipe_trials_name_their_changes_and_compare_on_the_same_seeds(tmp_path
 def test_the_trials_table_says_how_large_chance_alone_is():
     from s7jax.tools.report.results import trial_noise
 
-    def trial(n, std):
-        return {"name": f"t{n}", "runs": {"n_seeds": n, "std": std}}
+    def trial(n, std, difference=None, se=None):
+        return {"name": f"t{n}", "runs": {"n_seeds": n, "std": std},
+                "paired_difference": difference, "paired_se": se}
 
-    (text,) = trial_noise([trial(11, 0.05), trial(20, 0.04), trial(3, 0.2)])[1:]
+    (text,) = trial_noise([trial(11, 0.05), trial(20, 0.04, 0.02, 0.009),
+                           trial(3, 0.2, -0.07, 0.003), trial(4, 0.1, 0.03, 0.02)])[1:]
     assert text.startswith("How large chance alone is: over its 20 seeds, t20's last-3 means "
                            "spread with a std of 0.040.")
+    assert text.endswith(" Beyond twice it: t20 (better), t3 (worse).")  # not t4: 1.5 of its SE
+    (text,) = trial_noise([trial(11, 0.05), trial(20, 0.04, 0.01, 0.009), trial(1, 0, 0.3)])[1:]
+    assert text.endswith(" No trial differs from what it builds on by more than twice it.")
     assert trial_noise([trial(4, 0.05), trial(3, 0.05)]) == []  # too few seeds to say

@@ -156,7 +156,15 @@ def trial_noise(trials: list[dict[str, Any]]) -> list[str]:
             f"means spread with a std of {std:.3f}. The +/- in the table is the standard "
             "error of the mean difference, from the spread of the per-seed differences (std "
             "over sqrt(k), from k = 2 seeds): a difference within about twice it is no "
-            "evidence either way."]
+            "evidence either way."
+            + _beyond_chance(trials)]
+
+
+def _beyond_chance(trials: list[dict[str, Any]]) -> str:
+    clear = [f"{t['name']} ({'better' if t['paired_difference'] > 0 else 'worse'})"
+             for t in trials if t["paired_se"] and abs(t["paired_difference"]) > 2 * t["paired_se"]]
+    return (" Beyond twice it: " + ", ".join(clear) + "." if clear
+            else " No trial differs from what it builds on by more than twice it.")
 
 
 def reproducibility(results_dir: Path) -> list[str]:
