@@ -100,17 +100,17 @@ def step_shortfall(bench: dict[str, Any], step: dict[str, Any] | None,
     return text + "."
 
 
-def shortfall_blocks(results_dir: Path) -> list[str]:
-    """A paragraph per backend whose bench run misses the step's goal."""
+def shortfall_blocks(files: dict[str, dict[str, Any]]) -> list[str]:
+    """A paragraph per backend whose bench run misses the step's goal
+    (``files``: the benchmark results by file stem, ``bench-cpu`` ...)."""
     blocks = []
-    for path in sorted(results_dir.glob("bench-*.json")):
-        backend = path.stem.removeprefix("bench-")
-        step, parts = (results_dir / f"{kind}-{backend}.json" for kind in ("step", "parts"))
-        text = step_shortfall(json.loads(path.read_text()),
-                              json.loads(step.read_text()) if step.exists() else None,
-                              json.loads(parts.read_text()) if parts.exists() else None)
-        if text:
-            blocks += ["", text, ""]
+    for stem in sorted(files):
+        if stem.startswith("bench-"):
+            backend = stem.removeprefix("bench-")
+            text = step_shortfall(files[stem], files.get(f"step-{backend}"),
+                                  files.get(f"parts-{backend}"))
+            if text:
+                blocks += ["", text, ""]
     return blocks
 
 
@@ -125,8 +125,10 @@ def performance_section(results_dir: Path) -> str:
     paths = sorted(results_dir.glob("bench-*.json"))
     text = (performance_markdown(paths) if paths
             else "No benchmark results committed yet: run `python scripts/bench.py`.\n")
-    text += "\n".join(shortfall_blocks(results_dir))
+    files = {p.stem: json.loads(p.read_text()) for kind in ("bench", *BLOCKS)
+             for p in sorted(results_dir.glob(f"{kind}-*.json"))}
+    text += "\n".join(shortfall_blocks(files))
     for kind, block in BLOCKS.items():
-        for path in sorted(results_dir.glob(f"{kind}-*.json")):
-            text += "\n".join(["", *block(path.name, json.loads(path.read_text())), ""])
+        for stem in sorted(s for s in files if s.startswith(f"{kind}-")):
+            text += "\n".join(["", *block(f"{stem}.json", files[stem]), ""])
     return text
