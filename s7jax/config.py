@@ -52,6 +52,9 @@ class Config:
                                    "optimisation")
     final_lr_fraction: float = _flag(1e-3, "one-cycle: final lr as a fraction of the peak",
                                      "optimisation")
+    cycle_epochs: int | None = _flag(None, "one-cycle: epochs the cycle spans; the epochs after "
+                                           "it train at its final lr (default: all of them)",
+                                     "optimisation")
     label_smoothing: float = _flag(0.0, "train on targets (1 - x) one-hot + x uniform (0: off)",
                                    "optimisation")
     ema_decay: float = _flag(0.0, "evaluate a moving average of the weights, updated each step "
@@ -127,7 +130,9 @@ ADDED_LATER: dict[str, Any] = {"data_source": "tfds", "steps_per_call": 1,
                                 # JAX's own precision was the only one
                                 "matmul_precision": "default",
                                 # neither existed: no smoothing, no average
-                                "label_smoothing": 0.0, "ema_decay": 0.0}
+                                "label_smoothing": 0.0, "ema_decay": 0.0,
+                                # the cycle spanned the whole run
+                                "cycle_epochs": None}
 
 
 def _typed(name: str, annotation: str, value: Any) -> Any:
@@ -195,6 +200,8 @@ def default_config(model: str = "model6", recipe: str = "default", **overrides: 
     if "epochs" in overrides and "clean_epochs" not in overrides:
         # A shorter run keeps the recipe's clean tail, at most the whole run.
         settings["clean_epochs"] = min(settings.get("clean_epochs", 0), overrides["epochs"])
+        if settings.get("cycle_epochs") and "cycle_epochs" not in overrides:
+            settings["cycle_epochs"] = min(settings["cycle_epochs"], overrides["epochs"])
     return validate(Config(model=model, **{**settings, **overrides}))
 
 
@@ -222,6 +229,8 @@ def validate(config: Config) -> Config:
         (0 < c.warmup_fraction < 1, f"--warmup-fraction must be in (0, 1), got {c.warmup_fraction}"),
         (0 < c.final_lr_fraction <= 1,
          f"--final-lr-fraction must be in (0, 1], got {c.final_lr_fraction}"),
+        (c.cycle_epochs is None or 1 <= c.cycle_epochs <= c.epochs,
+         f"--cycle-epochs must be in 1..{c.epochs} (--epochs), got {c.cycle_epochs}"),
         (0 <= c.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {c.label_smoothing}"),
         (0 <= c.ema_decay < 1, f"--ema-decay must be in [0, 1), got {c.ema_decay}"),
         (0 <= c.clean_epochs <= c.epochs,

@@ -55,8 +55,10 @@ def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedu
     if config.schedule == "constant":
         return optax.constant_schedule(config.lr)
     div_factor = 25.0  # start at peak / 25, as PyTorch's OneCycleLR
+    # After transition_steps optax holds the final value: the epochs past
+    # --cycle-epochs train at the cycle's last, smallest rate.
     return optax.cosine_onecycle_schedule(
-        transition_steps=config.epochs * steps_per_epoch,
+        transition_steps=(config.cycle_epochs or config.epochs) * steps_per_epoch,
         peak_value=config.lr,
         pct_start=config.warmup_fraction,
         div_factor=div_factor,
