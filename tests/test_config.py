@@ -26,6 +26,8 @@ def test_every_model_has_a_valid_default_recipe_that_round_trips(model):
     (dict(optimizer="rmsprop"), "--optimizer must be sgd or adam"),
     (dict(schedule="step"), "--schedule must be constant or onecycle"),
     (dict(clean_epochs=20), "--clean-epochs must be in 0..15"),
+    (dict(cycle_epochs=16), "--cycle-epochs must be in 1..15"),
+    (dict(epochs=5, cycle_epochs=6), "--cycle-epochs must be in 1..5"),
     (dict(pipeline="gpu"), "--pipeline must be one of auto, tfds, device, scan"),
     (dict(data_source="web"), "--data-source must be one of auto, tfds, idx"),
 ])
@@ -33,6 +35,31 @@ def test_invalid_settings_raise_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")) as err:
         default_config("model6", **overrides)
     assert "\n" not in str(err.value)
+
+
+def test_the_one_cycle_ends_after_cycle_epochs_and_holds_its_final_rate():
+    from s7jax.steps import learning_rate_schedule
+    steps = 10
+    full = learning_rate_schedule(default_config("model6"), steps)
+    short = learning_rate_schedule(default_config("model6", cycle_epochs=12), steps)
+    final = 0.1 * 1e-3  # model6's peak times its final fraction
+    assert float(full(12 * steps)) > 10 * final  # the whole-run cycle still decays at 12
+    for step in (12 * steps, 13 * steps + 3, 15 * steps - 1):
+        assert float(short(step)) == pytest.approx(final, rel=1e-4)
+    assert float(short(2 * steps)) > float(full(2 * steps))  # a shorter warm-up, too
+
+
+def test_a_shorter_run_keeps_the_recipe_cycle_within_it(monkeypatch):
+    monkeypatch.setitem(DEFAULTS, "model6", {**DEFAULTS["model6"], "cycle_epochs": 14})
+    assert default_config("model6").cycle_epochs == 14
+    assert default_config("model6", epochs=4).cycle_epochs == 4  # not a ConfigError
+    assert default_config("model6", epochs=4, cycle_epochs=3).cycle_epochs == 3
+
+
+def test_a_config_recorded_before_cycle_epochs_existed_spans_the_whole_run():
+    data = default_config("model6").to_json()
+    del data["cycle_epochs"]
+    assert Config.from_json(data).cycle_epochs is None
 
 
 def test_long_runs_need_allow_long():
