@@ -84,3 +84,12 @@ def test_the_trials_table_says_how_large_chance_alone_is():
     (text,) = trial_noise([trial(11, 0.05), trial(20, 0.04, 0.01, 0.009), trial(1, 0, 0.3)])[1:]
     assert text.endswith(" No trial differs from what it builds on by more than twice it.")
     assert trial_noise([trial(4, 0.05), trial(3, 0.05)]) == []  # too few seeds to say
+
+
+def test_a_cycle_over_the_whole_run_is_one_setting_however_it_was_recorded():
+    from s7jax.config import default_config
+
+    whole = results.flat(default_config(cycle_epochs=None))
+    assert whole == results.flat(default_config(cycle_epochs=15))
+    assert whole["cycle_epochs"] == 15
+    assert results.flat(default_config(cycle_epochs=14))["cycle_epochs"] == 14
