@@ -93,3 +93,17 @@ def test_a_cycle_over_the_whole_run_is_one_setting_however_it_was_recorded():
     assert whole == results.flat(default_config(cycle_epochs=15))
     assert whole["cycle_epochs"] == 15
     assert results.flat(default_config(cycle_epochs=14))["cycle_epochs"] == 14
+
+
+def test_the_recipe_says_where_a_short_cycle_ends_and_the_rate_after_it():
+    from s7jax.config import default_config
+    from s7jax.tools.report.study import recipe
+
+    def text(**overrides):
+        return recipe({"config": default_config("model6", **overrides).to_json()})
+
+    assert "onecycle lr 0.1, batch 128" in text()  # the cycle spans the run: nothing to say
+    assert "onecycle lr 0.1, batch 128" in text(cycle_epochs=15)
+    assert "onecycle lr 0.1 over 14 epochs, then its final rate 0.0001 in epoch 15," in text(
+        cycle_epochs=14)
+    assert "over 12 epochs, then its final rate 0.0001 in epochs 13-15," in text(cycle_epochs=12)

@@ -20,8 +20,8 @@ from s7jax.tools.report.study import plural
 ORIGINAL_BEST = {"model1": 99.32, "model2": 99.34, "model3": 99.40, "model4": 99.43,
                  "model5": 99.46, "model6": 99.40}
 ORIGINAL_EPOCHS = 20
-RECIPE_KEYS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule", "augment",
-               "clean_epochs", "precise_bn", "batch_size")
+RECIPE_KEYS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
+               "cycle_epochs", "augment", "clean_epochs", "precise_bn", "batch_size")
 
 
 def original_recipe_runs(results_dir: Path, model: str) -> dict | None:

@@ -47,7 +47,7 @@ def recipe(config: dict) -> str:
     parts = [f"{c['optimizer'].upper()}"
              + (f" (Nesterov, momentum {c['momentum']})" if c["nesterov"]
                 else f" (momentum {c['momentum']})" if c["optimizer"] == "sgd" else ""),
-             f"{c['schedule']} lr {c['lr']:g}", f"batch {c['batch_size']}"]
+             f"{c['schedule']} lr {c['lr']:g}" + _cycle(c), f"batch {c['batch_size']}"]
     if c["weight_decay"]:
         parts.append(f"weight decay {c['weight_decay']:g}")
     a = c["augment"]
@@ -61,6 +61,17 @@ def recipe(config: dict) -> str:
     if c["precise_bn"]:
         parts.append(f"BN statistics re-estimated on {c['precise_bn']:,} clean training images")
     return ", ".join(parts)
+
+
+def _cycle(c: dict) -> str:
+    """A one-cycle that ends before the run does, and the rate after it."""
+    cycle = c.get("cycle_epochs")  # a run recorded before the setting: the whole run
+    if c["schedule"] != "onecycle" or not cycle or cycle >= c["epochs"]:
+        return ""
+    after = (f"epoch {c['epochs']}" if cycle + 1 == c["epochs"]
+             else f"epochs {cycle + 1}-{c['epochs']}")
+    return (f" over {cycle} epochs, then its final rate {c['lr'] * c['final_lr_fraction']:g} "
+            f"in {after}")
 
 
 def model_sections(models: dict[str, Any], first_runs: dict[str, tuple], table: dict) -> list[str]:
