@@ -197,11 +197,11 @@ def default_config(model: str = "model6", recipe: str = "default", **overrides: 
     if recipe not in RECIPES:
         raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
     settings = dict(RECIPES[recipe][model])
-    if "epochs" in overrides and "clean_epochs" not in overrides:
-        # A shorter run keeps the recipe's clean tail, at most the whole run.
-        settings["clean_epochs"] = min(settings.get("clean_epochs", 0), overrides["epochs"])
-        if settings.get("cycle_epochs") and "cycle_epochs" not in overrides:
-            settings["cycle_epochs"] = min(settings["cycle_epochs"], overrides["epochs"])
+    # A shorter run keeps the recipe's clean tail and its cycle, each at most
+    # the whole run.
+    for setting in ("clean_epochs", "cycle_epochs"):
+        if "epochs" in overrides and setting not in overrides and settings.get(setting):
+            settings[setting] = min(settings[setting], overrides["epochs"])
     return validate(Config(model=model, **{**settings, **overrides}))
 
 

@@ -54,6 +54,8 @@ def test_a_shorter_run_keeps_the_recipe_cycle_within_it(monkeypatch):
     assert default_config("model6").cycle_epochs == 14
     assert default_config("model6", epochs=4).cycle_epochs == 4  # not a ConfigError
     assert default_config("model6", epochs=4, cycle_epochs=3).cycle_epochs == 3
+    assert default_config("model6", epochs=4, clean_epochs=1).cycle_epochs == 4
+    assert default_config("model6", epochs=2).clean_epochs == 2  # of the recipe's 3
 
 
 def test_a_config_recorded_before_cycle_epochs_existed_spans_the_whole_run():
