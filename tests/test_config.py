@@ -40,7 +40,7 @@ def test_invalid_settings_raise_one_line(overrides, message):
 def test_the_one_cycle_ends_after_cycle_epochs_and_holds_its_final_rate():
     from s7jax.steps import learning_rate_schedule
     steps = 10
-    full = learning_rate_schedule(default_config("model6"), steps)
+    full = learning_rate_schedule(default_config("model6", cycle_epochs=None), steps)
     short = learning_rate_schedule(default_config("model6", cycle_epochs=12), steps)
     final = 0.1 * 1e-3  # model6's peak times its final fraction
     assert float(full(12 * steps)) > 10 * final  # the whole-run cycle still decays at 12
