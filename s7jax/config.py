@@ -119,6 +119,11 @@ class Config:
                                              for name, v in strengths.items()})
         return validate(cls(**values))
 
+    @property
+    def cycle_span(self) -> int:
+        """The epochs the one-cycle spans: ``cycle_epochs``, or the whole run."""
+        return self.cycle_epochs or self.epochs
+
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True)
 

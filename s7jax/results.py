@@ -105,9 +105,8 @@ def flat(config) -> dict[str, Any]:
     """A Config's settings in one level (``augment.degrees``, ...), a cycle
     over the whole run as the number of epochs it spans (a run before
     ``cycle_epochs`` and one that sets it to its epochs trained alike)."""
-    settings = config.to_json()
+    settings = {**config.to_json(), "cycle_epochs": config.cycle_span}
     augment = settings.pop("augment")
-    settings["cycle_epochs"] = settings["cycle_epochs"] or settings["epochs"]
     return {**settings, **{f"augment.{k}": v for k, v in augment.items()}}
 
 

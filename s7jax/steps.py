@@ -58,7 +58,7 @@ def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedu
     # After transition_steps optax holds the final value: the epochs past
     # --cycle-epochs train at the cycle's last, smallest rate.
     return optax.cosine_onecycle_schedule(
-        transition_steps=(config.cycle_epochs or config.epochs) * steps_per_epoch,
+        transition_steps=config.cycle_span * steps_per_epoch,
         peak_value=config.lr,
         pct_start=config.warmup_fraction,
         div_factor=div_factor,
