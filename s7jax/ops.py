@@ -7,9 +7,9 @@ one run), for model6's shapes at batch 128:
 * 2x2 max pooling: ``nn.max_pool``'s gradient (``select_and_scatter``) is
   lowered by XLA:CPU to an arg-max over four materialised index arrays and
   a scatter, and took close to half of the train step. :func:`max_pool_2x2`
-  takes the max of four strided views and routes the gradient with
-  elementwise compares: the same values and the same gradient, bit for bit
-  (tested), on every backend.
+  takes the max of four strided views, records which of the four won, and
+  routes the gradient by that index with elementwise selects: the values and
+  the gradient of ``nn.max_pool``, tested inside the compiled train step.
 * Dropout masks: ``jax.random.bernoulli`` costs more than the rest of a
   dropout layer several times over (XLA's ``RngBitGenerator`` on CPU).
   :class:`Dropout` draws two 32-bit words from the ``dropout`` rng and
@@ -93,44 +93,48 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None
                                     **kwargs)
 
 
-@jax.custom_vjp
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 max pooling, stride 2, NHWC (odd edges dropped, as VALID pooling
-    does), whose gradient goes to the first maximum of each window in row-major
-    order: bit for bit the gradient of ``nn.max_pool``."""
+    does), whose gradient goes to the first maximum of each window in
+    row-major order, as ``nn.max_pool``'s does."""
+    return _pool_even(x[:, :x.shape[1] - x.shape[1] % 2, :x.shape[2] - x.shape[2] % 2, :])
+
+
+def _window(x):
+    """The four elements of each 2x2 window, in row-major order."""
+    return x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
+
+
+@jax.custom_vjp
+def _pool_even(x):
     # The max of four strided views: elementwise, so it fuses (a max-reduce
     # over a (B, H/2, 2, W/2, 2, C) reshape took a quarter of an evaluation).
-    x = x[:, :x.shape[1] - x.shape[1] % 2, :x.shape[2] - x.shape[2] % 2, :]
-    return jnp.maximum(jnp.maximum(x[:, 0::2, 0::2], x[:, 0::2, 1::2]),
-                       jnp.maximum(x[:, 1::2, 0::2], x[:, 1::2, 1::2]))
+    a, b, c, d = _window(x)
+    return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
 
 
 def _pool_fwd(x):
-    y = max_pool_2x2(x)
-    return y, (x, y)
+    a, b, c, d = _window(x)
+    top, bottom = jnp.maximum(a, b), jnp.maximum(c, d)
+    # Which element of the window is the max (0-3, the first on ties),
+    # decided once, from the values the max is taken of. The backward pass
+    # routes by it and never compares x again: XLA may recompute x inside the
+    # backward's fusion with other rounding, and a compare against the
+    # forward's max then matched no element (a wrong gradient).
+    winner = jnp.where(top >= bottom, jnp.where(a >= b, 0, 1), jnp.where(c >= d, 2, 3))
+    return jnp.maximum(top, bottom), winner.astype(jnp.int8)
 
 
-def _pool_bwd(residuals, g):
-    x, y = residuals
-    b, h, w, c = x.shape
-    windows = x[:, :h - h % 2, :w - w % 2, :].reshape(b, h // 2, 2, w // 2, 2, c)
-    # XLA lowers reduce_window's gradient on CPU to an arg-max over four
-    # materialised index arrays and a scatter (half of model6's step); a
-    # compare against the max is elementwise and fuses.
-    taken = jnp.zeros(y.shape, bool)
-    rows = []
-    for i in range(2):
-        cols = []
-        for j in range(2):
-            hit = ~taken if i == j == 1 else (windows[:, :, i, :, j, :] == y) & ~taken
-            taken = taken | hit
-            cols.append(jnp.where(hit, g, jnp.zeros_like(g)))
-        rows.append(jnp.stack(cols, axis=3))
-    dx = jnp.stack(rows, axis=2).reshape(b, h - h % 2, w - w % 2, c)
-    return (jnp.pad(dx, [(0, 0), (0, h % 2), (0, w % 2), (0, 0)]),)
+def _pool_bwd(winner, g):
+    n, h, w, channels = g.shape
+    # Elementwise selects, which fuse: XLA:CPU lowers nn.max_pool's gradient
+    # (select_and_scatter) to an arg-max and a scatter, half of model6's step.
+    a, b, c, d = (jnp.where(winner == k, g, jnp.zeros_like(g)) for k in range(4))
+    rows = jnp.stack([jnp.stack([a, b], axis=3), jnp.stack([c, d], axis=3)], axis=2)
+    return (rows.reshape(n, 2 * h, 2 * w, channels),)
 
 
-max_pool_2x2.defvjp(_pool_fwd, _pool_bwd)
+_pool_even.defvjp(_pool_fwd, _pool_bwd)
 
 
 def _mix(h):
