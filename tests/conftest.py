@@ -67,6 +67,16 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+@pytest.fixture
+def xla_optimized(monkeypatch):
+    """XLA's optimisations on, as in every run, here and in the processes the
+    test starts: for tests of numbers that fusion could change."""
+    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "false")
+    jax.config.update("jax_disable_most_optimizations", False)
+    yield
+    jax.config.update("jax_disable_most_optimizations", True)
+
+
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
     """A TFDS data_dir with MNIST prepared offline from the repository's files.

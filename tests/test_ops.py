@@ -1,4 +1,5 @@
-"""The fast max-pool and dropout compute what the stock ones do."""
+"""The fast convolution, max-pool and dropout compute what the stock ones do,
+compiled with XLA's optimisations on, as in a run."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import numpy as np
 import pytest
 
 from s7jax import ops
+
+pytestmark = pytest.mark.usefixtures("xla_optimized")
 
 
 @pytest.mark.parametrize("cin,cout,size,pad", [(1, 8, 28, 1), (8, 12, 28, 1), (10, 14, 7, 0)])

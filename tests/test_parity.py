@@ -18,7 +18,7 @@ from s7jax.data import MEAN, STD  # noqa: E402
 from s7jax.models import MODELS, count_params, get_model, init_variables  # noqa: E402
 
 # Compared at float32 tolerances: full float32 matmuls on every backend.
-pytestmark = pytest.mark.usefixtures("highest_precision")
+pytestmark = pytest.mark.usefixtures("highest_precision", "xla_optimized")
 ATOL = 1e-4
 BN_MODELS = ["model3", "model4", "model5", "model6"]
 
