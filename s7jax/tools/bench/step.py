@@ -9,6 +9,10 @@ time swapped for the stock alternative or removed:
 * ``nn.max_pool``: Flax's pooling (``reduce_window``, whose gradient
   XLA:CPU lowers to an arg-max over four index arrays and a scatter)
   instead of ``ops.max_pool_2x2`` (bit for bit the same maths);
+* ``max-pool gradient by compare``: s7jax's pool before its gradient
+  routed by a saved arg-max (it compared the input, recomputed in the
+  backward pass, with the forward's max; under fusion that matched nothing
+  and the gradient was wrong): the speed the fix had to keep;
 * ``XLA's conv gradients``: ``nn.Conv``'s own gradients instead of the
   canonical convolutions of ``ops.conv``;
 * ``shifted-matmul weight gradient``: the convolutions' weight gradient as
@@ -129,10 +133,37 @@ def variants() -> dict[str, Callable[[], Any]]:
     def stock_pool(x):
         return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
 
+    pool_values = ops.max_pool_2x2  # the values, unpatched
+
+    @jax.custom_vjp
+    def compare_pool(x):
+        return pool_values(x)
+
+    def compare_pool_fwd(x):
+        y = pool_values(x)
+        return y, (x, y)
+
+    def compare_pool_bwd(residuals, g):
+        # The first window element equal to the forward's max takes g.
+        x, y = residuals
+        b, h, w, c = x.shape
+        windows = x.reshape(b, h // 2, 2, w // 2, 2, c)
+        taken = jnp.zeros(y.shape, bool)
+        parts = []
+        for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            hit = ~taken if i == j == 1 else (windows[:, :, i, :, j, :] == y) & ~taken
+            taken = taken | hit
+            parts.append(jnp.where(hit, g, jnp.zeros_like(g)))
+        rows = jnp.stack([jnp.stack(parts[:2], axis=3), jnp.stack(parts[2:], axis=3)], axis=2)
+        return (rows.reshape(x.shape),)
+
+    compare_pool.defvjp(compare_pool_fwd, compare_pool_bwd)
+
     stock_conv = functools.partial(nn.Conv, kernel_size=(3, 3), strides=(1, 1))
     return {
         "s7jax": contextlib.nullcontext,
         "nn.max_pool": lambda: patched(ops, "max_pool_2x2", stock_pool),
+        "max-pool gradient by compare": lambda: patched(ops, "max_pool_2x2", compare_pool),
         "XLA's conv gradients": lambda: patched(models, "Conv3x3", stock_conv),
         "shifted-matmul weight gradient": lambda: patched(models, "Conv3x3",
                                                           conv_with(shifted_matmuls)),
