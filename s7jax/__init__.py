@@ -1,19 +1,15 @@
 """s7jax: six MNIST CNNs, from 6.4M parameters to 7,664, in pure-functional JAX/Flax.
 
-The modules, in the order the data flows through a run (the README's Layout
-lists every one):
+The packages, in the order the data flows through a run:
 
-* ``config``        every setting of a run and each model's default recipe
-* ``data``          MNIST: the official files, TFDS (offline), the tf.data and
-                    on-device pipelines; ``augment``, the augmentation they apply
-* ``models``        the six Flax Linen models; ``ops``, three layers written for speed
-* ``steps``         the pure, jit-compiled train and eval steps and BN re-estimation
-* ``loops``         the two epoch loops; ``train`` a run, ``seeds`` many runs as one
-* ``recorder``      what every run writes as an epoch ends (``runfiles``,
-                    ``checkpoint``, ``events``); ``runlock`` one run per folder
-* ``results``       the committed runs under ``results/``; ``referee`` the PyTorch side
-* ``cli``           the commands; ``tools`` the benchmarks and the README's report,
-                    which the library never imports
+* ``config``     every setting of a run and each model's default recipe
+* ``data``       MNIST: the official files, TFDS, the tf.data and on-device
+                 pipelines, and the augmentation they apply
+* ``models``     the six Flax Linen models and the layers written for XLA:CPU
+* ``training``   the pure, jit-compiled steps, the epoch loops, a run, many seeds
+* ``runs``       what a run writes: metrics, checkpoints, weights, events, plots
+* ``reference``  the PyTorch build of the models and the referee
+* ``cli``        the commands (``s7jax-train`` and the rest)
 """
 
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any
 
-from s7jax.augment import NO_AUGMENT, AugmentConfig
+from s7jax.data.augment import NO_AUGMENT, AugmentConfig
 from s7jax.errors import ConfigError
 from s7jax.models import MODELS
 
@@ -76,7 +76,7 @@ class Config:
                 "the accelerator, one call per step; scan: on the accelerator, one compiled call "
                 "per epoch (train, BN re-estimation, evaluation). auto: scan on GPU/TPU, where "
                 "per-step dispatch would set the pace; device on CPU, where it costs nothing "
-                "and the progress bar moves with the steps (see s7jax.train)", "data",
+                "and the progress bar moves with the steps (see s7jax.training.train)", "data",
         choices=PIPELINES)
     steps_per_call: int = _flag(1, "train steps per compiled call (tfds and device pipelines); "
                                    "rounds differently from 1, the setting of every run under "

@@ -1,4 +1,4 @@
-"""Train a model the way the original study did, in PyTorch, as a referee for s7jax's run of the same model (see ``s7jax.referee``).
+"""Train a model the way the original study did, in PyTorch, as a referee for s7jax's run of the same model (see ``s7jax.reference.referee``).
 
 The command lives in ``s7jax.cli.referee`` (installed as ``s7jax-referee``);
 this file runs it from a checkout without installing. ``--help`` lists the flags.

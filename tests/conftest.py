@@ -32,8 +32,8 @@ jax.config.update("jax_disable_most_optimizations", True)
 os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"
 
 # Compiled programs persist between test runs, and between the scripts the
-# tests start (s7jax.compile_cache: ~/.cache/s7jax/jax unless overridden).
-from s7jax import compile_cache  # noqa: E402
+# tests start (s7jax.training.compile_cache: ~/.cache/s7jax/jax unless overridden).
+from s7jax.training import compile_cache  # noqa: E402
 
 compile_cache.enable()
 

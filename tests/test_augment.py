@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from s7jax import augment
-from s7jax.augment import AugmentConfig
-from s7jax.tf_cpu import tensorflow
+from s7jax.data import augment
+from s7jax.data.augment import AugmentConfig
+from s7jax.data.tf_cpu import tensorflow
 
 pytestmark = pytest.mark.tfds  # every test here runs the TensorFlow side
 

@@ -1,8 +1,8 @@
-"""The benchmark tables (s7jax.tools.bench.tables) say what the measurements say."""
+"""The benchmark tables (tools.bench.tables) say what the measurements say."""
 
 from __future__ import annotations
 
-from s7jax.tools.bench import tables
+from tools.bench import tables
 
 
 def bench_result(epoch_s=10.0, step=6000.0, eval_s=0.5, memory_mib=900):
@@ -51,7 +51,7 @@ def test_parts_table_sums_layers_and_names_the_rest():
 
 
 def test_a_missed_step_goal_is_explained_from_the_step_and_parts_files():
-    from s7jax.tools.report.performance import step_shortfall
+    from tools.report.performance import step_shortfall
 
     step = {"backend": "cpu", "variants": {
         "s7jax": {"ratio_to_s7jax": 1.0}, "nn.max_pool": {"ratio_to_s7jax": 1.7},

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from s7jax import results, runfiles
+from s7jax.runs import results, runfiles
 from s7jax.config import DEFAULTS, Config, default_config, validate
 from s7jax.errors import ConfigError
 
@@ -38,7 +38,7 @@ def test_invalid_settings_raise_one_line(overrides, message):
 
 
 def test_the_one_cycle_ends_after_cycle_epochs_and_holds_its_final_rate():
-    from s7jax.steps import learning_rate_schedule
+    from s7jax.training.steps import learning_rate_schedule
     steps = 10
     full = learning_rate_schedule(default_config("model6", cycle_epochs=None), steps)
     short = learning_rate_schedule(default_config("model6", cycle_epochs=12), steps)
@@ -99,7 +99,7 @@ def test_every_config_field_is_a_flag_with_help_and_the_recipe_in_brackets():
     import argparse
     import dataclasses
 
-    from s7jax.augment import AugmentConfig
+    from s7jax.data.augment import AugmentConfig
     from s7jax.cli import add_config_flags
     from s7jax.config import Config
 

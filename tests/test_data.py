@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from s7jax import data
-from s7jax.augment import NO_AUGMENT, AugmentConfig
+from s7jax.data.augment import NO_AUGMENT, AugmentConfig
 from s7jax.errors import DataError
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from s7jax import checkpoint, runfiles, weights
+from s7jax.runs import checkpoint, runfiles, weights
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ["--epochs", "2", "--train-subset", "256", "--test-subset", "128", "--batch-size", "64",

@@ -20,10 +20,11 @@ from pathlib import Path
 import jax
 import pytest
 
-from s7jax import checkpoint, data, runlock, runfiles
+from s7jax import data
+from s7jax.runs import checkpoint, runfiles, runlock
 from s7jax.config import default_config
 from s7jax.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, WriteError
-from s7jax.train import train_and_evaluate
+from s7jax.training.train import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(epochs=2, train_subset=256, test_subset=128, batch_size=64, eval_batch_size=128,
@@ -77,7 +78,7 @@ def test_a_file_where_the_checkpoints_folder_goes_is_refused_up_front(tmp_path):
 def test_a_live_holder_is_named_and_a_dead_ones_lock_is_taken_over(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[2]);"
-         "from s7jax import runlock\n"
+         "from s7jax.runs import runlock\n"
          "with runlock.claim(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
          str(tmp_path), str(ROOT)], stdout=subprocess.PIPE, text=True)
     try:
@@ -526,7 +527,7 @@ def test_the_sweeps_refusal_advises_what_the_sweep_has(finished, tmp_path):
 
 
 def test_tensorflows_start_up_banner_is_filtered_and_real_lines_kept(capfd):
-    from s7jax import tf_cpu
+    from s7jax.data import tf_cpu
 
     with tf_cpu.without_startup_banner():
         os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are "

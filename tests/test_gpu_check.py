@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from s7jax import runfiles
+from s7jax.runs import runfiles
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,10 +20,11 @@ import numpy as np
 import optax
 import pytest
 
-from s7jax import ops, steps
+from s7jax.models import ops
+from s7jax.training import steps
 from s7jax.config import default_config
 from s7jax.models import MODELS
-from s7jax.seeds import stack
+from s7jax.training.seeds import stack
 
 pytestmark = pytest.mark.usefixtures("xla_optimized")
 

@@ -7,7 +7,7 @@ must hold no custom call outside :data:`ALLOWED_CUSTOM_CALLS` (a kernel that
 exists on one platform only) and no host callback (a round trip to Python
 that would stall an epoch program, and that a TPU pod cannot run).
 
-``s7jax.ops`` picks its CPU formulations at trace time (``ops.cpu_kernels``);
+``s7jax.models.ops`` picks its CPU formulations at trace time (``ops.cpu_kernels``);
 the test makes it answer as the target platform would, so that what is
 lowered is what an accelerator runs.
 """
@@ -21,13 +21,14 @@ import numpy as np
 import pytest
 from jax import export
 
-from s7jax import data, parallel
-from s7jax.augment import AugmentConfig
+from s7jax import data
+from s7jax.training import parallel
+from s7jax.data.augment import AugmentConfig
 from s7jax.config import default_config
 from s7jax.models import get_model
-from s7jax.seeds import jit_seeds_program, stack
-from s7jax.steps import initial_state, learning_rate_schedule, make_batch_stats_fn
-from s7jax.loops import jit_epoch_program, jit_steps
+from s7jax.training.seeds import jit_seeds_program, stack
+from s7jax.training.steps import initial_state, learning_rate_schedule, make_batch_stats_fn
+from s7jax.training.loops import jit_epoch_program, jit_steps
 
 PLATFORMS = ("tpu", "cuda")
 # Custom calls XLA resolves on every platform: sharding annotations
@@ -97,7 +98,7 @@ def test_every_training_program_lowers_without_platform_specific_calls(model, pl
     """model6 has every kind of layer (BatchNorm, dropout, the bias-free
     convolutions) and the BN re-estimation; model1, the plain convolutions of
     the largest model."""
-    monkeypatch.setattr("s7jax.ops.cpu_kernels", lambda: False)  # trace as the accelerator
+    monkeypatch.setattr("s7jax.models.ops.cpu_kernels", lambda: False)  # trace as the accelerator
     lowered = {}
     for name, fn, args in programs(model):
         exported = export.export(fn, platforms=[platform])(*args)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from s7jax.models import MODELS, count_params, get_model, init_variables
-from s7jax.layer_table import layer_rows
+from s7jax.models.summary import layer_rows
 
 EXPECTED_PARAMS = {
     "model1": 6_379_786,

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s7jax import ops
+from s7jax.models import ops
 
 pytestmark = pytest.mark.usefixtures("xla_optimized")
 

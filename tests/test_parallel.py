@@ -13,7 +13,7 @@ What the child measures, with the 4-device mesh against a 1-device mesh:
   them (teacher-forced for three steps, so each comparison starts equal);
 * whole runs: ``train_and_evaluate`` for two epochs, each mesh from scratch,
   with one call per step, with one call per epoch (``--pipeline scan``), and
-  two seeds as one vectorised program (``s7jax.seeds``);
+  two seeds as one vectorised program (``s7jax.training.seeds``);
 * the shardings inside the 4-device run: a training batch, an evaluation
   batch, and the train state saved after each epoch;
 * the random streams: dropout masks and ``rbg`` bits under both meshes, and
@@ -130,8 +130,11 @@ def _child(data_dir: str, out_path: str, work: str) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from s7jax import checkpoint, data, loops, ops, parallel, seeds, train
-    from s7jax.steps import PRNG_IMPL, eval_step, initial_state, learning_rate_schedule, train_step
+    from s7jax import data
+    from s7jax.models import ops
+    from s7jax.runs import checkpoint
+    from s7jax.training import loops, parallel, seeds, train
+    from s7jax.training.steps import PRNG_IMPL, eval_step, initial_state, learning_rate_schedule, train_step
     from s7jax.config import default_config
     from s7jax.errors import ConfigError
 
@@ -353,7 +356,7 @@ def test_train_state_is_replicated_on_every_device(record):
 
 
 def test_random_streams_do_not_depend_on_the_sharding(record):
-    # Dropout masks hash the global element index (s7jax.ops.keep_mask); the
+    # Dropout masks hash the global element index (s7jax.models.ops.keep_mask); the
     # "rbg" bits, drawn straight into a batch-sharded array, and the on-device
     # pipeline's shuffles and augmentations come out bit for bit the same.
     assert record["dropout_masks_equal"]

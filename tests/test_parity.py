@@ -1,5 +1,5 @@
 """Parity with PyTorch: each Flax model, its weights ported into the network
-that ``s7jax.torch_reference`` builds from the spec, computes the same
+that ``s7jax.reference.torch_reference`` builds from the spec, computes the same
 log-probabilities. Skipped when PyTorch is not installed."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from s7jax import torch_reference as tr  # noqa: E402
+from s7jax.reference import torch_reference as tr  # noqa: E402
 from s7jax.data import MEAN, STD  # noqa: E402
 from s7jax.models import MODELS, count_params, get_model, init_variables  # noqa: E402
 

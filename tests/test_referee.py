@@ -1,4 +1,4 @@
-"""The PyTorch referee (s7jax.referee) and the original recipe it shares with
+"""The PyTorch referee (s7jax.reference.referee) and the original recipe it shares with
 s7jax's ``--recipe original``."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from s7jax import runfiles
-from s7jax.augment import NO_AUGMENT, AugmentConfig
+from s7jax.runs import runfiles
+from s7jax.data.augment import NO_AUGMENT, AugmentConfig
 from s7jax.config import default_config
 from s7jax.errors import ConfigError
-from s7jax.referee import RefereeConfig, is_referee_run, workdir_for
+from s7jax.reference.referee import RefereeConfig, is_referee_run, workdir_for
 
 ROOT = Path(__file__).resolve().parent.parent
 

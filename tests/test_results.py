@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from s7jax import results
+from s7jax.runs import results
 
 
 def seed(*last3):
@@ -26,7 +26,7 @@ def test_over_seeds_counts_holders_and_gives_the_mean_a_students_t_interval():
 
 
 def record_run(run, config, last3):
-    from s7jax import runfiles
+    from s7jax.runs import runfiles
 
     run.mkdir(parents=True)
     runfiles.write_config(run, config)
@@ -36,7 +36,7 @@ def record_run(run, config, last3):
 
 
 def test_recipe_trials_name_their_changes_and_compare_on_the_same_seeds(tmp_path):
-    from s7jax.augment import AugmentConfig
+    from s7jax.data.augment import AugmentConfig
     from s7jax.config import default_config
 
     root = tmp_path / results.TRIALS
@@ -70,7 +70,7 @@ def test_recipe_trials_name_their_changes_and_compare_on_the_same_seeds(tmp_path
 
 
 def test_the_trials_table_says_how_large_chance_alone_is():
-    from s7jax.tools.report.results import trial_noise
+    from tools.report.results import trial_noise
 
     def trial(n, std, difference=None, se=None):
         return {"name": f"t{n}", "runs": {"n_seeds": n, "std": std},
@@ -97,7 +97,7 @@ def test_a_cycle_over_the_whole_run_is_one_setting_however_it_was_recorded():
 
 def test_the_recipe_says_where_a_short_cycle_ends_and_the_rate_after_it():
     from s7jax.config import default_config
-    from s7jax.tools.report.study import recipe
+    from tools.report.study import recipe
 
     def text(**overrides):
         return recipe({"config": default_config("model6", **overrides).to_json()})

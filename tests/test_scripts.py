@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from s7jax import data, runfiles, weights
+from s7jax import data
+from s7jax.runs import runfiles, weights
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--epochs", "2", "--train-subset", "512", "--test-subset", "256", "--batch-size", "64",
@@ -210,7 +211,7 @@ def test_bench_step_rejects_a_step_count_it_cannot_split(tmp_path):
     (99.20, "(measured with dropout on) ends 0.20 points below"),
 ])
 def test_report_names_a_train_test_gap_by_its_size(train_acc, phrase):
-    from s7jax.tools.report import study
+    from tools.report import study
     history = [{"epoch": 1, "test_acc": 98.0, "train_acc": 97.0},
                {"epoch": 2, "test_acc": 99.4, "train_acc": train_acc}]
     text = study.analysis("model4", history, {"mean": 99.4}, None,
@@ -220,7 +221,7 @@ def test_report_names_a_train_test_gap_by_its_size(train_acc, phrase):
 
 
 def test_report_compares_runs_of_different_lengths_at_a_shared_epoch():
-    from s7jax.tools.report import study
+    from tools.report import study
     short = [{"epoch": e, "test_acc": a, "train_acc": a} for e, a in ((1, 98.9), (2, 99.1))]
     long = [{"epoch": e, "test_acc": 97.0 + e / 4, "train_acc": 99.0} for e in range(1, 6)]
     text = study.analysis("model2", long, {"mean": 99.4}, ("model1", short, {"mean": 99.0}),
@@ -250,7 +251,7 @@ def test_print_config_prints_the_resolved_config_and_writes_nothing(tmp_path):
 
 def test_importing_s7jax_plots_leaves_the_matplotlib_backend_alone(tmp_path):
     code = ("import matplotlib; matplotlib.use('svg'); import sys; sys.path.insert(0, sys.argv[1]);"
-            "from s7jax import plots;"
+            "from s7jax.runs import plots;"
             "rows = [dict(epoch=1, train_loss=1.0, test_loss=0.9, train_acc=90.0, test_acc=91.0)];"
             "plots.curves(rows, sys.argv[2]); print(matplotlib.get_backend())")
     out = tmp_path / "curves.png"

@@ -1,4 +1,4 @@
-"""Several seeds as one vectorised program (s7jax.seeds, sweep.py --together)."""
+"""Several seeds as one vectorised program (s7jax.training.seeds, sweep.py --together)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import chex
 import numpy as np
 import pytest
 
-from s7jax import checkpoint, runfiles, seeds, weights
+from s7jax.runs import checkpoint, runfiles, weights
+from s7jax.training import seeds
 from s7jax.config import default_config
 from s7jax.errors import ConfigError
-from s7jax.train import train_and_evaluate
+from s7jax.training.train import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 # Two epochs of two steps: every per-epoch part (schedule, clean epoch, BN
@@ -64,7 +65,7 @@ def test_the_sweep_writes_each_seeds_files_and_the_summary(swept):
 @pytest.mark.slow
 def test_each_seed_trains_what_its_own_run_trains(swept, tfds_dir, tmp_path):
     """Same initialisation, batches, augmentation and dropout as the seed's
-    own ``--pipeline scan`` run (random draws per seed: s7jax.seedwise); the
+    own ``--pipeline scan`` run (random draws per seed: s7jax.models.seedwise); the
     figures agree to the float rounding of a batched program."""
     results, _ = swept
     together = {s: runfiles.read_metrics(results / "model6" / f"seed-{s}") for s in (0, 1)}
@@ -104,7 +105,7 @@ def test_seeds_that_would_not_fit_in_memory_are_refused_in_one_line(monkeypatch,
 
 
 def test_stack_keeps_the_first_trees_static_fields():
-    from s7jax.steps import initial_state, learning_rate_schedule
+    from s7jax.training.steps import initial_state, learning_rate_schedule
 
     config = default_config("model6")
     states = [initial_state(config, learning_rate_schedule(config, 4))[0] for _ in range(2)]

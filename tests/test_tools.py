@@ -1,4 +1,4 @@
-"""The tools beside the library (s7jax.tools): kept apart from it, and the
+"""The tools beside the library (tools/): kept apart from it, and the
 benchmarks' shared clock, environment record and result file."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from s7jax.tools.bench import measure
+from tools.bench import measure
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,14 +27,12 @@ def imported_modules(path: Path) -> set[str]:
 def test_the_library_and_its_commands_never_import_the_tools():
     package = ROOT / "s7jax"
     offenders = [str(p.relative_to(ROOT)) for p in package.rglob("*.py")
-                 if not p.is_relative_to(package / "tools")
-                 and any(m == "s7jax.tools" or m.startswith("s7jax.tools.")
-                         for m in imported_modules(p))]
+                 if any(m == "tools" or m.startswith("tools.") for m in imported_modules(p))]
     assert offenders == []
     # Nor does anything they import at run time.
-    code = ("import sys; import s7jax.train, s7jax.seeds, s7jax.referee, s7jax.weights, "
+    code = ("import sys; import s7jax.training.train, s7jax.training.seeds, s7jax.reference.referee, s7jax.runs.weights, "
             "s7jax.cli.train, s7jax.cli.sweep, s7jax.cli.referee; "
-            "print(sorted(m for m in sys.modules if m.startswith('s7jax.tools')))")
+            "print(sorted(m for m in sys.modules if m == 'tools' or m.startswith('tools.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

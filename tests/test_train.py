@@ -14,13 +14,14 @@ import numpy as np
 import optax
 import pytest
 
-from s7jax import checkpoint, console, loops, runfiles
+from s7jax.runs import checkpoint, runfiles
+from s7jax.training import console, loops
 from s7jax.config import default_config
 from s7jax.errors import ConfigError, Interrupted, NonFiniteLossError
-from s7jax.steps import (eval_step, initial_state, learning_rate_schedule, train_step, train_steps,
+from s7jax.training.steps import (eval_step, initial_state, learning_rate_schedule, train_step, train_steps,
                          training_loss)
-from s7jax.loops import epoch_calls
-from s7jax.train import resolve, train_and_evaluate
+from s7jax.training.loops import epoch_calls
+from s7jax.training.train import resolve, train_and_evaluate
 
 # The step-by-step loop on the device, as every recorded run, whatever the
 # backend (auto would take scan on a GPU or TPU). Full float32 matmuls: the
@@ -253,7 +254,7 @@ def test_each_epoch_is_written_for_tensorboard(reference_run):
     """The event files hold every epoch's figures, as a TensorBoard reader
     (TensorFlow's own) reads them."""
     workdir, history = reference_run
-    from s7jax.tf_cpu import tensorflow
+    from s7jax.data.tf_cpu import tensorflow
 
     tf = tensorflow()
     (events,) = (workdir / "tensorboard").glob("events.out.tfevents.*")
@@ -386,7 +387,7 @@ def test_precise_bn_weighs_a_short_last_chunk_by_its_size():
     input no other BN layer shapes) equal those of all 2,500 images at once,
     not an average that overweights the last 500."""
     from s7jax.models import get_model
-    from s7jax.steps import make_batch_stats_fn, precise_batch_stats
+    from s7jax.training.steps import make_batch_stats_fn, precise_batch_stats
 
     state, _ = fresh_state()
     images = np.random.default_rng(1).normal(size=(2500, 28, 28, 1)).astype(np.float32)

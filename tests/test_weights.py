@@ -1,4 +1,4 @@
-"""Committed weights (s7jax.weights): each file reproduces its run's recorded
+"""Committed weights (s7jax.runs.weights): each file reproduces its run's recorded
 last-epoch test accuracy exactly, and damaged or mismatched files are refused."""
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import jax
 import numpy as np
 import pytest
 
-from s7jax import data, runfiles, weights
+from s7jax import data
+from s7jax.runs import runfiles, weights
 from s7jax.errors import CheckpointError
 from s7jax.models import get_model, init_variables
-from s7jax.steps import eval_step
-from s7jax.loops import device_eval_batches, evaluate
+from s7jax.training.steps import eval_step
+from s7jax.training.loops import device_eval_batches, evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -88,7 +89,7 @@ def test_evaluate_refuses_a_damaged_weights_file_in_one_line(tmp_path):
 @pytest.mark.slow
 def test_torch_port_of_the_committed_model6_agrees(test_split):
     pytest.importorskip("torch")
-    from s7jax import torch_reference
+    from s7jax.reference import torch_reference
 
     if not (RESULTS / "model6" / "seed-0" / runfiles.WEIGHTS).is_file():
         pytest.skip("no committed model6 weights")

@@ -33,7 +33,7 @@ def exit_on_known_errors():
     """Known errors as one line and their exit codes. SIGTERM, which would
     kill the process where it stands, raises :class:`Terminated` instead, so
     that what a Ctrl-C cleans up is cleaned up (the training loop turns both
-    into a checkpoint, see ``s7jax.recorder.interrupt_flag``)."""
+    into a checkpoint, see ``s7jax.runs.recorder.interrupt_flag``)."""
     with contextlib.suppress(ValueError):  # ValueError: not the main thread
         signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -60,7 +60,7 @@ def run_command(run: Callable[[], int], *, compile_cache: bool = False) -> int:
     XLA's compiles)."""
     with exit_on_known_errors():
         if compile_cache:
-            from s7jax import compile_cache as cache
+            from s7jax.training import compile_cache as cache
 
             cache.enable()
         return run()
@@ -84,7 +84,7 @@ def _recipe_choice(argv=None) -> tuple[str, str]:
 def _config_fields():
     """``(field, parent)`` for every setting: Config's fields, with the
     augmentation's strengths (parent ``"augment"``) in place of ``augment``."""
-    from s7jax.augment import AugmentConfig
+    from s7jax.data.augment import AugmentConfig
     from s7jax.config import Config
 
     for f in dataclasses.fields(Config):
@@ -153,7 +153,7 @@ def add_progress_flag(p) -> None:
 def config_from_args(args: argparse.Namespace, **overrides):
     """The recipe (``--recipe``, for ``--model``) with every flag that was
     given applied."""
-    from s7jax.augment import NO_AUGMENT
+    from s7jax.data.augment import NO_AUGMENT
     from s7jax.config import default_config
 
     given, strengths = {}, {}

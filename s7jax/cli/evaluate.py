@@ -5,7 +5,7 @@
 
 restores the run's latest checkpoint (or the one given: a run folder, its
 ``checkpoints/`` folder, or one step inside it) with the run's
-``config.json``, or loads a committed run's final weights (``s7jax.weights``),
+``config.json``, or loads a committed run's final weights (``s7jax.runs.weights``),
 and prints test loss and accuracy over the whole test set: the figures of the
 run's last ``metrics.jsonl`` row. ``--misclassified FILE.png`` also draws the
 misclassified test digits with their true and predicted labels.
@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def locate(path: Path) -> tuple[Path, int | None]:
     """(run folder, step or None for the latest) from what the user gave."""
-    from s7jax import runfiles
+    from s7jax.runs import runfiles
 
     for workdir, step in ((path, None), (path.parent, None), (path.parent.parent, path.name)):
         if runfiles.config_path(workdir).is_file():
@@ -52,11 +52,12 @@ def run(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
-    from s7jax import checkpoint, data, runfiles, weights
+    from s7jax import data
+    from s7jax.runs import checkpoint, runfiles, weights
     from s7jax.config import TRAIN_IMAGES, Config
     from s7jax.models import get_model
-    from s7jax.steps import eval_step, initial_state, learning_rate_schedule
-    from s7jax.loops import device_eval_batches, evaluate
+    from s7jax.training.steps import eval_step, initial_state, learning_rate_schedule
+    from s7jax.training.loops import device_eval_batches, evaluate
 
     # The weights or the checkpoint first, read and verified: their faults
     # need no data, and come before TensorFlow loads.
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{where}: test loss {loss:.4f}, test acc {acc:.2f}% on {len(test):,} images")
 
     if args.misclassified:
-        from s7jax import plots
+        from s7jax.runs import plots
 
         apply = jax.jit(lambda s, x: s.apply_fn(
             {"params": s.params, "batch_stats": s.batch_stats}, x, train=False))

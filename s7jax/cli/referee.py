@@ -1,9 +1,9 @@
 """Train a model the way the original study did, in PyTorch, as a referee
-for s7jax's run of the same model (see ``s7jax.referee``).
+for s7jax's run of the same model (see ``s7jax.reference.referee``).
 
     python scripts/referee.py --model model2 --seed 0
 
-trains ``s7jax.torch_reference``'s model2 (PyTorch's default initialisation)
+trains ``s7jax.reference.torch_reference``'s model2 (PyTorch's default initialisation)
 with SGD 0.01, momentum 0.9, batch 128 for 15 epochs, on the GPU where PyTorch
 sees one, else the CPU, and writes ``results/model2/torch-seed-0/``
 (``config.json``, ``metrics.jsonl``), which
@@ -43,7 +43,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     with exit_on_known_errors():
-        from s7jax.referee import RefereeConfig, train_referee, workdir_for
+        from s7jax.reference.referee import RefereeConfig, train_referee, workdir_for
 
         config = RefereeConfig.original(args.model, args.seed, args.epochs, args.train_subset,
                                         args.test_subset, args.allow_long)

@@ -36,9 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    from s7jax import runfiles
+    from s7jax.runs import runfiles
     from s7jax.errors import ConfigError
-    from s7jax.train import train_and_evaluate
+    from s7jax.training.train import train_and_evaluate
 
     run = Path(args.run)
     if not runfiles.config_path(run).is_file():

@@ -2,7 +2,7 @@
 
     python scripts/show_augmentations.py --out aug.png
 
-uses the training pipeline's own op (``s7jax.augment.augment_tf``) with
+uses the training pipeline's own op (``s7jax.data.augment.augment_tf``) with
 model6's default strengths, or the ones given.
 """
 
@@ -36,10 +36,11 @@ def main(argv=None) -> int:
     with exit_on_known_errors():
         import numpy as np
 
-        from s7jax import data, plots
-        from s7jax.augment import AugmentConfig, augment_tf
+        from s7jax import data
+        from s7jax.runs import plots
+        from s7jax.data.augment import AugmentConfig, augment_tf
         from s7jax.config import validate, Config
-        from s7jax.tf_cpu import tensorflow
+        from s7jax.data.tf_cpu import tensorflow
 
         config = AugmentConfig(args.degrees, args.brightness, args.contrast)
         validate(Config(augment=config))

@@ -15,7 +15,7 @@ Training flags (``--epochs``, ``--lr``, ...) apply to every seed.
     python scripts/sweep.py --model model6 --seeds 8 --together
 
 trains the seeds that are not done yet as one vectorised program
-(``s7jax.seeds``: ``jax.vmap`` over the runs), into the same folders.
+(``s7jax.training.seeds``: ``jax.vmap`` over the runs), into the same folders.
 """
 
 from __future__ import annotations
@@ -61,10 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    from s7jax import checkpoint, plots, results, runfiles
+    from s7jax.runs import checkpoint, plots, results, runfiles
     from s7jax.errors import Interrupted
-    from s7jax.seeds import train_seeds
-    from s7jax.train import resolve, train_and_evaluate
+    from s7jax.training.seeds import train_seeds
+    from s7jax.training.train import resolve, train_and_evaluate
 
     results_dir = Path(args.results)
     fresh = []  # with --together: the seeds to train as one program

@@ -67,12 +67,13 @@ def start_distributed(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from s7jax import parallel, runfiles
+    from s7jax.runs import runfiles
+    from s7jax.training import parallel
     from s7jax.config import ConfigError
     from s7jax.models import get_model, init_variables
-    from s7jax.layer_table import layer_table
-    from s7jax.steps import PRNG_IMPL
-    from s7jax.train import train_and_evaluate
+    from s7jax.models.summary import layer_table
+    from s7jax.training.steps import PRNG_IMPL
+    from s7jax.training.train import train_and_evaluate
 
     if args.resume:
         workdir = Path(args.resume)
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = config_from_args(args)
     if args.print_config:
-        from s7jax.train import resolve
+        from s7jax.training.train import resolve
 
         print(resolve(config).dumps())
         return 0
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"process {jax.process_index()} of {jax.process_count()}: process 0 writes the "
               "run's files")
         return 0
-    from s7jax import plots  # matplotlib: not before the checks that need no data
+    from s7jax.runs import plots  # matplotlib: not before the checks that need no data
 
     curves = plots.curves(history, runfiles.curves_path(workdir),
                           title=f"{config.model}, seed {config.seed}")

@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from s7jax.augment import AugmentConfig, augment_jax
+from s7jax.data.augment import AugmentConfig, augment_jax
 from s7jax.data.files import Split
 from s7jax.data.host import MEAN, STD, steps_per_epoch
-from s7jax.seedwise import seedwise
+from s7jax.models.seedwise import seedwise
 
 @struct.dataclass
 class DeviceTrainData:

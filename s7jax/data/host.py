@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from s7jax.augment import AugmentConfig, augment_tf
+from s7jax.data.augment import AugmentConfig, augment_tf
 from s7jax.data.files import Split
 from s7jax.errors import DataError
-from s7jax.tf_cpu import tensorflow
+from s7jax.data.tf_cpu import tensorflow
 
 MEAN, STD = 0.1307, 0.3081  # training-set pixel statistics after scaling to [0, 1]
 

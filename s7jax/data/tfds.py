@@ -22,7 +22,7 @@ import numpy as np
 
 from s7jax.data.files import IDX_SPLITS, Split, default_manual_dir, read_idx
 from s7jax.errors import DataError
-from s7jax.tf_cpu import tensorflow
+from s7jax.data.tf_cpu import tensorflow
 
 TFDS_MNIST_VERSION = "3.0.1"
 

@@ -1,0 +1,237 @@
+"""The six MNIST classifiers of the study, in Flax Linen.
+
+Each model mirrors the architecture of the same number in the study, layer
+for layer (``tests/test_models.py`` pins every parameter total, and
+``s7jax.reference.torch_reference`` builds the same layers in PyTorch on its own). They all take NHWC float32 images
+``(B, 28, 28, 1)`` (already normalised) and return log-probabilities
+``(B, 10)``::
+
+    model = MODELS["model6"]()
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    log_probs = model.apply(variables, images, train=False)
+
+In training, pass ``train=True``, ``mutable=["batch_stats"]`` and a
+``{"dropout": key}`` rng. Spatial sizes are 28 -> 14 -> 7 -> 5 -> 3 -> 1.
+
+Run ``python -m s7jax.models`` for a table of the six models.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from s7jax.models import ops
+from s7jax.errors import ConfigError
+
+# Every convolution of the study is 3x3, stride 1; only padding and bias vary.
+# `ops.conv` is lax's convolution with gradients XLA:CPU runs fast in a loop.
+Conv3x3 = functools.partial(nn.Conv, kernel_size=(3, 3), strides=(1, 1),
+                            conv_general_dilated=ops.conv)
+SAME, VALID = 1, 0
+
+# PyTorch's BatchNorm2d(eps=1e-5, momentum=0.1) weighs a new batch by 0.1;
+# Flax's `momentum` weighs the old running average, hence 0.9.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+class MaxPool(nn.Module):
+    """2x2 max pooling, stride 2. A module (not a bare function) so that it
+    shows up by name in summaries and captured intermediates."""
+
+    @nn.compact
+    def __call__(self, x):
+        return ops.max_pool_2x2(x)
+
+
+def _batch_norm(index: int, train: bool, momentum: float) -> nn.BatchNorm:
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=momentum,
+        epsilon=BN_EPSILON,
+        name=f"bn{index}",
+    )
+
+
+def _log_softmax_head(x: jax.Array) -> jax.Array:
+    """(B, 1, 1, 10) map -> (B, 10) log-probabilities."""
+    return nn.log_softmax(x.reshape((x.shape[0], -1)))
+
+
+class _PlainNet(nn.Module):
+    """Models 1 and 2: seven convs, ReLU after the first six, no BN, no dropout."""
+
+    channels: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        del train  # no BN, no dropout: training and eval compute the same thing
+        c = self.channels
+        x = nn.relu(Conv3x3(c[0], padding=SAME, name="conv1")(x))
+        x = nn.relu(Conv3x3(c[1], padding=SAME, name="conv2")(x))
+        x = MaxPool(name="pool1")(x)
+        x = nn.relu(Conv3x3(c[2], padding=SAME, name="conv3")(x))
+        x = nn.relu(Conv3x3(c[3], padding=SAME, name="conv4")(x))
+        x = MaxPool(name="pool2")(x)
+        x = nn.relu(Conv3x3(c[4], padding=VALID, name="conv5")(x))
+        x = nn.relu(Conv3x3(c[5], padding=VALID, name="conv6")(x))
+        x = Conv3x3(10, padding=VALID, name="conv7")(x)
+        return _log_softmax_head(x)
+
+
+class Model1(_PlainNet):
+    """The heavy baseline: 6,379,786 parameters."""
+
+    channels: tuple[int, ...] = (32, 64, 128, 256, 512, 1024)
+
+
+class Model2(_PlainNet):
+    """Model 1's layout with a few channels: 21,798 parameters."""
+
+    channels: tuple[int, ...] = (8, 16, 24, 28, 24, 16)
+
+
+class _BatchNormNet(nn.Module):
+    """Models 3 and 4: conv-BN-ReLU for convs 1-5, conv 6 with ReLU, conv 7 bare.
+
+    ``dropout_rate`` (model 4) is applied right after each of the two pools.
+    """
+
+    channels: tuple[int, ...]
+    dropout_rate: float = 0.0
+    bn_momentum: float = BN_MOMENTUM
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        c = self.channels
+
+        def block(x, i):
+            x = Conv3x3(c[i - 1], padding=SAME if i <= 4 else VALID, name=f"conv{i}")(x)
+            return nn.relu(_batch_norm(i, train, self.bn_momentum)(x))
+
+        def pool_then_drop(x, i):
+            x = MaxPool(name=f"pool{i}")(x)
+            if self.dropout_rate:
+                x = ops.Dropout(self.dropout_rate, deterministic=not train, name=f"drop{i}")(x)
+            return x
+
+        x = pool_then_drop(block(block(x, 1), 2), 1)
+        x = pool_then_drop(block(block(x, 3), 4), 2)
+        x = block(x, 5)
+        x = nn.relu(Conv3x3(c[5], padding=VALID, name="conv6")(x))
+        x = Conv3x3(10, padding=VALID, name="conv7")(x)
+        return _log_softmax_head(x)
+
+
+class Model3(_BatchNormNet):
+    """Batch normalisation after convs 1-5: 17,354 parameters."""
+
+    channels: tuple[int, ...] = (8, 16, 20, 24, 20, 16)
+
+
+class Model4(_BatchNormNet):
+    """Model 3 plus drop(0.3) after each pool: 14,450 parameters."""
+
+    channels: tuple[int, ...] = (8, 16, 20, 16, 20, 16)
+    dropout_rate: float = 0.3
+
+
+class Model5(nn.Module):
+    """drop(0.2) after the ReLU of every BN conv: 12,122 parameters."""
+
+    dropout_rate: float = 0.2
+    bn_momentum: float = BN_MOMENTUM
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        def block(x, i, features, padding):
+            x = Conv3x3(features, padding=padding, name=f"conv{i}")(x)
+            x = nn.relu(_batch_norm(i, train, self.bn_momentum)(x))
+            return ops.Dropout(self.dropout_rate, deterministic=not train, name=f"drop{i}")(x)
+
+        x = block(x, 1, 8, SAME)
+        x = block(x, 2, 16, SAME)
+        x = MaxPool(name="pool1")(x)
+        x = block(x, 3, 12, SAME)
+        x = block(x, 4, 16, SAME)
+        x = MaxPool(name="pool2")(x)
+        x = block(x, 5, 20, VALID)
+        x = nn.relu(Conv3x3(16, padding=VALID, name="conv6")(x))
+        x = Conv3x3(10, padding=VALID, name="conv7")(x)
+        return _log_softmax_head(x)
+
+
+class Model6(nn.Module):
+    """Under 8,000 parameters (7,664).
+
+    Convs 1-5 have no bias (the BN shift that follows makes one redundant);
+    drop(0.1) after the ReLU of convs 1-4; conv 6 has no activation and feeds
+    conv 7 directly.
+    """
+
+    dropout_rate: float = 0.1
+    bn_momentum: float = BN_MOMENTUM
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        def block(x, i, features, padding, dropout=True):
+            x = Conv3x3(features, padding=padding, use_bias=False, name=f"conv{i}")(x)
+            x = nn.relu(_batch_norm(i, train, self.bn_momentum)(x))
+            if dropout:
+                x = ops.Dropout(self.dropout_rate, deterministic=not train, name=f"drop{i}")(x)
+            return x
+
+        x = block(x, 1, 8, SAME)
+        x = block(x, 2, 12, SAME)
+        x = MaxPool(name="pool1")(x)
+        x = block(x, 3, 16, SAME)
+        x = block(x, 4, 10, SAME)
+        x = MaxPool(name="pool2")(x)
+        x = block(x, 5, 14, VALID, dropout=False)
+        x = Conv3x3(10, padding=VALID, name="conv6")(x)  # no activation
+        x = Conv3x3(10, padding=VALID, name="conv7")(x)
+        return _log_softmax_head(x)
+
+
+MODELS: dict[str, type[nn.Module]] = {
+    "model1": Model1,
+    "model2": Model2,
+    "model3": Model3,
+    "model4": Model4,
+    "model5": Model5,
+    "model6": Model6,
+}
+
+INPUT_SHAPE = (28, 28, 1)
+
+
+def get_model(name: str) -> nn.Module:
+    """The model registered under ``name``; a ConfigError lists the valid names."""
+    try:
+        return MODELS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}") from None
+
+
+def init_variables(model: nn.Module, key: jax.Array, batch_size: int = 1) -> dict:
+    """Initial ``{"params": ..., "batch_stats": ...}`` for an MNIST batch shape.
+
+    Compiled as one program: eager init dispatches (and compiles) every random
+    op separately, which takes tens of seconds on a CPU.
+    """
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        raise TypeError(f"init_variables key: a typed JAX key (jax.random.key), got {key.dtype}")
+    chex.assert_shape(key, (), custom_message="init_variables key: one JAX key")
+    init = jax.jit(functools.partial(model.init, train=False))
+    return dict(init(key, jnp.zeros((batch_size, *INPUT_SHAPE), jnp.float32)))
+
+
+def count_params(variables) -> int:
+    """Trainable parameters: the ``params`` collection only (BN running
+    statistics are state, not parameters)."""
+    return sum(int(leaf.size) for leaf in jax.tree_util.tree_leaves(variables["params"]))

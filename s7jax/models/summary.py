@@ -1,0 +1,63 @@
+"""Tables of the models: all of them in one (``python -m s7jax.models``), and
+one model layer by layer (output shape, parameters, receptive field)."""
+
+from __future__ import annotations
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from s7jax.models.study import INPUT_SHAPE, MODELS, count_params, init_variables
+
+# Layer names in s7jax.models are <kind><index>: conv1, bn1, drop1, pool1, ...
+KINDS = {"conv": "Conv 3x3", "bn": "BatchNorm", "drop": "Dropout", "pool": "MaxPool 2x2"}
+
+
+def layer_rows(model: nn.Module, variables) -> list[tuple[str, str, tuple[int, ...], int, int]]:
+    """``(name, kind, output shape, parameters, receptive field)`` per layer,
+    in call order. The receptive field grows by ``(k - 1) * jump`` at each
+    k x k layer, and ``jump`` (the input-pixel distance between neighbouring
+    outputs) doubles at each stride-2 pool."""
+    _, state = model.apply(variables, jnp.zeros((1, *INPUT_SHAPE)), train=False,
+                           capture_intermediates=True, mutable=["intermediates"])
+    rf, jump, rows = 1, 1, []
+    for name, value in state["intermediates"].items():
+        if name == "__call__":
+            continue
+        kind = re.match(r"[a-z]+", name).group()
+        if kind == "conv":
+            rf += (3 - 1) * jump
+        elif kind == "pool":
+            rf += (2 - 1) * jump
+            jump *= 2
+        params = variables["params"].get(name, {})
+        n_params = sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
+        rows.append((name, KINDS[kind], tuple(value["__call__"][0].shape[1:]), n_params, rf))
+    return rows
+
+
+def layer_table(model: nn.Module, variables) -> str:
+    rows = layer_rows(model, variables)
+    lines = [f"{'layer':<7}{'type':<12}{'output':>14}{'params':>9}{'RF':>5}"]
+    lines += [f"{n:<7}{k:<12}{str(s):>14}{p:>9,}{rf:>5}" for n, k, s, p, rf in rows]
+    lines.append(f"{'total':<7}{'':<12}{'':>14}{count_params(variables):>9,}")
+    return "\n".join(lines)
+
+
+def models_table() -> str:
+    rows = [("model", "parameters", "batch_stats entries", "output shape")]
+    for name, cls in MODELS.items():
+        model = cls()
+        # eval_shape: the table needs shapes, not 6.4M random numbers.
+        variables = jax.eval_shape(lambda m=model: init_variables(m, jax.random.key(0)))
+        out = jax.eval_shape(
+            lambda v, m=model: m.apply(v, jnp.zeros((2, *INPUT_SHAPE)), train=False), variables
+        )
+        stats = sum(int(v.size) for v in jax.tree_util.tree_leaves(variables.get("batch_stats", {})))
+        rows.append((name, f"{count_params(variables):,}", f"{stats:,}", str(tuple(out.shape))))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)

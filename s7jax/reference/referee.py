@@ -1,0 +1,181 @@
+"""The referee: a model trained the way the original study trained it, in PyTorch.
+
+The parity test shows that s7jax's modules compute what the PyTorch build of
+the spec (:mod:`s7jax.reference.torch_reference`) computes; it cannot show that
+training behaves as the original's did. The referee trains that PyTorch
+build with the original recipe on the same data, so that each model's
+s7jax result has a PyTorch run beside it on the same machine::
+
+    python scripts/referee.py --model model2 --seed 0   # -> results/model2/torch-seed-0/
+
+The original recipe (the study's notebooks):
+
+* the network from :func:`s7jax.reference.torch_reference.build`, initialised by
+  PyTorch's defaults (``torch.manual_seed(seed)`` first);
+* SGD, learning rate 0.01, momentum 0.9, no schedule, no weight decay;
+  batch 128, the last short batch kept; the negative log-likelihood loss;
+* augmentation for models 5 and 6 only, per image with torchvision on PIL
+  images, as torchvision's MNIST serves them: ``RandomRotation(7, fill=0)``
+  and ``ColorJitter(brightness=b, contrast=b)`` with b = 0.1 (model 5) or
+  0.2 (model 6); then ``ToTensor`` and ``Normalize(0.1307, 0.3081)``;
+* on the GPU where PyTorch sees one, else the CPU;
+* a fresh permutation every epoch from a generator seeded with ``seed``,
+  which is what ``DataLoader(shuffle=True, generator=g)`` draws;
+* per epoch, as the notebooks' ``train()``/``test()``: the mean training loss
+  and accuracy of the epoch's batches (train mode), and the test loss and
+  accuracy over all 10,000 test images (eval mode).
+
+The images are the official MNIST files (:func:`s7jax.data.read_idx`), so the
+data is the same as s7jax's, byte for byte. The run folder has s7jax's
+layout: ``config.json`` (``{"config": {..., "framework": "pytorch"},
+"environment": ...}``) and ``metrics.jsonl`` with s7jax's keys, one row per
+epoch, written as it ends. On a CPU with the same thread count the run
+repeats exactly (one process, seeded generators); on a GPU, cuDNN may pick
+non-deterministic kernels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from s7jax.runs import recorder, runfiles, runlock
+from s7jax.training import console
+from s7jax.data.augment import NO_AUGMENT, AugmentConfig
+from s7jax.config import MAX_EPOCHS, default_config, validate_model
+from s7jax.data import MEAN, STD, read_idx
+from s7jax.errors import ConfigError, NonFiniteLossError
+from s7jax.runs.results import run_dir
+
+@dataclasses.dataclass(frozen=True)
+class RefereeConfig:
+    model: str
+    seed: int = 0
+    epochs: int = MAX_EPOCHS
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    augment: AugmentConfig = NO_AUGMENT
+    train_subset: int | None = None  # the first N images only (tests)
+    test_subset: int | None = None
+    framework: str = "pytorch"
+
+    @classmethod
+    def original(cls, model: str, seed: int = 0, epochs: int = MAX_EPOCHS,
+                 train_subset: int | None = None, test_subset: int | None = None,
+                 allow_long: bool = False) -> "RefereeConfig":
+        """The study's recipe for ``model``, checked like s7jax's own settings
+        (``allow_long``: more than 15 epochs, as the study's own 20)."""
+        validate_model(model)
+        s7jax_side = default_config(model, "original", seed=seed, epochs=epochs,
+                                    train_subset=train_subset, test_subset=test_subset,
+                                    allow_long=allow_long)
+        return cls(model=model, seed=seed, epochs=epochs, batch_size=s7jax_side.batch_size,
+                   lr=s7jax_side.lr, momentum=s7jax_side.momentum, augment=s7jax_side.augment,
+                   train_subset=train_subset, test_subset=test_subset)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def workdir_for(results_dir: str | os.PathLike, config: RefereeConfig) -> Path:
+    return run_dir(results_dir, config.model, config.seed, "referee")
+
+
+def is_referee_run(workdir: Path) -> bool:
+    try:
+        return runfiles.read_record(workdir)["config"].get("framework") == "pytorch"
+    except ConfigError:
+        return False
+
+
+def _environment(torch, device) -> dict[str, Any]:
+    """The run's record of its environment: the host's, as an s7jax run's,
+    with PyTorch in place of JAX."""
+    return runfiles.environment(
+        with_jax=False, framework="pytorch", torch=torch.__version__,
+        torchvision=runfiles.package_versions("torchvision")["torchvision"],
+        backend="gpu" if device.type == "cuda" else "cpu",
+        devices=[torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"],
+        threads=torch.get_num_threads())
+
+
+def train_referee(config: RefereeConfig, workdir: str | os.PathLike, *, manual_dir=None,
+                  overwrite: bool = False, show_progress: bool = True) -> list[dict[str, Any]]:
+    """Train ``config`` with PyTorch into ``workdir``, on the GPU where there
+    is one, else the CPU; the epochs' rows."""
+    from s7jax.reference import torch_reference
+
+    torch = torch_reference._torch()
+    import torch.nn.functional as F
+
+    splits = read_idx(manual_dir)  # checked before the folder is claimed
+    train = splits["train"].subset(config.train_subset)
+    test = splits["test"].subset(config.test_subset)
+    # On a GPU where there is one (the GPU check trains model1 there); the
+    # augmentation stays on the host, as the original DataLoader's.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with runlock.claim(workdir, overwrite=overwrite) as workdir:
+        torch.manual_seed(config.seed)
+        net = torch_reference.build(config.model).to(device)
+        optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum)
+        runfiles.write_record(workdir, {"config": config.to_json(),
+                                        "environment": _environment(torch, device)})
+
+        def tensor(images_uint8):  # (N, 28, 28, 1) uint8 -> (N, 1, 28, 28) normalised
+            x = torch.from_numpy(images_uint8.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+            return ((x - MEAN) / STD).to(device)
+
+        def labels(split):
+            return torch.from_numpy(split.labels.astype(np.int64)).to(device)
+
+        train_x, train_y = tensor(train.images), labels(train)
+        test_x, test_y = tensor(test.images), labels(test)
+        pil = augment = None
+        if config.augment.enabled:  # torchvision is needed for augmented models only
+            from PIL import Image
+
+            augment = torch_reference.transform(config.augment)
+            pil = [Image.fromarray(im[..., 0]) for im in train.images]
+
+        generator = torch.Generator().manual_seed(config.seed)
+        steps = -(-len(train) // config.batch_size)
+
+        def batches(order):
+            # Made as they are consumed: augmentation and dropout draw from
+            # torch's global generator in the order of the original loop.
+            for i in range(steps):
+                idx = order[i * config.batch_size:(i + 1) * config.batch_size]
+                x = (torch.stack([augment(pil[j]) for j in idx.tolist()]).to(device) if pil
+                     else train_x[idx.to(device)])
+                yield x, train_y[idx.to(device)]
+
+        print(console.table_header())
+        history: list[dict[str, Any]] = []
+        log = functools.partial(print, flush=True)
+        with recorder.recording(workdir, history, log, checkpoints=False) as record:
+            for epoch in range(1, config.epochs + 1):
+                start = time.perf_counter()
+                order = torch.randperm(len(train), generator=generator)
+                bar = console.progress_bar(epoch, config.epochs, steps, 0, show_progress)
+                loss_sum, correct, _ = torch_reference.train_epoch(net, optimizer, batches(order),
+                                                                   bar.update)
+                bar.close()
+                net.eval()
+                with torch.no_grad():
+                    out = torch.cat([net(test_x[i:i + 1000]) for i in range(0, len(test), 1000)])
+                    test_loss = F.nll_loss(out, test_y, reduction="sum").item() / len(test)
+                    test_correct = int(out.argmax(1).eq(test_y).sum())
+                if not np.isfinite(loss_sum):
+                    raise NonFiniteLossError(epoch, epoch * steps)  # the referee keeps no checkpoints
+                record.end_epoch(recorder.metrics_row(
+                    epoch, config.lr, (loss_sum / len(train), 100.0 * correct / len(train)),
+                    (test_loss, 100.0 * test_correct / len(test)), time.perf_counter() - start),
+                    steps)
+    return history

@@ -1,0 +1,271 @@
+"""The six models in PyTorch, written from the spec, and a port of Flax weights.
+
+This is the yardstick for s7jax: the original study's models were PyTorch
+``nn.Module``\\ s, so ``tests/test_parity.py`` ports the Flax variables of each
+model into the network built here and checks that both compute the same
+log-probabilities, and the referee (``s7jax.reference.referee``) and ``scripts/bench.py``
+train them with the original recipe's step and epoch written here once
+(:func:`transform`, :func:`sgd_step`, :func:`train_epoch`). The networks are
+written straight from the study's layer tables (channels, padding, bias,
+order of operations), not from ``s7jax.models``, so that agreement means
+something::
+
+    net = build("model6")                       # torch.nn.Sequential, NCHW input
+    load_flax_variables(net, variables)         # {"params", "batch_stats"} of Model6
+    net.eval()
+    log_probs = net(torch.from_numpy(images_nhwc).permute(0, 3, 1, 2))
+
+Layers carry the Flax names (``conv1``..``conv7``, ``bn1``..``bn5``), so the
+port is by name: a Flax kernel ``(H, W, I, O)`` becomes a torch weight
+``(O, I, H, W)``; BN ``scale``/``bias`` become ``weight``/``bias`` and the
+``batch_stats`` ``mean``/``var`` become ``running_mean``/``running_var``.
+
+BatchNorm is ``BatchNorm2d(eps=1e-5, momentum=0.1)``, as in the original.
+One difference between the frameworks remains in training mode: PyTorch
+updates ``running_var`` with the unbiased batch variance (times n / (n - 1),
+n = batch x height x width), Flax with the biased one; with n >= 128 x 1 x 1
+the two differ by under 1%, and in eval mode not at all.
+
+PyTorch is optional (``pip install -e .[bench]``): this module imports it on
+first use, so it can be imported (and documented) without it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.1  # PyTorch's convention: weight of the new batch
+
+# The spec, model by model: a list of stages. ("conv", i, in, out, padding,
+# bias, bn, relu, dropout-after-relu) and ("pool", i, dropout-after-pool).
+_C, _P = "conv", "pool"
+
+
+def _spec(name: str) -> list[tuple]:
+    if name in ("model1", "model2"):
+        # Seven convs, ReLU after 1-6, pools after 2 and 4, no BN, no dropout.
+        c = (32, 64, 128, 256, 512, 1024) if name == "model1" else (8, 16, 24, 28, 24, 16)
+        return [
+            (_C, 1, 1, c[0], 1, True, False, True, 0.0),
+            (_C, 2, c[0], c[1], 1, True, False, True, 0.0),
+            (_P, 1, 0.0),
+            (_C, 3, c[1], c[2], 1, True, False, True, 0.0),
+            (_C, 4, c[2], c[3], 1, True, False, True, 0.0),
+            (_P, 2, 0.0),
+            (_C, 5, c[3], c[4], 0, True, False, True, 0.0),
+            (_C, 6, c[4], c[5], 0, True, False, True, 0.0),
+            (_C, 7, c[5], 10, 0, True, False, False, 0.0),
+        ]
+    if name in ("model3", "model4"):
+        # Convs 1-5 conv-BN-ReLU, conv 6 conv-ReLU, conv 7 bare; model 4 adds
+        # drop(0.3) right after each pool.
+        c = (8, 16, 20, 24, 20, 16) if name == "model3" else (8, 16, 20, 16, 20, 16)
+        q = 0.0 if name == "model3" else 0.3
+        return [
+            (_C, 1, 1, c[0], 1, True, True, True, 0.0),
+            (_C, 2, c[0], c[1], 1, True, True, True, 0.0),
+            (_P, 1, q),
+            (_C, 3, c[1], c[2], 1, True, True, True, 0.0),
+            (_C, 4, c[2], c[3], 1, True, True, True, 0.0),
+            (_P, 2, q),
+            (_C, 5, c[3], c[4], 0, True, True, True, 0.0),
+            (_C, 6, c[4], c[5], 0, True, False, True, 0.0),
+            (_C, 7, c[5], 10, 0, True, False, False, 0.0),
+        ]
+    if name == "model5":
+        # drop(0.2) after the ReLU of every BN conv (1-5).
+        return [
+            (_C, 1, 1, 8, 1, True, True, True, 0.2),
+            (_C, 2, 8, 16, 1, True, True, True, 0.2),
+            (_P, 1, 0.0),
+            (_C, 3, 16, 12, 1, True, True, True, 0.2),
+            (_C, 4, 12, 16, 1, True, True, True, 0.2),
+            (_P, 2, 0.0),
+            (_C, 5, 16, 20, 0, True, True, True, 0.2),
+            (_C, 6, 20, 16, 0, True, False, True, 0.0),
+            (_C, 7, 16, 10, 0, True, False, False, 0.0),
+        ]
+    if name == "model6":
+        # Convs 1-5 without bias, then BN-ReLU; drop(0.1) after convs 1-4;
+        # conv 6 has no activation and feeds conv 7.
+        return [
+            (_C, 1, 1, 8, 1, False, True, True, 0.1),
+            (_C, 2, 8, 12, 1, False, True, True, 0.1),
+            (_P, 1, 0.0),
+            (_C, 3, 12, 16, 1, False, True, True, 0.1),
+            (_C, 4, 16, 10, 1, False, True, True, 0.1),
+            (_P, 2, 0.0),
+            (_C, 5, 10, 14, 0, False, True, True, 0.0),
+            (_C, 6, 14, 10, 0, True, False, False, 0.0),
+            (_C, 7, 10, 10, 0, True, False, False, 0.0),
+        ]
+    raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
+
+
+MODEL_NAMES = ("model1", "model2", "model3", "model4", "model5", "model6")
+
+# Trainable parameters per model, as the study states them.
+SPEC_PARAMS = {
+    "model1": 6_379_786,
+    "model2": 21_798,
+    "model3": 17_354,
+    "model4": 14_450,
+    "model5": 12_122,
+    "model6": 7_664,
+}
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "PyTorch is needed for s7jax.reference.torch_reference: pip install -e '.[bench]' "
+            "(or a CPU build: pip install torch)") from e
+    return torch
+
+
+def build(name: str) -> Any:
+    """``torch.nn.Sequential`` of model ``name`` (NCHW float input, (B, 10)
+    log-probabilities out), freshly initialised by PyTorch's defaults."""
+    torch = _torch()
+    nn = torch.nn
+    layers: list[tuple[str, Any]] = []
+    for stage in _spec(name):
+        if stage[0] == _P:
+            _, i, q = stage
+            layers.append((f"pool{i}", nn.MaxPool2d(2, 2)))
+            if q:
+                layers.append((f"drop{i}", nn.Dropout(q)))
+            continue
+        _, i, cin, cout, padding, bias, bn, relu, q = stage
+        layers.append((f"conv{i}", nn.Conv2d(cin, cout, 3, stride=1, padding=padding, bias=bias)))
+        if bn:
+            layers.append((f"bn{i}", nn.BatchNorm2d(cout, eps=BN_EPS, momentum=BN_MOMENTUM)))
+        if relu:
+            layers.append((f"relu{i}", nn.ReLU()))
+        if q:
+            layers.append((f"drop{i}", nn.Dropout(q)))
+    layers.append(("flatten", nn.Flatten()))  # (B, 10, 1, 1) -> (B, 10)
+    layers.append(("log_softmax", nn.LogSoftmax(dim=1)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+def transform(augment=None) -> Any:
+    """The original's transform of one MNIST image (a PIL 'L' image, as
+    torchvision's MNIST serves it): with ``augment`` (an enabled
+    ``s7jax.data.augment.AugmentConfig``) ``RandomRotation(+/-degrees, fill=0)``
+    and ``ColorJitter(brightness, contrast)`` first; then ``ToTensor`` and
+    ``Normalize(0.1307, 0.3081)``. Needs torchvision."""
+    from torchvision import transforms
+
+    from s7jax.data import MEAN, STD
+
+    steps = []
+    if augment is not None and augment.enabled:
+        steps = [transforms.RandomRotation((-augment.degrees, augment.degrees), fill=(0,)),
+                 transforms.ColorJitter(brightness=augment.brightness, contrast=augment.contrast)]
+    return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
+
+
+def sgd_step(net, optimizer, images, labels) -> tuple[Any, Any]:
+    """One training step of the original: the negative log-likelihood of the
+    net's log-probabilities, its gradient and the optimiser's step; returns
+    ``(log_probs, loss)``, still on the device."""
+    F = _torch().nn.functional
+    optimizer.zero_grad()
+    out = net(images)
+    loss = F.nll_loss(out, labels)
+    loss.backward()
+    optimizer.step()
+    return out, loss
+
+
+def train_epoch(net, optimizer, batches, on_step=None) -> tuple[float, int, int]:
+    """One epoch as the original notebooks' ``train()`` runs it: ``net`` in
+    train mode, :func:`sgd_step` on each ``(images, labels)`` of ``batches``,
+    the loss and accuracy read back after every step (``on_step()`` then, if
+    given). Returns (the sum of each batch's mean loss times its size, the
+    correct predictions, the images)."""
+    net.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for images, labels in batches:
+        out, loss = sgd_step(net, optimizer, images, labels)
+        loss_sum += loss.item() * len(labels)
+        correct += int(out.argmax(1).eq(labels).sum())
+        seen += len(labels)
+        if on_step is not None:
+            on_step()
+    return loss_sum, correct, seen
+
+
+def count_params(net) -> int:
+    """Trainable parameters (BN running statistics excluded)."""
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def _to_numpy(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32)
+
+
+def flax_to_state_dict(variables: Mapping[str, Any]) -> OrderedDict[str, Any]:
+    """A torch ``state_dict`` from Flax ``{"params": ..., "batch_stats": ...}``.
+
+    ``conv{i}`` kernels go from HWIO to OIHW; ``bn{i}`` scale/bias and running
+    mean/variance map onto weight/bias/running_mean/running_var.
+    """
+    torch = _torch()
+    params = variables["params"]
+    stats = variables.get("batch_stats", {}) or {}
+    state: OrderedDict[str, Any] = OrderedDict()
+
+    def tensor(x):  # a writable copy: arrays loaded from a weights file are read-only
+        return torch.from_numpy(np.array(_to_numpy(x), order="C"))
+
+    for layer, p in params.items():
+        if layer.startswith("conv"):
+            state[f"{layer}.weight"] = tensor(_to_numpy(p["kernel"]).transpose(3, 2, 0, 1))
+            if "bias" in p:
+                state[f"{layer}.bias"] = tensor(p["bias"])
+        elif layer.startswith("bn"):
+            if layer not in stats:
+                raise KeyError(f"batch_stats has no entry for {layer}")
+            state[f"{layer}.weight"] = tensor(p["scale"])
+            state[f"{layer}.bias"] = tensor(p["bias"])
+            state[f"{layer}.running_mean"] = tensor(stats[layer]["mean"])
+            state[f"{layer}.running_var"] = tensor(stats[layer]["var"])
+            state[f"{layer}.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
+        else:
+            raise KeyError(f"unexpected Flax layer {layer!r} (expected conv<i> or bn<i>)")
+    return state
+
+
+def load_flax_variables(net, variables: Mapping[str, Any]):
+    """Copy Flax variables into ``net`` (from :func:`build`) in place; strict:
+    a missing or extra layer, or a shape mismatch, raises. Returns ``net``."""
+    net.load_state_dict(flax_to_state_dict(variables), strict=True)
+    return net
+
+
+def from_flax(name: str, variables: Mapping[str, Any]):
+    """:func:`build` ``name`` and load ``variables`` into it, in eval mode."""
+    return load_flax_variables(build(name), variables).eval()
+
+
+def log_probs(net, images_nhwc: np.ndarray) -> np.ndarray:
+    """Eval-mode log-probabilities ``(B, 10)`` of NHWC float images, as numpy."""
+    torch = _torch()
+    x = torch.from_numpy(np.ascontiguousarray(_to_numpy(images_nhwc).transpose(0, 3, 1, 2)))
+    x = x.to(next(net.parameters()).device)
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            return net(x).cpu().numpy()
+    finally:
+        net.train(was_training)

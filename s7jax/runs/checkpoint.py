@@ -1,0 +1,228 @@
+"""Saving and restoring a run's train state with Orbax.
+
+A checkpoint holds the whole state (parameters, BatchNorm statistics,
+optimizer state, step) and a small JSON record of where the run stood: the
+epoch, the metric sums of a partly done epoch, and the history so far. That is
+all ``--resume`` needs to continue exactly where the run stopped.
+
+Faults end in one line (``s7jax.errors``): a save that fails (a full disk, a
+file where the folder goes) raises WriteError and leaves no half-written
+checkpoint behind; a checkpoint that cannot be read falls back to the one
+before it, and one that does not fit the run's config raises CheckpointError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import re
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import orbax.checkpoint as ocp
+
+from s7jax.runs.checksum import arrays_sha256
+from s7jax.errors import CheckpointError, WriteError
+
+# What Python says of an asyncio coroutine collected before it ran.
+_UNAWAITED = r"coroutine '.*' was never awaited"
+KEEP = 2  # the last completed epoch's state and the one before it
+CHECKSUM_KEY = "arrays_sha256"  # in the record; checked on restore where present
+
+
+def _manager(directory: str | Path) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        Path(directory).absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=KEEP, create=True,
+                                             enable_async_checkpointing=False),
+    )
+
+
+def _reason(e: BaseException) -> str:
+    """One short line from an exception of Orbax, TensorStore or the OS."""
+    seen = e
+    while seen is not None:  # an OS error anywhere in the chain says it best
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    code = re.search(r"os_error_code='(\d+)'", str(e))  # TensorStore's way of saying it
+    if code:
+        return os.strerror(int(code.group(1)))
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = (lines[0] if lines else type(e).__name__).split(". See full")[0].rstrip(":. ")
+    if re.search(r"error (while )?reading|OUT_OF_RANGE|DATA_LOSS", text, re.IGNORECASE):
+        text = "its array files cannot be read"
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _is_leftover(unraisable) -> bool:
+    if (isinstance(unraisable.exc_value, RuntimeError)
+            and "Event loop is closed" in str(unraisable.exc_value)):
+        return True
+    # One of Orbax's read coroutines, failed and closed by the collector.
+    code = getattr(unraisable.object, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+class _Leftovers(logging.Filter):
+    """Log records about a failure that is raised anyway."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from_orbax = f"{os.sep}orbax{os.sep}" in record.pathname
+        return not (from_orbax or "exception was never retrieved" in record.getMessage())
+
+
+@contextlib.contextmanager
+def _leftovers_silenced():
+    """Keep Orbax's after-effects of a failed save or restore off stderr.
+
+    When a write or read of array data fails, Orbax raises the error (which
+    the caller turns into one line) but leaves behind asyncio futures whose
+    exception nobody retrieves, logged whenever each is collected (up to the
+    interpreter's exit), coroutines it never awaited, warned of when they are
+    collected, and TensorStore callbacks into an event loop it has closed,
+    reported as unraisable exceptions; its threads also log each failure,
+    traceback and all, through absl: dozens of tracebacks for one fault.
+    Those four kinds of message are dropped while Orbax works and,
+    once a call has failed, for the rest of the process (s7jax has no asyncio
+    of its own); every other message still gets through."""
+    undo = _drop_leftovers()
+    try:
+        yield
+    except BaseException:
+        gc.collect()  # most of the failed futures, collected (and dropped) now
+        raise
+    else:
+        undo()
+
+
+def _drop_leftovers() -> Callable[[], None]:
+    """Install the filters unless they are in place; return what removes
+    those installed here."""
+    added = []
+    for name in ("asyncio", "absl"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Leftovers) for f in logger.filters):
+            added.append((logger, _Leftovers()))
+            logger.addFilter(added[-1][1])
+    previous_hook = sys.unraisablehook
+    installed = not getattr(previous_hook, "drops_orbax_leftovers", False)
+    if installed:
+        def hook(unraisable):
+            if not _is_leftover(unraisable):
+                previous_hook(unraisable)
+
+        hook.drops_orbax_leftovers = True
+        sys.unraisablehook = hook
+    warned = not any(f[0] == "ignore" and f[1] is not None and f[1].pattern == _UNAWAITED
+                     for f in warnings.filters)
+    if warned:
+        warnings.filterwarnings("ignore", message=_UNAWAITED, category=RuntimeWarning)
+        unawaited = warnings.filters[0]
+
+    def undo() -> None:
+        for logger, f in added:
+            logger.removeFilter(f)
+        if installed and sys.unraisablehook is hook:
+            sys.unraisablehook = previous_hook
+        if warned and unawaited in warnings.filters:
+            warnings.filters.remove(unawaited)
+
+    return undo
+
+
+def _remove_partial(directory: Path) -> None:
+    """Orbax writes into ``*.orbax-checkpoint-tmp*`` folders, renamed at the end."""
+    if directory.is_dir():
+        for tmp in directory.glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save(directory: str | Path, step: int, state: Any, record: dict[str, Any]) -> None:
+    """Write ``state`` and ``record`` as checkpoint ``step`` (replacing one at
+    that step), the record with the checksum of the state's arrays."""
+    directory = Path(directory)
+    record = {**record, CHECKSUM_KEY: arrays_sha256(state)}
+    try:
+        with _leftovers_silenced(), _manager(directory) as manager:
+            if step in manager.all_steps():
+                manager.delete(step)
+            manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)))
+    except Exception as e:  # noqa: BLE001  (Orbax wraps the OS error in its own types)
+        _remove_partial(directory)
+        raise WriteError(f"could not save checkpoint step {step} in {directory}: "
+                         f"{_reason(e)}") from None
+
+
+def all_steps(directory: str | Path) -> list[int]:
+    if not Path(directory).is_dir():
+        return []
+    with _manager(directory) as manager:
+        return sorted(manager.all_steps())
+
+
+def latest_step(directory: str | Path) -> int | None:
+    steps = all_steps(directory)
+    return steps[-1] if steps else None
+
+
+def _restore_one(directory: Path, abstract_state: Any, step: int):
+    with _leftovers_silenced(), _manager(directory) as manager:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
+    return restored["state"], restored["record"]
+
+
+def restore(directory: str | Path, abstract_state: Any, step: int | None = None,
+            log: Callable[[str], None] | None = None):
+    """``(state, record)`` of checkpoint ``step`` (default: the latest intact
+    one), with arrays laid out like ``abstract_state``.
+
+    Without ``step``, a checkpoint that cannot be read, or whose arrays do not
+    match the checksum saved with them, is passed over for the one before it,
+    and ``log`` says so. A checkpoint whose arrays do not fit
+    ``abstract_state`` (another model than the config names) raises
+    CheckpointError, as does a folder with no checkpoint to restore.
+    """
+    directory = Path(directory)
+    try:
+        steps = all_steps(directory) if step is None else [step]
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"cannot read the checkpoints in {directory}: {_reason(e)}") from None
+    if not steps:
+        raise CheckpointError(f"no checkpoint in {directory}")
+    damaged = []
+    for candidate in reversed(steps):
+        try:
+            state, record = _restore_one(directory, abstract_state, candidate)
+        except Exception as e:  # noqa: BLE001
+            reason = _reason(e)
+            if _is_mismatch(reason):
+                raise CheckpointError(
+                    f"checkpoint step {candidate} in {directory} does not fit the model and "
+                    f"optimiser its run's config.json names ({reason})") from None
+            damaged.append((candidate, reason))
+            continue
+        saved_sum = record.pop(CHECKSUM_KEY, None)  # absent in checkpoints older than it
+        if saved_sum is not None and arrays_sha256(state) != saved_sum:
+            damaged.append((candidate, "its arrays do not match the checksum saved with them"))
+            continue
+        if damaged and log is not None:
+            log(f"checkpoint step {damaged[0][0]} in {directory} is damaged ({damaged[0][1]}); "
+                f"restored step {candidate}, the one before it")
+        return state, record
+    raise CheckpointError(f"no intact checkpoint in {directory} ("
+                          + "; ".join(f"step {s}: {r}" for s, r in damaged) + ")")
+
+
+def _is_mismatch(reason: str) -> bool:
+    """Orbax's words for a tree or shape that differs from the target's."""
+    words = ("shape", "structure", "mismatch", "does not match", "not match", "missing key",
+             "unexpected key", "keys")
+    return any(w in reason.lower() for w in words)

@@ -1,0 +1,133 @@
+"""What a run writes when an epoch ends, the same way for every kind of run.
+
+A training run (``s7jax.training.train``), each seed of a vectorised sweep
+(``s7jax.training.seeds``) and the PyTorch referee (``s7jax.reference.referee``) end each epoch
+through a :class:`Recorder`:
+
+* the epoch's metrics row (:func:`metrics_row`), kept in the run's history;
+* where the epoch's state is saved, its checkpoint first, then the rows in
+  ``metrics.jsonl``: a row never names an epoch whose state was not saved,
+  since a resume rewrites the rows from the checkpoint (the referee keeps no
+  checkpoints and writes each row at once);
+* the epoch's point in TensorBoard and its line in the table.
+
+Ctrl-C and SIGTERM become a flag (:func:`interrupt_flag`) that the loops
+check between steps, so a donated state is never left half-updated, and
+:func:`stop_if_interrupted` after each epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from s7jax.runs import checkpoint, events, runfiles
+from s7jax.training import console
+from s7jax.errors import Interrupted
+
+
+def metrics_row(epoch: int, lr: float, train: tuple[float, float], test: tuple[float, float],
+                seconds: float) -> dict[str, Any]:
+    """One epoch's row of ``metrics.jsonl``; ``train`` and ``test`` are
+    (mean loss, accuracy in percent)."""
+    return {"epoch": epoch, "lr": lr, "train_loss": train[0], "train_acc": train[1],
+            "test_loss": test[0], "test_acc": test[1], "seconds": seconds}
+
+
+def checkpoint_record(epoch: int, history: list, partial: dict | None) -> dict:
+    """The JSON saved with a checkpoint: the epochs done, their rows, and the
+    metric sums of the epoch under way (None at an epoch's end)."""
+    partial = None if partial is None else {k: np.asarray(v).item() for k, v in partial.items()}
+    return {"epoch": epoch, "history": history, "partial": partial}
+
+
+class Recorder:
+    """The files, TensorBoard points and table lines of one run's epochs
+    (made by :func:`recording`)."""
+
+    def __init__(self, workdir: Path, history: list[dict[str, Any]], log: Callable[[str], None],
+                 write_events: Callable[[dict[str, Any], int], None], *, prefix: str,
+                 checkpoints: bool):
+        self.workdir, self.history, self.log = Path(workdir), history, log
+        self._write_events, self._prefix, self._checkpoints = write_events, prefix, checkpoints
+        self._written = len(history)  # rows already in metrics.jsonl
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return runfiles.checkpoint_dir(self.workdir)
+
+    def end_epoch(self, row: dict[str, Any], steps: int, *, state: Any = None,
+                  step: int | None = None) -> None:
+        """Record ``row``, an epoch of ``steps`` trained steps; ``state``, the
+        state after it at ``step``, is saved as its checkpoint (without one,
+        the row waits for the next checkpoint, unless the run keeps none)."""
+        self.history.append(row)
+        if state is not None:
+            checkpoint.save(self.checkpoint_dir, step, state,
+                            checkpoint_record(row["epoch"], self.history, None))
+        if state is not None or not self._checkpoints:
+            self._write_rows()
+        if runfiles.writes_files():
+            self._write_events(row, steps)
+        self.log(self._prefix + console.table_row(row))
+
+    def save_within_epoch(self, state: Any, step: int, epoch: int, partial: dict) -> None:
+        """A checkpoint in the middle of epoch ``epoch`` (0-based), with the
+        metric sums of its steps so far."""
+        checkpoint.save(self.checkpoint_dir, step, state,
+                        checkpoint_record(epoch, self.history, partial))
+
+    def _write_rows(self) -> None:
+        for row in self.history[self._written:]:
+            runfiles.append_metrics(self.workdir, row)
+        self._written = len(self.history)
+
+
+@contextlib.contextmanager
+def recording(workdir: Path, history: list[dict[str, Any]], log: Callable[[str], None], *,
+              prefix: str = "", checkpoints: bool = True) -> Iterator[Recorder]:
+    """A :class:`Recorder` for the run in ``workdir`` whose ``metrics.jsonl``
+    holds ``history`` so far; ``prefix`` starts each table line (a seed's
+    column); ``checkpoints``: whether the run saves any."""
+    with events.epoch_events(workdir, log) as write_events:
+        yield Recorder(workdir, history, log, write_events, prefix=prefix, checkpoints=checkpoints)
+
+
+def unset_flag() -> dict[str, Any]:
+    return {"set": False, "signum": signal.SIGINT}
+
+
+@contextlib.contextmanager
+def interrupt_flag(flag: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Turn Ctrl-C, and SIGTERM (what ``timeout``, a scheduler or a container
+    runtime sends), into a flag checked between steps: ``flag["set"]``, and
+    ``flag["signum"]`` the signal that came (``flag``: one made with
+    :func:`unset_flag` ahead, for what holds it before the signals are caught)."""
+    flag = unset_flag() if flag is None else flag
+
+    def handler(signum, frame):
+        flag["set"], flag["signum"] = True, signum
+
+    handled = (signal.SIGINT, signal.SIGTERM)
+    try:
+        previous = {s: signal.signal(s, handler) for s in handled}
+    except ValueError:  # not the main thread: no signal handling
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def stop_if_interrupted(flag: dict[str, Any], epochs_done: int, epochs: int, step: int,
+                        workdir: Path, how: str | None = None) -> None:
+    """After an epoch whose checkpoint is saved: end the run with Interrupted
+    if a signal came (after the last epoch the run is done anyway)."""
+    if flag["set"] and epochs_done < epochs:
+        raise Interrupted(step, workdir, how=how, signum=flag["signum"])

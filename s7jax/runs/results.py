@@ -1,0 +1,164 @@
+"""Summaries of the committed runs under ``results/``.
+
+``results/<model>/seed-<s>/`` holds one run's ``config.json`` and
+``metrics.jsonl``; :func:`all_models` reads them all and computes, per seed,
+the test accuracies of the last three epochs (the target: each >= 99.4%),
+and per model the mean and standard deviation over seeds of the last-3 mean,
+its 95% interval, and the worst seed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from s7jax.runs import runfiles
+from s7jax.config import TARGET
+
+LAST = 3
+
+# Student's t, the 0.975 quantile, by degrees of freedom (1..30): the 95%
+# interval of a mean over a few seeds. Beyond 30 the normal's 1.96 is close.
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+# A run's folder under results/<model>/ names how it was trained: s7jax's
+# default recipe, the study's original recipe, or the PyTorch referee.
+RUN_PREFIXES = {"default": "seed", "original": "original-seed", "referee": "torch-seed"}
+
+
+def run_dir(results_dir: str | Path, model: str, seed: int, kind: str = "default") -> Path:
+    """``results/<model>/<prefix>-<seed>`` for ``kind`` (a key of RUN_PREFIXES)."""
+    return Path(results_dir) / model / f"{RUN_PREFIXES[kind]}-{seed}"
+
+
+def run_summary(run: Path) -> dict[str, Any]:
+    """One run's figures: the last three epochs' test accuracies, their min
+    and mean, the best epoch, the median epoch time, where it ran."""
+    history = runfiles.read_metrics(run)
+    config = runfiles.read_record(run)
+    last = [r["test_acc"] for r in history[-LAST:]]
+    return {
+        "epochs": len(history),
+        "last3": last,
+        "min": min(last),
+        "mean": statistics.fmean(last),
+        "best": max(r["test_acc"] for r in history),
+        "seconds_per_epoch": statistics.median(r["seconds"] for r in history),
+        "device": config["environment"]["devices"][0],
+        "backend": config["environment"]["backend"],
+    }
+
+
+def over_seeds(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Mean +/- std over seeds of the runs' last-3 means, and the min."""
+    means = [s["mean"] for s in runs.values()]
+    std = statistics.stdev(means) if len(means) > 1 else 0.0
+    n = len(means)
+    t = T975[n - 2] if 2 <= n <= len(T975) + 1 else 1.96
+    worst = min(runs, key=lambda seed: (runs[seed]["min"], runs[seed]["mean"]))
+    return {
+        "seeds": runs,
+        "n_seeds": n,
+        "mean": statistics.fmean(means),
+        "std": std,
+        # 95% interval of the mean of the seeds' last-3 means (Student's t).
+        "ci95": t * std / n ** 0.5 if n > 1 else None,
+        "min": min(s["min"] for s in runs.values()),
+        "best": max(s["best"] for s in runs.values()),
+        "worst_seed": worst,
+        "seeds_holding_target": sum(s["min"] >= TARGET for s in runs.values()),
+    }
+
+
+def runs_of(results_dir: str | Path, model: str, kind: str = "default") -> dict[str, Any] | None:
+    """:func:`over_seeds` of ``model``'s runs of ``kind`` that have metrics,
+    or None when there are none."""
+    prefix = RUN_PREFIXES[kind] + "-"
+    found = [p for p in (Path(results_dir) / model).glob(prefix + "*")
+             if p.name[len(prefix):].isdigit() and runfiles.read_metrics(p)]
+    if not found:
+        return None
+    found.sort(key=lambda p: int(p.name[len(prefix):]))
+    return over_seeds({p.name[len(prefix):]: run_summary(p) for p in found})
+
+
+def all_models(results_dir: str | Path) -> dict[str, Any]:
+    results_dir = Path(results_dir)
+    models: dict[str, Any] = {}
+    for model_dir in sorted(p for p in results_dir.iterdir() if p.is_dir()):
+        runs = runs_of(results_dir, model_dir.name)
+        if runs is not None:
+            models[model_dir.name] = runs
+    return {"target": TARGET, "last_epochs": LAST, "models": models}
+
+
+TRIALS = "recipe-trials"  # results/recipe-trials/<trial>/<model>/seed-<s>/: candidate recipes
+BASELINE = "previous"  # the trial that holds the recipe the others were measured against
+
+
+def flat(config) -> dict[str, Any]:
+    """A Config's settings in one level (``augment.degrees``, ...), a cycle
+    over the whole run as the number of epochs it spans (a run before
+    ``cycle_epochs`` and one that sets it to its epochs trained alike)."""
+    settings = {**config.to_json(), "cycle_epochs": config.cycle_span}
+    augment = settings.pop("augment")
+    return {**settings, **{f"augment.{k}": v for k, v in augment.items()}}
+
+
+def settings(run: Path) -> dict[str, Any]:
+    """A run's recorded config, :func:`flat`, with the settings added since it
+    was recorded at the value it ran with."""
+    return flat(runfiles.read_config(run))
+
+
+def recipe_trials(results_dir: str | Path, model: str = "model6") -> list[dict[str, Any]]:
+    """Every trial of a candidate recipe under ``results/recipe-trials/``:
+    its name, its recorded ``settings`` (:func:`settings`), those in which
+    it differs from the baseline trial (``changes``: ``{name: (baseline's, trial's)}``), :func:`over_seeds` of
+    its runs, and what it did: the mean over its seeds of (its last-3 mean -
+    that of the trial it builds on, on the same seed), with its standard
+    error (``paired_se``, from two seeds on). A trial builds on the
+    one whose changes it makes all of plus the fewest others (on the baseline
+    when none). The baseline comes first."""
+    root = Path(results_dir) / TRIALS
+    found = {p.name: runs_of(p, model) for p in sorted(root.iterdir()) if p.is_dir()} if (
+        root.is_dir()) else {}
+    if found.get(BASELINE) is None:
+        return []
+    base = found.pop(BASELINE)
+    base_settings = settings(run_dir(root / BASELINE, model, int(next(iter(base["seeds"])))))
+    trials = [{"name": BASELINE, "settings": base_settings, "changes": {}, "runs": base,
+               "builds_on": None, "paired_difference": None, "paired_seeds": 0,
+               "paired_se": None}]
+    for name, runs in found.items():
+        if runs is not None:
+            trial_settings = settings(run_dir(root / name, model, int(next(iter(runs["seeds"])))))
+            trials.append({"name": name, "runs": runs, "settings": trial_settings, "changes": {
+                k: (base_settings.get(k), v) for k, v in trial_settings.items()
+                if k != "seed" and base_settings.get(k) != v}})
+    for t in trials[1:]:
+        below = [o for o in trials if len(o["changes"]) < len(t["changes"])
+                 and o["changes"].items() <= t["changes"].items()]
+        parent = max(below, key=lambda o: len(o["changes"]))
+        paired = [seed["mean"] - parent["runs"]["seeds"][s]["mean"]
+                  for s, seed in t["runs"]["seeds"].items() if s in parent["runs"]["seeds"]]
+        t.update(builds_on=parent["name"], paired_seeds=len(paired),
+                 paired_difference=statistics.fmean(paired) if paired else None,
+                 # The standard error of that mean, from the spread of the
+                 # per-seed differences themselves (runs on one seed share
+                 # their start, so they are not independent draws).
+                 paired_se=(statistics.stdev(paired) / len(paired) ** 0.5
+                            if len(paired) > 1 else None))
+    return trials
+
+
+def write_summary(results_dir: str | Path) -> dict[str, Any]:
+    summary = all_models(results_dir)
+    path = Path(results_dir) / "summary.json"
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary

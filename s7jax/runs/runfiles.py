@@ -1,0 +1,226 @@
+"""The files of a run directory, and their formats.
+
+    <workdir>/config.json      every setting, library versions, the devices
+    <workdir>/metrics.jsonl    one JSON object per epoch, flushed as it ends
+    <workdir>/curves.png       train vs test loss and accuracy
+    <workdir>/weights.msgpack  the final weights (see s7jax.runs.weights)
+    <workdir>/checkpoints/     Orbax checkpoints (see s7jax.runs.checkpoint)
+    <workdir>/tensorboard/     TensorBoard events (see s7jax.runs.events)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from s7jax.config import Config
+from s7jax.errors import ConfigError, WriteError
+
+METRIC_KEYS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
+
+
+CONFIG, METRICS, CURVES, WEIGHTS = "config.json", "metrics.jsonl", "curves.png", "weights.msgpack"
+CHECKPOINTS, TENSORBOARD = "checkpoints", "tensorboard"
+RUN_FILES = (CONFIG, METRICS, CURVES, WEIGHTS)
+RUN_FOLDERS = (CHECKPOINTS, TENSORBOARD)
+
+
+def config_path(workdir: Path) -> Path:
+    return Path(workdir) / CONFIG
+
+
+def metrics_path(workdir: Path) -> Path:
+    return Path(workdir) / METRICS
+
+
+def curves_path(workdir: Path) -> Path:
+    return Path(workdir) / CURVES
+
+
+def weights_path(workdir: Path) -> Path:
+    return Path(workdir) / WEIGHTS
+
+
+def checkpoint_dir(workdir: Path) -> Path:
+    return Path(workdir) / CHECKPOINTS
+
+
+def unique_dir(parent: Path, stem: str) -> Path:
+    """A new folder ``parent/stem-<timestamp>``, created here: a launch in the
+    same second as another gets ``-2``, ``-3``, ... (``mkdir`` is atomic)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for n in range(1, 1000):
+        path = parent / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise ConfigError(f"no free run folder name under {parent} for {base}")
+
+
+def cpu_identity() -> dict[str, Any] | None:
+    """The host CPU as /proc/cpuinfo names it (Linux; None elsewhere). XLA's
+    CPU kernels can sum in a different order on another CPU model, so a CPU
+    run repeats bit for bit only on the same kind of CPU."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor is enough
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    return {"vendor": fields.get("vendor_id"), "model_name": fields.get("model name"),
+            "family": fields.get("cpu family"), "model": fields.get("model"),
+            "avx512f": "avx512f" in flags, "avx2": "avx2" in flags}
+
+
+def package_versions(*names: str) -> dict[str, str | None]:
+    """Installed versions by distribution name, read from the package metadata
+    (None where one is not installed): recording them imports nothing,
+    TensorFlow least of all."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def environment(with_jax: bool = True, **extras: Any) -> dict[str, Any]:
+    """Versions, devices and the host, recorded with every run so results can
+    be traced: Python and the CPU always; JAX's versions and devices unless
+    ``with_jax`` is False (the PyTorch referee records its own framework, and a
+    benchmark's parent process leaves the accelerator to its workers); then
+    ``extras``, as given."""
+    record: dict[str, Any] = {"python": platform.python_version(), "cpu_count": os.cpu_count(),
+                              "cpu": cpu_identity()}
+    if with_jax:
+        import flax
+        import jax
+        import optax
+
+        record.update({
+            "jax": jax.__version__,
+            "flax": flax.__version__,
+            "optax": optax.__version__,
+            "tensorflow_datasets": package_versions("tensorflow-datasets")["tensorflow-datasets"],
+            "backend": jax.default_backend(),
+            "devices": [str(d.device_kind) for d in jax.devices()],
+            "device_count": jax.device_count(),
+        })
+    return {**record, **extras}
+
+
+def writes_files() -> bool:
+    """Whether this process writes the run's files: the first process of a
+    multi-host run (``--distributed``), or the only one."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """OSError while writing ``path`` -> one-line WriteError naming it."""
+    try:
+        yield
+    except OSError as e:
+        raise WriteError(f"could not write {path}: {e.strerror or e}") from None
+
+
+def write_config(workdir: Path, config: Config) -> None:
+    write_record(workdir, {"config": config.to_json(), "environment": environment()})
+
+
+def write_record(workdir: Path, record: dict[str, Any]) -> None:
+    """Write ``config.json``: ``{"config": ..., "environment": ...}`` (an s7jax
+    run's, or the PyTorch referee's, which records its own settings)."""
+    if not writes_files():
+        return
+    with _writing(config_path(workdir)):
+        config_path(workdir).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def read_record(workdir: Path) -> dict[str, Any]:
+    """The run's ``config.json`` as recorded: ``{"config": ..., "environment":
+    ...}``; ConfigError when it is missing or unreadable."""
+    path = config_path(workdir)
+    try:
+        record = json.loads(path.read_text())
+        record["config"], record["environment"]  # noqa: B018 - both must be there
+        return record
+    except FileNotFoundError:
+        raise ConfigError(f"{workdir}: no config.json there (not a run directory)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path} is not a readable run config ({type(e).__name__}: {e})") from None
+
+
+def read_config(workdir: Path) -> Config:
+    """The run's Config (an s7jax run's); ConfigError, naming the file, when
+    config.json is missing or unreadable, or records a setting that is
+    unknown, missing, of the wrong type or invalid (checked as the flags are)."""
+    record = read_record(workdir)
+    try:
+        return Config.from_json(record["config"])
+    except ConfigError as e:
+        raise ConfigError(f"{config_path(workdir)}: {e}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{config_path(workdir)} is not a readable run config "
+                          f"({type(e).__name__}: {e})") from None
+
+
+def write_metrics(workdir: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.jsonl`` with ``rows`` (used when a run resumes)."""
+    if not writes_files():
+        return
+    with _writing(metrics_path(workdir)), open(metrics_path(workdir), "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def append_metrics(workdir: Path, row: dict[str, Any]) -> None:
+    if not writes_files():
+        return
+    with _writing(metrics_path(workdir)), open(metrics_path(workdir), "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metrics(workdir: Path) -> list[dict[str, Any]]:
+    path = metrics_path(workdir)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# Wall-clock seconds vary from run to run; every other figure must repeat.
+TIMING_KEYS = ("seconds",)
+
+
+def metric_differences(expected: list[dict[str, Any]], actual: list[dict[str, Any]]) -> list[str]:
+    """Every way ``actual`` differs from ``expected`` (a run's metrics rows),
+    timings aside, as one line each; empty when the run repeated exactly."""
+    lines = []
+    if len(expected) != len(actual):
+        lines.append(f"{len(actual)} epochs, expected {len(expected)}")
+    for want, got in zip(expected, actual):
+        for key in sorted((set(want) | set(got)) - set(TIMING_KEYS)):
+            if want.get(key) != got.get(key):
+                lines.append(f"epoch {want.get('epoch')}: {key} {got.get(key)!r}, "
+                             f"expected {want.get(key)!r}")
+    return lines

@@ -1,0 +1,152 @@
+"""A run folder belongs to one run, written by one process at a time.
+
+:func:`claim` is what every training entry point goes through before it
+writes anything: it creates the folder, takes its lock, and refuses a folder
+that already holds another run (unless the caller resumes it, or overwrites
+it on purpose). The lock is an ``flock`` on ``<workdir>/.lock``, held while
+the run goes on, with the holder's pid written inside: the kernel drops it
+when the process exits, however it exits, so a lock left by a crashed run is
+never in the way (a stale file is simply locked again), and a live holder is
+named in the refusal. A run that ends removes the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from s7jax.runs import runfiles
+from s7jax.errors import ConfigError
+
+LOCK_NAME = ".lock"
+
+
+def holds_a_run(workdir: Path) -> list[str]:
+    """What in ``workdir`` belongs to a run (empty when nothing does). A run
+    that saved nothing, neither a checkpoint nor an epoch's row (one killed
+    before its first epoch ended), holds nothing to lose: its folder is free
+    for the same launch again."""
+    if not _saved_anything(workdir):
+        return []
+    found = [path.name for path in (runfiles.config_path(workdir), runfiles.metrics_path(workdir))
+             if path.is_file()]
+    ckpts = runfiles.checkpoint_dir(workdir)
+    if ckpts.is_dir() and any(ckpts.iterdir()):
+        found.append(f"{ckpts.name}/")
+    return found
+
+
+def _lock(workdir: Path):
+    """The open, locked ``.lock`` file of ``workdir``, or ConfigError naming
+    the process that holds it."""
+    path = workdir / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = ""
+            for _ in range(20):  # the holder writes its pid just after it takes the lock
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                if holder:
+                    break
+                time.sleep(0.05)
+            os.close(fd)
+            holder = holder or "another process"
+            raise ConfigError(f"workdir {workdir} is in use by {holder}; wait for it to finish, "
+                              "or choose another --workdir") from None
+        # The holder before us removes the file as it lets go (see claim): a
+        # lock on a file no longer at ``path`` holds nothing; open it again.
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}, since "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+    return fd
+
+
+@contextlib.contextmanager
+def claim(workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
+          advice: str | None = None):
+    """Hold ``workdir`` for one run for the duration of the ``with`` block.
+
+    Creates it if needed and checks that it is writable; takes its lock; and
+    unless ``resume``, refuses a folder that holds a run (``advice``: what to
+    do instead; by default, pass ``--resume`` or ``--overwrite``), or with
+    ``overwrite`` deletes that run's files first. If the block fails before
+    anything was saved (a checkpoint or an epoch's row), a folder made for
+    this run is removed again.
+    """
+    workdir = Path(workdir)
+    if workdir.is_symlink() and not workdir.exists():
+        raise ConfigError(f"workdir {workdir} is a symlink to {os.readlink(workdir)}, which does "
+                          "not exist; create its target or choose another --workdir")
+    if not runfiles.writes_files():  # another host of a multi-host run: the first one claims
+        yield workdir
+        return
+    # A folder made for this run (absent, or empty as :func:`unique_dir` leaves it)
+    # is removed again if the run fails before its first epoch is recorded.
+    created = not workdir.exists() or (workdir.is_dir() and not any(workdir.iterdir()))
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        fd = _lock(workdir)
+    except OSError as e:
+        raise ConfigError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
+    try:
+        ckpts = runfiles.checkpoint_dir(workdir)
+        if ckpts.exists() and not ckpts.is_dir():
+            raise ConfigError(f"{ckpts} is a file where the run's checkpoints folder goes; "
+                              "move it away or choose another --workdir")
+        existing = holds_a_run(workdir)
+        if existing and not resume:
+            if not overwrite:
+                advice = advice or f"pass --resume {workdir} to continue it, or --overwrite to replace it"
+                raise ConfigError(
+                    f"workdir {workdir} already holds a run ({', '.join(existing)}); {advice}")
+            _clear(workdir)
+        yield workdir
+    except BaseException:
+        if created and not _saved_anything(workdir):
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    finally:
+        # Removed while still locked, so the folder is left as it was found
+        # (a refused --resume touches nothing); :func:`_lock` checks that the
+        # file it locked is still the one at the path. Closing releases the
+        # lock. A killed process leaves the file, which the next run locks.
+        with contextlib.suppress(OSError):
+            (workdir / LOCK_NAME).unlink()
+        os.close(fd)
+
+
+def _saved_anything(workdir: Path) -> bool:
+    """A checkpoint, or a recorded epoch: what a failed run must not lose."""
+    ckpts = runfiles.checkpoint_dir(workdir)
+    if ckpts.is_dir() and any(ckpts.iterdir()):
+        return True
+    try:
+        return bool(runfiles.metrics_path(workdir).read_text().strip())
+    except OSError:
+        return False
+
+
+def _clear(workdir: Path) -> None:
+    """Delete a previous run's files (``--overwrite``), nothing else."""
+    try:
+        for name in runfiles.RUN_FILES:
+            (workdir / name).unlink(missing_ok=True)
+        for folder in runfiles.RUN_FOLDERS:
+            if (workdir / folder).is_dir():
+                shutil.rmtree(workdir / folder)
+    except OSError as e:
+        raise ConfigError(f"--overwrite: could not delete the old run in {workdir}: "
+                          f"{e.strerror or e}") from None

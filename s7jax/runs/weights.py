@@ -1,0 +1,134 @@
+"""Trained weights as small portable files: a model's parameters and
+BatchNorm statistics, nothing else (no optimiser state, no Orbax folder).
+
+A committed run keeps its final weights next to its metrics, written from
+its last checkpoint::
+
+    results/<model>/seed-<s>/weights.msgpack
+
+The file is ``flax.serialization``'s msgpack of a plain dict: ``format``,
+``model``, ``epoch``, ``test_acc`` (the run's last recorded test accuracy,
+for reference), ``arrays_sha256`` (the checksum of the arrays,
+``s7jax.runs.checksum``), ``params`` and ``batch_stats`` as float32 arrays keyed by
+Flax's layer names. :func:`load` refuses a file whose arrays do not match
+its checksum; a file written before checksums (no ``arrays_sha256``) is
+loaded with its names and shapes checked only. Any msgpack reader opens it (PyTorch: see
+``s7jax.reference.torch_reference.load_flax_variables``)::
+
+    from s7jax.runs.weights import load_trained
+    model, variables = load_trained("model6", seed=0)          # from results/
+    log_probs = model.apply(variables, images, train=False)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import serialization
+
+from s7jax.runs import runfiles
+from s7jax.runs.checksum import arrays_sha256
+from s7jax.errors import CheckpointError, ConfigError
+from s7jax.models import get_model, init_variables
+
+FORMAT = "s7jax-weights-1"
+
+
+def save(path: str | os.PathLike, model: str, variables: dict[str, Any], **info: Any) -> Path:
+    """Write ``variables`` (``params`` and ``batch_stats``) of ``model`` to
+    ``path``, with ``info`` (plain numbers and strings) beside them."""
+    get_model(model)  # a known model, or ConfigError
+    arrays = {"params": jax.tree_util.tree_map(np.asarray, _plain(variables["params"])),
+              "batch_stats": jax.tree_util.tree_map(np.asarray,
+                                                    _plain(variables.get("batch_stats", {})))}
+    tree = {"format": FORMAT, "model": model, **info, "arrays_sha256": arrays_sha256(arrays),
+            **arrays}
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(serialization.msgpack_serialize(tree))
+    tmp.replace(path)  # never a half-written file under the real name
+    return path
+
+
+def load(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """``(model name, {"params", "batch_stats"}, info)`` from a weights file,
+    checked against the model's own parameter tree (names, shapes, dtypes):
+    a file that does not fit is a one-line CheckpointError."""
+    path = Path(path)
+    try:
+        tree = serialization.msgpack_restore(path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"no weights file {path}") from None
+    except Exception as e:  # noqa: BLE001 - msgpack raises several types on damage
+        raise CheckpointError(f"{path} is not a readable weights file ({type(e).__name__})") from None
+    if not isinstance(tree, dict) or tree.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an s7jax weights file (format {FORMAT})")
+    name = tree["model"]
+    model = get_model(name)
+    expected = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
+    variables = {"params": tree["params"], "batch_stats": tree.get("batch_stats", {})}
+    expected = {"params": expected["params"], "batch_stats": expected.get("batch_stats", {})}
+    shapes = jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), variables)
+    wanted = jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), expected)
+    if shapes != wanted:
+        raise CheckpointError(f"{path}: its arrays do not fit {name}'s parameters and "
+                              "BatchNorm statistics")
+    saved_sum = tree.get("arrays_sha256")
+    if saved_sum is not None and arrays_sha256(variables) != saved_sum:
+        raise CheckpointError(f"{path} is damaged: its arrays do not match the checksum saved "
+                              "with them")
+    info = {k: v for k, v in tree.items() if k not in ("params", "batch_stats")}
+    return name, variables, info
+
+
+def _plain(tree) -> dict:
+    """Nested plain dicts (a FrozenDict or Flax's dicts alike), so that the
+    checksum is taken over the tree :func:`load` gets back from msgpack."""
+    return {k: _plain(v) if hasattr(v, "items") else v for k, v in tree.items()}
+
+
+def trained_path(model: str, seed: int = 0, results_dir: str | os.PathLike = "results") -> Path:
+    from s7jax.runs.results import run_dir
+
+    return runfiles.weights_path(run_dir(results_dir, model, seed))
+
+
+def load_trained(model: str, seed: int = 0, results_dir: str | os.PathLike = "results"):
+    """``(flax module, variables)`` of a committed run's final weights."""
+    name, variables, _ = load(trained_path(model, seed, results_dir))
+    if name != model:
+        raise CheckpointError(f"{trained_path(model, seed, results_dir)} holds {name}, not {model}")
+    return get_model(name), variables
+
+
+def export_state(workdir: str | os.PathLike, config, state, history: list[dict[str, Any]]) -> Path:
+    """Write the weights a finished run evaluates (its moving average, if it
+    keeps one) from ``state`` to ``workdir/weights.msgpack``, with the run's
+    last epoch, step, test accuracy and seed. The train loop and the
+    vectorised seeds call it as a run ends (the first process only). The
+    arrays are taken from this process's own copy: in a run over several
+    processes they are replicated, and none of them holds a global array."""
+    def local(x):
+        return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x
+
+    last = history[-1]
+    return save(runfiles.weights_path(workdir), config.model,
+                jax.tree.map(local, {"params": state.eval_params(),
+                                     "batch_stats": state.batch_stats}),
+                epoch=int(last["epoch"]), step=int(local(state.step)),
+                test_acc=float(last["test_acc"]), seed=int(config.seed))
+
+
+def as_state(model, variables: dict[str, Any]):
+    """A TrainState holding ``variables`` (no optimiser to speak of), for
+    ``s7jax.training.steps.eval_step`` and the evaluation helpers."""
+    import optax
+
+    from s7jax.training.steps import TrainState
+
+    return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                             batch_stats=variables.get("batch_stats", {}), tx=optax.identity())

@@ -1,0 +1,3 @@
+"""Training: the pure steps (``steps``), the epoch loops (``loops``), a run
+(``train``), many seeds as one program (``seeds``), devices (``parallel``),
+and what a run prints (``console``)."""

@@ -1,0 +1,307 @@
+"""The pure, jit-compiled pieces of training: state, steps, BN re-estimation.
+
+Everything here is a function of its arguments: ``train_step`` and
+``eval_step`` compile once with ``jax.jit`` and run unchanged on CPU, GPU and
+TPU, and on several devices at once when the batch is sharded over a mesh
+(``s7jax.training.parallel``). ``s7jax.training.train`` drives them, one call per step or per
+epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from flax.training import train_state
+
+from s7jax.config import Config
+from s7jax.models import INPUT_SHAPE, get_model, init_variables
+
+# Keys of the "rbg" generator (XLA's RngBitGenerator): on CPU, threefry's
+# hash makes the model's init take ~20 s to compile and the train step ~3x
+# longer to compile, and its dropout masks cost ~30% of a model6 step.
+PRNG_IMPL = "rbg"
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+class TrainState(train_state.TrainState):
+    """Flax's TrainState plus the BatchNorm running statistics, and the
+    recipe's optional label smoothing and weight average.
+
+    ``label_smoothing`` and ``ema_decay`` are fixed when the state is made and
+    static (not arrays), and ``ema_params`` is None unless ``ema_decay`` is
+    set: a state without them has the leaves, and the checkpoints, it had
+    before they existed."""
+
+    batch_stats: Any
+    label_smoothing: float = struct.field(pytree_node=False, default=0.0)
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
+    ema_params: Any = None
+
+    def eval_params(self) -> Any:
+        """The weights that are evaluated: their moving average, if kept."""
+        return self.ema_params if self.ema_decay else self.params
+
+
+def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
+    if config.schedule == "constant":
+        return optax.constant_schedule(config.lr)
+    div_factor = 25.0  # start at peak / 25, as PyTorch's OneCycleLR
+    # After transition_steps optax holds the final value: the epochs past
+    # --cycle-epochs train at the cycle's last, smallest rate.
+    return optax.cosine_onecycle_schedule(
+        transition_steps=config.cycle_span * steps_per_epoch,
+        peak_value=config.lr,
+        pct_start=config.warmup_fraction,
+        div_factor=div_factor,
+        final_div_factor=1.0 / (div_factor * config.final_lr_fraction),
+    )
+
+
+def make_optimizer(config: Config, schedule: optax.Schedule) -> optax.GradientTransformation:
+    if config.optimizer == "adam":
+        return optax.adamw(schedule, weight_decay=config.weight_decay)
+    sgd = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
+    if config.weight_decay:
+        # PyTorch's SGD weight_decay: the decay joins the gradient before momentum.
+        return optax.chain(optax.add_decayed_weights(config.weight_decay), sgd)
+    return sgd
+
+
+def create_train_state(model: nn.Module, key: jax.Array, tx: optax.GradientTransformation, *,
+                       label_smoothing: float = 0.0, ema_decay: float = 0.0) -> TrainState:
+    variables = init_variables(model, key)
+    params = variables["params"]
+    return TrainState.create(apply_fn=model.apply, params=params,
+                             batch_stats=variables.get("batch_stats", {}), tx=tx,
+                             label_smoothing=label_smoothing, ema_decay=ema_decay,
+                             # its own buffers: the state is donated to each step
+                             ema_params=jax.tree.map(jnp.copy, params) if ema_decay else None)
+
+
+def initial_state(config: Config, schedule: optax.Schedule) -> tuple[TrainState, jax.Array]:
+    """The freshly initialised state of a run, and its base dropout key: both
+    functions of ``config.seed`` alone."""
+    init_key, dropout_key = jax.random.split(jax.random.key(config.seed, impl=PRNG_IMPL))
+    model = get_model(config.model)
+    state = create_train_state(model, init_key, make_optimizer(config, schedule),
+                               label_smoothing=config.label_smoothing, ema_decay=config.ema_decay)
+    return state, dropout_key
+
+
+# --------------------------------------------------------------------------
+# Steps
+# --------------------------------------------------------------------------
+
+
+def metric_sums(log_probs: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> Metrics:
+    """Sums (not means) so that epoch figures are exact over any batching."""
+    nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
+    correct = jnp.argmax(log_probs, axis=-1) == labels
+    weight = jnp.ones_like(nll) if mask is None else mask.astype(nll.dtype)
+    return {
+        "loss": jnp.sum(nll * weight),
+        "correct": jnp.sum(correct * weight).astype(jnp.int32),
+        "count": jnp.sum(weight).astype(jnp.int32),
+    }
+
+
+def check_batch(batch: Batch, *, masked: bool = False) -> None:
+    """Fail, naming the argument, on a batch that is not normalised MNIST:
+    ``image`` float ``(B, 28, 28, 1)``, ``label`` int ``(B,)`` (and ``mask``
+    bool ``(B,)`` when ``masked``). chex's checks look at shapes and dtypes
+    only, at trace time: inside ``jax.jit`` they cost nothing per step."""
+    chex.assert_shape(batch["image"], (None, *INPUT_SHAPE), custom_message='batch["image"]')
+    chex.assert_type(batch["image"], float, custom_message='batch["image"]')
+    n = batch["image"].shape[0]
+    chex.assert_shape(batch["label"], (n,), custom_message='batch["label"]: one per image')
+    chex.assert_type(batch["label"], int, custom_message='batch["label"]')
+    if masked:
+        chex.assert_shape(batch["mask"], (n,), custom_message='batch["mask"]: one per image')
+
+
+def training_loss(log_probs: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """The mean cross-entropy against targets ``(1 - e) one-hot + e uniform``
+    (``e = label_smoothing``; 0: the NLL of the labels)."""
+    nll = jnp.mean(-jnp.take_along_axis(log_probs, labels[:, None], axis=1))
+    if not label_smoothing:
+        return nll
+    return (1 - label_smoothing) * nll - label_smoothing * jnp.mean(log_probs)
+
+
+def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
+    """One SGD step on the mean NLL (with the state's label smoothing).
+    Dropout draws from ``fold_in(key, step)``, so the randomness is a function
+    of the step alone (resumable, reproducible). The metrics are the NLL's."""
+    check_batch(batch)
+    dropout_key = jax.random.fold_in(key, state.step)
+
+    def loss_fn(params):
+        log_probs, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+            mutable=["batch_stats"], rngs={"dropout": dropout_key})
+        return training_loss(log_probs, batch["label"], state.label_smoothing), (log_probs, updates)
+
+    (loss, (log_probs, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads,
+                                  batch_stats=updates.get("batch_stats", state.batch_stats))
+    if state.ema_decay:
+        state = state.replace(ema_params=optax.incremental_update(
+            state.params, state.ema_params, 1 - state.ema_decay))
+    metrics = metric_sums(log_probs, batch["label"])
+    # The step of a non-finite loss (-1 if finite), to name it in the error.
+    metrics["nonfinite_step"] = jnp.where(jnp.isfinite(loss), -1, state.step - 1).astype(jnp.int32)
+    return state, metrics
+
+
+def train_steps(state: TrainState, batches: tuple[Batch, ...], key: jax.Array
+                ) -> tuple[TrainState, Metrics]:
+    """``len(batches)`` train steps in one call, metrics summed. One batch
+    compiles to exactly ``train_step``; with several, each call dispatches
+    once and XLA schedules and fuses across the steps: faster on CPU, the same
+    maths with different float rounding (``Config.steps_per_call``)."""
+    state, totals = train_step(state, batches[0], key)
+    for batch in batches[1:]:
+        state, metrics = train_step(state, batch, key)
+        totals = combine_metrics(totals, metrics)
+    return state, totals
+
+
+def eval_step(state: TrainState, batch: Batch) -> Metrics:
+    """Metric sums over the unmasked examples, with the running BN statistics."""
+    check_batch(batch, masked=True)
+    log_probs = state.apply_fn({"params": state.eval_params(), "batch_stats": state.batch_stats},
+                               batch["image"], train=False)
+    return metric_sums(log_probs, batch["label"], batch["mask"])
+
+
+def combine_metrics(totals: Metrics, metrics: Metrics) -> Metrics:
+    """Metric sums of two spans of steps; the first non-finite step wins."""
+    out = {k: totals[k] + metrics[k] for k in ("loss", "correct", "count")}
+    if "nonfinite_step" in totals:
+        first = totals["nonfinite_step"]
+        out["nonfinite_step"] = jnp.where(first >= 0, first, metrics["nonfinite_step"])
+    return out
+
+
+accumulate = jax.jit(combine_metrics)
+
+
+def zero_totals() -> dict[str, np.ndarray]:
+    return {"loss": np.float32(0), "correct": np.int32(0), "count": np.int32(0),
+            "nonfinite_step": np.int32(-1)}
+
+
+def mean_loss_and_accuracy(totals: dict[str, Any]) -> tuple[float, float]:
+    """(mean loss, accuracy in percent) from metric sums."""
+    count = max(int(totals["count"]), 1)
+    return float(totals["loss"]) / count, 100.0 * int(totals["correct"]) / count
+
+
+# --------------------------------------------------------------------------
+# BatchNorm re-estimation ("precise BN")
+# --------------------------------------------------------------------------
+
+
+def make_batch_stats_fn(model: nn.Module) -> Callable:
+    """A jitted ``(variables, images) -> batch_stats`` giving each BN layer the
+    exact mean and variance of this batch, with dropout off.
+
+    Training collects running statistics on augmented images with dropout on,
+    while evaluation sees clean images with dropout off; re-estimating them on
+    clean training images closes that gap. Setting momentum 0 makes the
+    "running" average the batch's own statistics.
+    """
+    fields = {"bn_momentum": 0.0}
+    if hasattr(model, "dropout_rate"):
+        fields["dropout_rate"] = 0.0
+    probe = model.clone(**fields)
+
+    @jax.jit
+    def batch_stats(variables, images):
+        _, updates = probe.apply(variables, images, train=True, mutable=["batch_stats"])
+        return updates["batch_stats"]
+
+    return batch_stats
+
+
+def precise_batch_stats(stats_fn: Callable, state: TrainState, images: jax.Array,
+                        chunk: int) -> Any:
+    """Population BN statistics over ``images`` (normalised), in chunks: the
+    mean of the chunk means, and E[x^2] - E[x]^2 for the variance, each chunk
+    weighted by its number of images (a short last chunk counts for what it
+    holds). The statistics are those of the weights that are evaluated."""
+    variables = {"params": state.eval_params(), "batch_stats": state.batch_stats}
+    starts = range(0, len(images), chunk)
+    chunks = [stats_fn(variables, images[i:i + chunk]) for i in starts]
+    sizes = [min(chunk, len(images) - i) for i in starts]
+
+    def average(values):
+        if len(set(sizes)) == 1:  # equal chunks: a plain mean (the recorded runs' arithmetic)
+            return sum(values) / len(values)
+        return sum(v * (n / len(images)) for v, n in zip(values, sizes))
+
+    def combine(*layers):
+        mean = average([layer["mean"] for layer in layers])
+        second = average([layer["var"] + layer["mean"] ** 2 for layer in layers])
+        return {"mean": mean, "var": second - mean ** 2}
+
+    is_layer = lambda x: isinstance(x, dict) and set(x) == {"mean", "var"}  # noqa: E731
+    return jax.tree.map(combine, *chunks, is_leaf=is_layer)
+
+
+# --------------------------------------------------------------------------
+# An epoch as one compiled call
+# --------------------------------------------------------------------------
+
+
+def evaluate_stacked(state: TrainState, batches: Batch) -> Metrics:
+    """Metric sums of ``eval_step`` over stacked batches ``(n, B, ...)``
+    (``data.eval_batches``), summed batch after batch inside one program."""
+    def body(totals, batch):
+        return combine_metrics(totals, eval_step(state, batch)), None
+
+    zeros = {k: jnp.asarray(v) for k, v in zero_totals().items() if k != "nonfinite_step"}
+    return jax.lax.scan(body, zeros, batches)[0]
+
+
+def train_epoch(state: TrainState, source, key: jax.Array, epoch: jax.Array, *,
+                first: int = 0, batch_sharding=None) -> tuple[TrainState, Metrics]:
+    """Train steps ``first ..`` of ``epoch`` as one ``lax.scan``, each on the
+    batch ``source`` (a ``data.DeviceTrainData``) makes for its step, laid out
+    as ``batch_sharding``; returns the state and the epoch's metric sums."""
+    def body(carry, batch):
+        state, totals = carry
+        if batch_sharding is not None:
+            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+        state, metrics = train_step(state, batch, key)
+        return (state, combine_metrics(totals, metrics)), None
+
+    zeros = {k: jnp.asarray(v) for k, v in zero_totals().items()}
+    (state, totals), _ = source.scan(body, (state, zeros), epoch, first)
+    return state, totals
+
+
+def epoch_program(stats_fn: Callable | None, chunk: int, batch_sharding=None) -> Callable:
+    """``run(state, source, key, epoch, calibration, test, first=0) -> (state,
+    train sums, test sums)``: an epoch's training, the BN re-estimation on
+    ``calibration`` (with ``stats_fn``; skipped when None) and the evaluation
+    of the stacked ``test`` batches, as one function to compile, so that an
+    epoch on an accelerator is one dispatch and one small fetch."""
+    def run(state, source, key, epoch, calibration, test, first=0):
+        state, train_totals = train_epoch(state, source, key, epoch, first=first,
+                                          batch_sharding=batch_sharding)
+        if stats_fn is not None:
+            state = state.replace(
+                batch_stats=precise_batch_stats(stats_fn, state, calibration, chunk))
+        return state, train_totals, evaluate_stacked(state, test)
+
+    return run

@@ -1,0 +1,134 @@
+"""The README's Performance section, from the benchmark files ``results/*-<backend>.json``.
+
+The tables themselves are :mod:`tools.bench.tables`' (the benchmarks
+print them too); this adds, for each kind of file, the line above its table
+that says what was measured, where and how, and the notes below it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tools.bench.tables import (GOALS, goal_ratios, parts_table, performance_markdown,
+                                      seeds_table, step_table)
+
+BOUND = "no conv weight gradient"  # scripts/bench_step.py's lower bound, not a real step
+
+
+def _source(name: str, result: dict[str, Any], *details: str) -> str:
+    """The parenthesis after a block's title: the file, the command, the
+    backend and what else the block names, the date, then how it was
+    measured (the last detail)."""
+    *where, how = details
+    return (f"({name}: `{result['command'].strip()}`, "
+            + ", ".join([result["backend"], *where, result["date"]]) + f"; {how})")
+
+
+def parts_block(name: str, result: dict[str, Any]) -> list[str]:
+    cpu = (result.get("cpu") or {}).get("model_name") or result["device_kind"]
+    return ["**Where the step's time goes** " + _source(
+        name, result, cpu, "each part compiled and timed alone on the shapes the model gives "
+        f"it, median of {result['repeats']} runs, FLOPs and bytes from XLA's cost analysis of "
+        "each part's program"), "", parts_table(result)]
+
+
+def step_block(name: str, result: dict[str, Any]) -> list[str]:
+    v = result["variants"]
+    same = [n for n in v if n != "s7jax" and v[n]["same_state_as_s7jax"]]
+    notes = ["Above 1x, the variant is slower than s7jax's step. \"Same state\": its "
+             f"parameters and BatchNorm statistics after {result['steps']} steps equal "
+             "s7jax's bit for bit" + (f" ({', '.join(same)})." if same else
+                                      "; no variant here does.")]
+    if BOUND in v:
+        notes.append(f"With no weight gradient at all, the step takes "
+                     f"{v[BOUND]['ratio_to_s7jax']:.2f}x s7jax's time: a bound on what a "
+                     "faster weight gradient could save.")
+    return ["**The train step's speed choices** " + _source(
+        name, result, f"{result['cpu_count']} cores", f"median of {result['rounds']} rounds of "
+        f"{result['steps']} steps, ratios within this run"), "", step_table(result), "",
+        " ".join(notes)]
+
+
+def startup_block(name: str, result: dict[str, Any]) -> list[str]:
+    runs = "; ".join(f"{run}, {r['wall_s']:.1f} s in all (first epoch {r['first_epoch_s']:.1f} s)"
+                     for run, r in result["runs"].items())
+    return ["**The compilation cache** " + _source(
+        name, result, f"`scripts/train.py {' '.join(result['run'])}`, each in a fresh process")
+        + f": {runs}. A second identical run starts {result['saved_s']:.1f} s sooner with the "
+        "cache than without it."]
+
+
+def seeds_block(name: str, result: dict[str, Any]) -> list[str]:
+    return ["**Several seeds in one program** " + _source(
+        name, result, f"model6's augmented epoch on {result['train_images']:,} images, batch "
+        f"{result['batch_size']}, median of the timed epochs after an untimed one; \"separate\" "
+        "is N times one seed's epoch with `--pipeline scan`, measured in the same run"), "",
+        seeds_table(result), "",
+        "Below 1x, training the seeds together costs less than training them one after another."]
+
+
+def step_shortfall(bench: dict[str, Any], step: dict[str, Any] | None,
+                   parts: dict[str, Any] | None) -> str | None:
+    """Where ``bench``'s train step misses its goal: how far, the fastest
+    formulation ``step`` (``bench_step.py``) measured, and what bounds the
+    step in ``parts`` (``bench_parts.py``). None where the goal is met."""
+    ratio = (goal_ratios(bench) or {}).get("step")
+    if ratio is None or ratio >= GOALS["step"] or not step or not parts:
+        return None
+    others = {n: v["ratio_to_s7jax"] for n, v in step["variants"].items()
+              if n not in ("s7jax", BOUND)}
+    fastest = min(others, key=others.get)
+    conv = [p for p in parts["parts"] if p["part"].startswith("conv")]
+    conv_ms = sum(p["ms"] for p in conv)
+    conv_gflops = sum(p["flops"] for p in conv) / (conv_ms / 1e3) / 1e9
+    text = (f"**The train step's goal is not met** in this bench run: {ratio:.3f}x the "
+            f"original's, where {GOALS['step']:g}x needs a step "
+            f"{100 * (GOALS['step'] / ratio - 1):.1f}% faster. ")
+    text += (f"Of the {len(others)} other formulations in step-{step['backend']}.json, the "
+             f"fastest, {fastest}, takes {others[fastest]:.2f}x s7jax's step time"
+             + (", no real gain. " if others[fastest] > 0.98 else ". "))
+    text += (f"What bounds it (parts-{parts['backend']}.json): the convolutions, forward and "
+             f"both gradients, take {100 * conv_ms / parts['step']['ms']:.0f}% of the step at "
+             f"{conv_gflops:.0f} GFLOP/s, {100 * conv_gflops / parts['limit']['gflops']:.0f}% of "
+             "the machine's matrix-multiply peak")
+    if BOUND in step["variants"]:
+        text += (f"; without any weight gradient the step would take "
+                 f"{step['variants'][BOUND]['ratio_to_s7jax']:.2f}x its time")
+    return text + "."
+
+
+def shortfall_blocks(files: dict[str, dict[str, Any]]) -> list[str]:
+    """A paragraph per backend whose bench run misses the step's goal
+    (``files``: the benchmark results by file stem, ``bench-cpu`` ...)."""
+    blocks = []
+    for stem in sorted(files):
+        if stem.startswith("bench-"):
+            backend = stem.removeprefix("bench-")
+            text = step_shortfall(files[stem], files.get(f"step-{backend}"),
+                                  files.get(f"parts-{backend}"))
+            if text:
+                blocks += ["", text, ""]
+    return blocks
+
+
+# Each kind of benchmark file, in the section's order, and its block.
+BLOCKS: dict[str, Callable[[str, dict[str, Any]], list[str]]] = {
+    "parts": parts_block, "step": step_block, "startup": startup_block, "seeds": seeds_block}
+
+
+def performance_section(results_dir: Path) -> str:
+    """The section's Markdown: ``scripts/bench.py``'s tables, then a block
+    per file of each other benchmark."""
+    paths = sorted(results_dir.glob("bench-*.json"))
+    text = (performance_markdown(paths) if paths
+            else "No benchmark results committed yet: run `python scripts/bench.py`.\n")
+    files = {p.stem: json.loads(p.read_text()) for kind in ("bench", *BLOCKS)
+             for p in sorted(results_dir.glob(f"{kind}-*.json"))}
+    text += "\n".join(shortfall_blocks(files))
+    for kind, block in BLOCKS.items():
+        for stem in sorted(s for s in files if s.startswith(f"{kind}-")):
+            text += "\n".join(["", *block(f"{stem}.json", files[stem]), ""])
+    return text
