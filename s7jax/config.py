@@ -174,8 +174,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # a settled model (a cycle over all 15 left epoch 13 at a rate still too
     # high to settle: most seeds' weakest); weight decay 1e-3, the last three
     # epochs on clean images, and BN statistics re-estimated on clean
-    # training images (dropout off) before every evaluation. See README,
-    # Results (and its recipe trials, for what else was tried).
+    # training images (dropout off) before every evaluation. See
+    # docs/results.md (and its recipe trials, for what else was tried).
     "model6": dict(_ONECYCLE, lr=0.1, weight_decay=1e-3, cycle_epochs=13,
                    augment=AugmentConfig(7.0, 0.2, 0.2), clean_epochs=3, precise_bn=10_000),
 }

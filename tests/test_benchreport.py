@@ -1,8 +1,16 @@
-"""The benchmark tables (tools.bench.tables) say what the measurements say."""
+"""The benchmark tables (tools.bench.tables) say what the measurements say, and
+the report (tools.report) writes them, and the results, into README.md and docs/."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
+import pytest
+
 from tools.bench import tables
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def bench_result(epoch_s=10.0, step=6000.0, eval_s=0.5, memory_mib=900):
@@ -70,3 +78,88 @@ def test_a_missed_step_goal_is_explained_from_the_step_and_parts_files():
     assert "take 80% of the step at 20 GFLOP/s, 20% of the machine's matrix-multiply peak" in text
     assert text.endswith("without any weight gradient the step would take 0.80x its time.")
     assert step_shortfall(bench_result(step=4620.0), None, parts) is None  # nothing to explain from
+
+
+def test_refusals_table_has_a_row_per_fault():
+    rows = [{"fault": "a bad flag", "exit": 2, "seconds": 0.86, "cpu_seconds": 0.97},
+            {"fault": "no intact checkpoint", "exit": 2, "seconds": 1.94, "cpu_seconds": 2.0}]
+    assert tables.refusals_table(rows).splitlines()[2:] == [
+        "| a bad flag | 2 | 0.9 | 1.0 |", "| no intact checkpoint | 2 | 1.9 | 2.0 |"]
+
+
+def test_runs_listed_as_before_the_fix_are_marked(tmp_path):
+    from tools.report import before_fix
+
+    (tmp_path / before_fix.MANIFEST).write_text(
+        "# a comment, not a pattern: model6/*\nrecipe-trials/*\nmodel1/seed-0/\n")
+    marked = [tmp_path / "recipe-trials" / "previous" / "model6" / "seed-3",
+              tmp_path / "model1" / "seed-0"]
+    unmarked = [tmp_path / "model6" / "seed-0", tmp_path / "model1" / "seed-1",
+                tmp_path / "model1" / "original-seed-0"]
+    assert all(before_fix.before_fix(tmp_path, r) for r in marked)
+    assert not any(before_fix.before_fix(tmp_path, r) for r in unmarked)
+    assert before_fix.mark(tmp_path, unmarked) == ""
+    assert before_fix.mark(tmp_path, [*unmarked, marked[1]]) == before_fix.MARK
+    table = ["| model | acc |", f"| model1{before_fix.MARK} | 99.1 |"]
+    assert before_fix.footnote(table)[-1].startswith(f"{before_fix.MARK} Trained before the "
+                                                     "max-pool gradient fix")
+    assert before_fix.footnote(table[:1]) == table[:1]
+    (tmp_path / before_fix.MANIFEST).unlink()  # no manifest: nothing is marked
+    assert not before_fix.before_fix(tmp_path, marked[1])
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    """The README and docs of this checkout, copied, to write or spoil."""
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    return tmp_path
+
+
+def test_check_names_each_stale_file_and_a_run_rewrites_only_the_blocks(checkout, capsys):
+    from tools.report import pages
+
+    args = ["--root", str(checkout), "--results", str(ROOT / "results")]
+    assert pages.main([*args, "--check"]) == 0
+    results_md = checkout / "docs" / "results.md"
+    fresh = results_md.read_text()
+    # A number inside the generated block, and a stale headline in the README.
+    results_md.write_text(fresh.replace("<!-- results:end -->", "| model9 | 1 |\n<!-- results:end -->"))
+    readme = (checkout / "README.md").read_text()
+    (checkout / "README.md").write_text(readme.replace(
+        "<!-- headline-performance:end -->", "- stale\n<!-- headline-performance:end -->"))
+    capsys.readouterr()
+    assert pages.main([*args, "--check"]) == 1
+    err = capsys.readouterr().err
+    assert f"{results_md} is out of date" in err and f"{checkout / 'README.md'} is out of date" in err
+    assert "performance.md" not in err and "training.md" not in err
+    # Written again from the results (the figures left alone: a check draws none).
+    pages_text = pages.generate(checkout, ROOT / "results", write_plots=False)
+    for path, (old, new) in pages_text.items():
+        path.write_text(new)
+    assert results_md.read_text() == fresh and (checkout / "README.md").read_text() == readme
+    # The prose around the blocks is the page's own: kept as written.
+    assert results_md.read_text().startswith("# Results\n")
+
+
+def test_a_page_without_its_markers_is_named(checkout, capsys):
+    from tools.report import pages
+
+    perf = checkout / "docs" / "performance.md"
+    perf.write_text(perf.read_text().replace("<!-- performance:begin -->", ""))
+    with pytest.raises(SystemExit) as exit:
+        pages.main(["--check", "--root", str(checkout), "--results", str(ROOT / "results")])
+    assert exit.value.code == 2
+    assert "docs/performance.md lacks the markers <!-- performance:begin -->" in capsys.readouterr().err
+
+
+def test_the_docs_mark_the_runs_trained_before_the_fix():
+    """What results/before-the-pool-fix.txt lists carries the dagger where the
+    docs show it (the recipe trials), and what it does not list does not."""
+    from tools.report import before_fix, results
+
+    text = results.results_section(ROOT / "results", write_plots=False)
+    assert f"| previous{before_fix.MARK} |" in text
+    assert f"`results/model6/seed-0`{before_fix.MARK}" not in text
+    assert "`results/model6/seed-0` re-trained" in text
+    assert "Trained before the max-pool gradient fix" in text

@@ -127,9 +127,23 @@ def test_evaluate_without_a_run(tmp_path):
     assert_clean_error(run("evaluate.py", "--checkpoint", tmp_path), 2, r"no run's config.json")
 
 
-def test_readme_results_and_performance_are_generated_from_results():
+def test_readme_and_docs_tables_are_generated_from_results():
     result = run("report.py", "--check", cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
+    for page in ("README.md", "docs/results.md", "docs/performance.md", "docs/training.md"):
+        assert page in result.stdout  # every generated file is checked
+
+
+def test_the_readme_is_a_front_page_linking_every_docs_page():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f"(docs/{page.name})" in readme, page.name
+    # No commit hashes or dates: CHANGELOG.md and the git history keep those.
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = path.read_text()
+        assert not re.search(r"\b20\d\d-\d\d-\d\d\b", text), path.name
+        assert not re.search(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b", text), path.name
 
 
 @pytest.mark.slow

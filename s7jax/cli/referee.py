@@ -7,8 +7,8 @@ trains ``s7jax.reference.torch_reference``'s model2 (PyTorch's default initialis
 with SGD 0.01, momentum 0.9, batch 128 for 15 epochs, on the GPU where PyTorch
 sees one, else the CPU, and writes ``results/model2/torch-seed-0/``
 (``config.json``, ``metrics.jsonl``), which
-``scripts/report.py`` sets beside s7jax's runs in the README's "Against the
-original" table. Needs PyTorch and torchvision (``pip install -e '.[bench]'``).
+``scripts/report.py`` sets beside s7jax's runs in the "Against the original"
+table of ``docs/results.md``. Needs PyTorch and torchvision (``pip install -e '.[bench]'``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Time s7jax's model6 training against the original PyTorch recipe, in one run.
 
-    python scripts/bench.py        # or s7jax-bench, or python -m tools.bench.against_pytorch
+    python scripts/bench.py        # or python -m tools.bench.against_pytorch
 
 measures, on this machine and in this one command, each side in its own
 subprocess (so that their peak memory is their own):

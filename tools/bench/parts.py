@@ -2,7 +2,7 @@
 
     python scripts/bench_parts.py     # model6, batch 128 -> results/parts-<backend>.json
 
-(or ``s7jax-bench-parts``, or ``python -m tools.bench.parts``)
+(or ``python -m tools.bench.parts``)
 
 breaks the train step into its parts and times each as a program of its
 own, on the shapes the model gives it (found by running the model once with

@@ -1,4 +1,4 @@
-"""The PyTorch side of ``s7jax-bench``: the original recipe, one function per measurement.
+"""The PyTorch side of ``scripts/bench.py``: the original recipe, one function per measurement.
 
 model6 from ``s7jax.reference.torch_reference``, trained as the referee trains it
 (``torch_reference.transform``, ``sgd_step`` and ``train_epoch``: the

@@ -5,8 +5,8 @@
 runs ``scripts/train.py`` and ``scripts/evaluate.py`` on each fault in a
 fresh process (as a user meets it), checks that it ends with its exit code
 and exactly one line on stderr, and prints the median wall time of
-``--repeats`` runs, and their CPU time, as a Markdown table (the README's,
-under "Failure modes").
+``--repeats`` runs, and their CPU time, as a Markdown table (the one
+``docs/training.md`` shows under "Failure modes", from ``results/refusals-cpu.json``).
 Every case is refused before TensorFlow, TFDS or the data load; the time is
 Python, JAX, Flax and Orbax starting up. The folders it needs (a recorded run
 without checkpoints, a run with damaged checkpoints, a locked folder, a
@@ -29,6 +29,7 @@ from pathlib import Path
 
 from s7jax.cli import OneLineErrorParser, exit_on_known_errors
 from tools.bench.measure import run_timed, write_result
+from tools.bench.tables import refusals_table
 
 ROOT = Path(__file__).resolve().parents[3]  # the checkout: scripts/ and results/
 
@@ -126,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             holder.wait()
     print(f"median of {args.repeats} runs each, {os.cpu_count()} CPU cores, load average "
           f"{os.getloadavg()[0]:.1f}; each ended with exactly one line on stderr\n")
-    print("| fault | exit | wall s | CPU s |\n|---|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['fault']} | {r['exit']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} |")
+    print(refusals_table(rows))
     if args.out:
         write_result(rows, args.out, "refusals")
     return 0

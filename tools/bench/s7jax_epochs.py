@@ -1,4 +1,4 @@
-"""The s7jax side of ``s7jax-bench``, its training epochs: one function per pipeline.
+"""The s7jax side of ``scripts/bench.py``, its training epochs: one function per pipeline.
 
 Each times ``epochs_measured`` training epochs of model6 from a fresh train
 state on a :class:`tools.bench.s7jax_side.Bench`, through the training

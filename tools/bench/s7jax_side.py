@@ -1,4 +1,4 @@
-"""The s7jax side of ``s7jax-bench``: model6's training as its default run does it.
+"""The s7jax side of ``scripts/bench.py``: model6's training as its default run does it.
 
 One function per measurement (the epochs' in
 :mod:`tools.bench.s7jax_epochs`), each on a :class:`Bench` (the data,

@@ -1,6 +1,6 @@
 """What training N seeds as one vectorised program costs, against N runs.
 
-    python scripts/bench_seeds.py    # or s7jax-bench-seeds, or python -m tools.bench.seeds
+    python scripts/bench_seeds.py    # or python -m tools.bench.seeds
 
 times, in one process and one run, model6's training epoch (the recipe's
 augmented epochs; batch 128; a subset of the training set, 6,400 images by

@@ -1,6 +1,6 @@
 """What each speed choice in model6's training step is worth, in one run.
 
-    python scripts/bench_step.py     # or s7jax-bench-step, or python -m tools.bench.step
+    python scripts/bench_step.py     # or python -m tools.bench.step
 
 times model6's jitted train step (batch 128, four fixed MNIST-like batches,
 clocks read after ``block_until_ready``) as s7jax builds it, and with one choice at a

@@ -1,9 +1,9 @@
-"""The benchmarks' results as tables: the text each benchmark prints, the README's Markdown.
+"""The benchmarks' results as tables: the text each benchmark prints, the docs' Markdown.
 
 ``scripts/bench.py`` writes ``results/bench-<cpu|gpu>.json``; :func:`rows`
 turns one such result into table rows, :func:`text_table` prints them
 aligned (the bench's own output) and :func:`performance_markdown` makes the
-README's Performance tables from several files::
+Markdown of ``docs/performance.md`` from several files::
 
     from tools.bench.tables import performance_markdown
     print(performance_markdown(sorted(Path("results").glob("bench-*.json"))))
@@ -107,7 +107,10 @@ def rows(result: dict[str, Any]) -> list[Row]:
     return out
 
 
-def _notes(result: dict[str, Any]) -> list[str]:
+def _notes(result: dict[str, Any], dated: bool = True) -> list[str]:
+    """What was measured where: the goals, the machine, versions, settings,
+    memory by stage. ``dated``: with the run's date (the docs leave it to the
+    file and its history)."""
     m = result.get("machine", {})
     v = result.get("versions", {})
     s = result.get("settings", {})
@@ -117,7 +120,8 @@ def _notes(result: dict[str, Any]) -> list[str]:
         f"{result.get('device', '?').upper()}: {device}, {m.get('cpu_count', '?')} CPU cores; "
         f"JAX {v.get('jax', '?')}, "
         f"PyTorch {(v.get('torch') or 'not installed') if result.get('pytorch') else 'not run'}; "
-        f"{result.get('date', '?')[:10]}; `{result.get('command', '')}`",
+        + (f"{result.get('date', '?')[:10]}; " if dated else "")
+        + f"`{result.get('command', '')}`",
     ]
     if s:
         lines.append(
@@ -200,7 +204,7 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 
 def performance_markdown(paths: Iterable[str | Path], include_quick: bool = False) -> str:
-    """Markdown for the README's Performance section: one table per bench
+    """Markdown for ``docs/performance.md``: one table per bench
     result file (``results/bench-cpu.json``, ``results/bench-gpu.json``),
     each under a line naming the machine. Files from ``--quick`` runs are
     left out unless ``include_quick``. Empty string when nothing is left."""
@@ -209,7 +213,7 @@ def performance_markdown(paths: Iterable[str | Path], include_quick: bool = Fals
         result = json.loads(Path(path).read_text())
         if result.get("quick") and not include_quick:
             continue
-        notes = _notes(result)
+        notes = _notes(result, dated=False)
         heading = f"**{result.get('device', '?').upper()}** ({Path(path).name})"
         body = "\n\n".join([heading, markdown_table(result), "\n".join(f"- {n}" for n in notes)])
         sections.append(body)
@@ -304,3 +308,11 @@ def parts_table(result: dict) -> str:
             f"{limit.get('gbytes_per_s_256mib', 0):.0f} GB/s over 256 MiB). A part's share is "
             "the larger of its FLOP rate over the peak and its byte rate over the bandwidth.")
     return "\n".join(lines) + "\n\n" + note + "\n\n" + "\n".join(epoch)
+
+
+def refusals_table(rows: list[dict[str, Any]]) -> str:
+    """``scripts/bench_refusals.py``'s result (``results/refusals-*.json``) as a Markdown table."""
+    lines = ["| fault | exit | wall s | CPU s |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['fault']} | {r['exit']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} |"
+              for r in rows]
+    return "\n".join(lines)

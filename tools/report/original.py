@@ -1,5 +1,5 @@
-"""The README's "Against the original": each model beside the study's report
-and the PyTorch referee.
+""""Against the original": each model beside the study's report and the
+PyTorch referee (``docs/results.md``), and the README's short version.
 
 Reads the runs under ``results/<model>/``: the referee's (``torch-seed-*``),
 s7jax's with the study's recipe (``original-seed-*``, or ``seed-*`` where the
@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from s7jax.config import MAX_EPOCHS
+from tools.report.before_fix import footnote, mark, seed_runs
 from tools.report.study import plural
 
 
@@ -24,8 +25,8 @@ RECIPE_KEYS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "sched
                "cycle_epochs", "augment", "clean_epochs", "precise_bn", "batch_size")
 
 
-def original_recipe_runs(results_dir: Path, model: str) -> dict | None:
-    """s7jax's runs of ``model`` with the study's recipe: its
+def original_recipe_runs(results_dir: Path, model: str) -> tuple[dict | None, str]:
+    """s7jax's runs of ``model`` with the study's recipe, and their kind: its
     ``original-seed-*`` runs, or, where the model's default recipe is the
     original one (models 1 and 2), its ``seed-*`` runs."""
     import dataclasses
@@ -35,31 +36,56 @@ def original_recipe_runs(results_dir: Path, model: str) -> dict | None:
 
     runs = results.runs_of(results_dir, model, "original")
     if runs is not None:
-        return runs
+        return runs, "original"
     ours, original = (dataclasses.asdict(default_config(model, r)) for r in ("default", "original"))
     if all(ours[k] == original[k] for k in RECIPE_KEYS):
-        return results.runs_of(results_dir, model, "default")
-    return None
+        return results.runs_of(results_dir, model, "default"), "default"
+    return None, "original"
 
 
-def _cell(runs: dict | None) -> str:
+def _cell(runs: dict | None, marked: str = "") -> str:
     if runs is None:
         return "-"
     n, epochs = runs["n_seeds"], {s["epochs"] for s in runs["seeds"].values()}
     spread = f" +/- {runs['std']:.2f}" if n > 1 else ""
     return (f"{runs['mean']:.2f}{spread} / {runs['best']:.2f} "
-            f"({plural(n, 'seed')}, {'/'.join(map(str, sorted(epochs)))} ep.)")
+            f"({plural(n, 'seed')}, {'/'.join(map(str, sorted(epochs)))} ep.){marked}")
 
 
-def against_original(results_dir: Path) -> tuple[str, dict]:
-    """The README table of each model against the original study, and the
-    runs it was made from: ``{model: {"referee", "original", "default"}}``."""
+def runs_table(results_dir: Path) -> dict:
+    """Each model's runs by kind, ``{model: {"referee", "original",
+    "default"}}``, with their marks under ``"marks"``."""
     from s7jax.runs import results
     from s7jax.models import MODELS
 
-    table = {m: {"referee": results.runs_of(results_dir, m, "referee"),
-                 "original": original_recipe_runs(results_dir, m),
-                 "default": results.runs_of(results_dir, m, "default")} for m in MODELS}
+    table = {}
+    for m in MODELS:
+        original, original_kind = original_recipe_runs(results_dir, m)
+        row = {"referee": results.runs_of(results_dir, m, "referee"), "original": original,
+               "default": results.runs_of(results_dir, m, "default")}
+        kinds = {"referee": "referee", "original": original_kind, "default": "default"}
+        row["marks"] = {k: mark(results_dir, seed_runs(results_dir, m, runs, kinds[k]))
+                        for k, runs in row.items() if runs is not None}
+        table[m] = row
+    return table
+
+
+def headline_against_original(results_dir: Path) -> list[str]:
+    """The README's table: each model's s7jax runs beside the study's report."""
+    lines = ["| model | the study reported (best of 20 ep.) | s7jax, default recipe: last-3 mean "
+             "/ best | s7jax, the study's recipe |", "|---|---:|---:|---:|"]
+    for m, row in runs_table(results_dir).items():
+        marks = row["marks"]
+        lines.append(f"| {m} | {ORIGINAL_BEST[m]:.2f} | "
+                     f"{_cell(row['default'], marks.get('default', ''))} | "
+                     f"{_cell(row['original'], marks.get('original', ''))} |")
+    return footnote(lines)
+
+
+def against_original(results_dir: Path) -> tuple[str, dict]:
+    """The table of each model against the original study, and the runs it
+    was made from (:func:`runs_table`)."""
+    table = runs_table(results_dir)
     lines = [
         "Each cell: the last-3-epoch mean test accuracy (mean +/- std over seeds) / the best "
         "single epoch, then how many seeds and epochs. The original's column is the best test "
@@ -72,9 +98,13 @@ def against_original(results_dir: Path) -> tuple[str, dict]:
         "| model | original, reported (best of 20 ep.) | PyTorch referee, original recipe | "
         "s7jax, original recipe | s7jax, default recipe |",
         "|---|---:|---:|---:|---:|"]
+    rows = []
     for m, row in table.items():
-        lines.append(f"| {m} | {ORIGINAL_BEST[m]:.2f} | {_cell(row['referee'])} | "
-                     f"{_cell(row['original'])} | {_cell(row['default'])} |")
+        marks = row["marks"]
+        rows.append(f"| {m} | {ORIGINAL_BEST[m]:.2f} | "
+                    + " | ".join(_cell(row[k], marks.get(k, ""))
+                                 for k in ("referee", "original", "default")) + " |")
+    lines += footnote(rows)
     lines += ["", *referee_verdicts(table)]
     longer = longer_referee(results_dir)
     if longer:
@@ -108,7 +138,8 @@ def referee_verdicts(table: dict) -> list[str]:
         verdict = "beyond the spread" if abs(gap) > 2 * widest else "within the spread"
         if abs(gap) > 2 * widest:
             beyond.append(m)
-        lines.append(f"- {m}: s7jax {ours['mean']:.2f} ({plural(ours['n_seeds'], 'seed')}) vs "
+        lines.append(f"- {m}: s7jax {ours['mean']:.2f}{row['marks']['original']} "
+                     f"({plural(ours['n_seeds'], 'seed')}) vs "
                      f"PyTorch {ref['mean']:.2f} ({plural(ref['n_seeds'], 'seed')}): "
                      f"{gap:+.2f} points, {verdict}.")
     lines += ["", "**Both against the study's report** (best single epoch of any seed here, "
@@ -116,7 +147,8 @@ def referee_verdicts(table: dict) -> list[str]:
     for m in compared:
         ours, ref = table[m]["original"], table[m]["referee"]
         lines.append(f"- {m}: reported {ORIGINAL_BEST[m]:.2f}; PyTorch {ref['best']:.2f} "
-                     f"({ref['best'] - ORIGINAL_BEST[m]:+.2f}), s7jax {ours['best']:.2f} "
+                     f"({ref['best'] - ORIGINAL_BEST[m]:+.2f}), s7jax {ours['best']:.2f}"
+                     f"{table[m]['marks']['original']} "
                      f"({ours['best'] - ORIGINAL_BEST[m]:+.2f}).")
     agree = [m for m in compared if m not in beyond]
     lines += ["", (f"Where s7jax and the referee agree ({', '.join(agree)}), the distance to "
@@ -126,7 +158,7 @@ def referee_verdicts(table: dict) -> list[str]:
     if beyond:
         lines[-1] += f"Beyond the spread, and so still to explain: {', '.join(beyond)}."
     lines[-1] = lines[-1].strip()
-    return lines
+    return footnote(lines)
 
 
 def longer_referee(results_dir: Path) -> str:

@@ -1,4 +1,6 @@
-"""The README's Performance section, from the benchmark files ``results/*-<backend>.json``.
+"""Performance, from the benchmark files ``results/*-<backend>.json``: the full
+blocks of ``docs/performance.md``, the README's headline, and the refusal
+times of ``docs/training.md``.
 
 The tables themselves are :mod:`tools.bench.tables`' (the benchmarks
 print them too); this adds, for each kind of file, the line above its table
@@ -13,18 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from tools.bench.tables import (GOALS, goal_ratios, parts_table, performance_markdown,
-                                      seeds_table, step_table)
+                                refusals_table, seeds_table, step_table)
 
 BOUND = "no conv weight gradient"  # scripts/bench_step.py's lower bound, not a real step
 
 
 def _source(name: str, result: dict[str, Any], *details: str) -> str:
     """The parenthesis after a block's title: the file, the command, the
-    backend and what else the block names, the date, then how it was
-    measured (the last detail)."""
+    backend and what else the block names, then how it was measured (the
+    last detail)."""
     *where, how = details
     return (f"({name}: `{result['command'].strip()}`, "
-            + ", ".join([result["backend"], *where, result["date"]]) + f"; {how})")
+            + ", ".join([result["backend"], *where]) + f"; {how})")
 
 
 def parts_block(name: str, result: dict[str, Any]) -> list[str]:
@@ -40,8 +42,8 @@ def step_block(name: str, result: dict[str, Any]) -> list[str]:
     same = [n for n in v if n != "s7jax" and v[n]["same_state_as_s7jax"]]
     notes = ["Above 1x, the variant is slower than s7jax's step. \"Same state\": its "
              f"parameters and BatchNorm statistics after {result['steps']} steps equal "
-             "s7jax's bit for bit" + (f" ({', '.join(same)})." if same else
-                                      "; no variant here does.")]
+             "s7jax's exactly in this run" + (f" ({', '.join(same)})." if same else
+                                              "; no variant here does.")]
     if BOUND in v:
         notes.append(f"With no weight gradient at all, the step takes "
                      f"{v[BOUND]['ratio_to_s7jax']:.2f}x s7jax's time: a bound on what a "
@@ -132,3 +134,34 @@ def performance_section(results_dir: Path) -> str:
         for stem in sorted(s for s in files if s.startswith(f"{kind}-")):
             text += "\n".join(["", *block(f"{stem}.json", files[stem]), ""])
     return text
+
+
+def headline(results_dir: Path) -> str:
+    """The README's short block: each backend's ratios over the PyTorch
+    original, from ``results/bench-<backend>.json``."""
+    lines = []
+    for path in sorted(results_dir.glob("bench-*.json")):
+        result = json.loads(path.read_text())
+        ratios = goal_ratios(result)
+        if result.get("quick") or ratios is None:
+            continue
+        m = result.get("machine", {})
+        where = m.get("accelerator") or f"{m.get('cpu_model') or 'CPU'}, {m.get('cpu_count')} cores"
+        j, t = result["s7jax"], result["pytorch"]
+        lines.append(
+            f"- **{result['device'].upper()}** ({where}; `{path.relative_to(results_dir.parent)}`): "
+            f"a training epoch {ratios['epoch']:.2f}x as fast as the PyTorch original, a train "
+            f"step {ratios['step']:.2f}x, the test set's evaluation {ratios['eval']:.2f}x; peak "
+            f"memory {j['default_path']['maxrss_kib'] / 1024:,.0f} MiB against "
+            f"{t['maxrss_kib'] / 1024:,.0f} MiB.")
+    if not lines:
+        return "No benchmark results committed yet: run `python scripts/bench.py`."
+    return "\n".join(lines)
+
+
+def refusals_section(results_dir: Path) -> str:
+    """``scripts/bench_refusals.py``'s table per backend file."""
+    blocks = [f"({path.name}: `python scripts/bench_refusals.py`, the median of its runs of "
+              "each fault)\n\n" + refusals_table(json.loads(path.read_text()))
+              for path in sorted(results_dir.glob("refusals-*.json"))]
+    return "\n\n".join(blocks) or "No refusal times committed yet: run `python scripts/bench_refusals.py`."

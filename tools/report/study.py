@@ -1,6 +1,6 @@
 """Each model's step of the study, in words: its target, results and analysis.
 
-The README's ``### model1`` .. ``### model6`` sections. The targets and next
+The ``## model1`` .. ``## model6`` sections of ``docs/results.md``. The targets and next
 steps are the study's plan, in words (:data:`STEPS`); every figure in the
 Results and Analysis is read from the run files.
 """
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from s7jax.config import MAX_EPOCHS, TARGET
+from tools.report.before_fix import MARK, mark, seed_runs
 
 
 # What each step of the study tried, and what the next one changes (the
@@ -74,7 +75,8 @@ def _cycle(c: dict) -> str:
             f"in {after}")
 
 
-def model_sections(models: dict[str, Any], first_runs: dict[str, tuple], table: dict) -> list[str]:
+def model_sections(models: dict[str, Any], first_runs: dict[str, tuple], table: dict,
+                   results_dir: Path) -> list[str]:
     """The lines of every model's section, in the study's order: target,
     results (the first seed's run), analysis against the step before and
     with the study's recipe (``table``, as
@@ -90,7 +92,7 @@ def model_sections(models: dict[str, Any], first_runs: dict[str, tuple], table: 
         command = f"python scripts/sweep.py --model {name} --seeds {m['n_seeds']}"
         if epochs != MAX_EPOCHS:
             command += f" --epochs {epochs}"
-        lines += ["", f"### {name}", "", f"**Target.** {target}", "",
+        lines += ["", f"## {name}", "", f"**Target.** {target}", "",
                   f"**Results.** Recipe: {recipe(config)}. {results_sentence(history, m, run, command)}"]
         if epochs != MAX_EPOCHS:
             lines[-1] += (f" Trained for {plural(epochs, 'epoch')} of the study's {MAX_EPOCHS} only, "
@@ -98,6 +100,8 @@ def model_sections(models: dict[str, Any], first_runs: dict[str, tuple], table: 
                           f"{m['seeds'][run.name.split('-')[1]]['seconds_per_epoch']:.0f} s on "
                           f"{device(config['environment'])}, so these are early-training "
                           f"figures, not comparable with the {MAX_EPOCHS}-epoch runs.")
+        if mark(results_dir, seed_runs(results_dir, name, m)):
+            lines[-1] += f" ({MARK} Trained before the max-pool gradient fix, CHANGELOG.md.)"
         same_recipe = step_sentence(name, table, previous[0] if previous else None)
         lines += ["", f"**Analysis.** {analysis(name, history, m, previous, regularisers(config))} "
                       f"{same_recipe} {next_step}".rstrip().replace("  ", " ")]
