@@ -1,15 +1,7 @@
-"""Regenerate the README's Results and Performance sections from results/.
-
-The command lives in ``tools.report.readme``, beside the library (not in the wheel);
-this file runs it from a checkout. ``--help`` lists the flags.
-"""
-
+"""Runs tools.report.readme from a checkout; --help lists its flags."""
+import runpy
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tools.report.readme import main  # noqa: E402
-
-if __name__ == "__main__":
-    sys.exit(main())
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+runpy.run_module("tools.report.readme", run_name="__main__")
