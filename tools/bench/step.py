@@ -282,7 +282,7 @@ def compare(results: dict[str, dict]) -> None:
         r["same_state_as_s7jax"] = r["state_sha256"] == results["s7jax"]["state_sha256"]
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> int:
+def run(args: argparse.Namespace, argv: list[str]) -> int | None:
     env = environment()
     _, batches, stacked, host_state, key = inputs()
     runners, results = {}, {}
@@ -296,14 +296,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
            "date": datetime.date.today().isoformat(), **env,
            "batch_size": BATCH_SIZE, "steps": args.steps, "rounds": args.rounds,
            "variants": results}
-    print(step_table(out))
-    write_result(out, args.out, "step")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return command(parse_args, run, argv)
+    write_result(out, args.out, "step", table=step_table)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command(parse_args, run))
