@@ -32,14 +32,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from s7jax.cli import exit_on_known_errors
-
 
 def command(parse_args: Callable[[list[str]], Any],
             run: Callable[[Any, list[str]], int | None]) -> int:
     """A benchmark's ``main``: the process's flags parsed by ``parse_args``,
     then ``run(args, argv)`` (exit 0 unless it returns a code); a known error
     ends in one line and its exit code, as every s7jax command's."""
+    from s7jax.cli import exit_on_known_errors  # imports JAX: not in a worker before its clock
+
     argv = sys.argv[1:]
     args = parse_args(argv)
     with exit_on_known_errors():
