@@ -1,6 +1,9 @@
 """What the commands share: flags made from Config's fields, and errors as one
 line with an exit code (2 bad input, 3 non-finite loss, 130 Ctrl-C, 143
-SIGTERM), never a traceback."""
+SIGTERM), never a traceback.
+
+Config, and with it JAX, is imported only where the flags are made: the
+benchmarks' workers import this module before their clock starts."""
 
 from __future__ import annotations
 
@@ -11,10 +14,7 @@ import signal
 import sys
 from typing import Callable
 
-from s7jax.config import RECIPES, Config, default_config
-from s7jax.data.augment import NO_AUGMENT, AugmentConfig
 from s7jax.errors import RunError, Terminated
-from s7jax.models import MODELS
 from s7jax.training import compile_cache as xla_cache
 
 
@@ -70,6 +70,9 @@ def command(parse_args: Callable, run: Callable, *, compile_cache: bool = False)
 def _recipe_choice(argv=None) -> tuple[str, str]:
     """``(model, recipe)`` from the command line, read ahead of parsing so that
     ``--help`` can show that recipe's values."""
+    from s7jax.config import RECIPES
+    from s7jax.models import MODELS
+
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--model")
     pre.add_argument("--recipe")
@@ -81,6 +84,9 @@ def _recipe_choice(argv=None) -> tuple[str, str]:
 def _config_fields():
     """``(field, parent)`` for every setting, the augmentation's strengths
     (parent ``"augment"``) in place of ``augment``."""
+    from s7jax.config import Config
+    from s7jax.data.augment import AugmentConfig
+
     for f in dataclasses.fields(Config):
         if f.name == "augment":
             yield from ((g, "augment") for g in dataclasses.fields(AugmentConfig))
@@ -99,6 +105,8 @@ def _flag(name: str) -> str:
 def add_config_flags(p: argparse.ArgumentParser, argv=None) -> None:
     """One flag per Config field, plus ``--recipe`` and ``--no-augment``. A flag
     left out keeps the recipe's value, which ``--help`` shows in brackets."""
+    from s7jax.config import RECIPES, default_config
+
     model, recipe = _recipe_choice(argv)
     values = default_config(model, recipe)
     groups = {"": p}
@@ -138,8 +146,11 @@ def add_progress_flag(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
 
 
-def config_from_args(args: argparse.Namespace, **overrides) -> Config:
+def config_from_args(args: argparse.Namespace, **overrides):
     """The recipe (``--recipe``, for ``--model``) with every flag given applied."""
+    from s7jax.config import default_config
+    from s7jax.data.augment import NO_AUGMENT
+
     given, strengths = {}, {}
     for f, parent in _config_fields():
         value = getattr(args, f.name)

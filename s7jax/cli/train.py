@@ -109,8 +109,8 @@ def run(args: argparse.Namespace) -> None:
 
     curves = plots.curves(history, runfiles.curves_path(workdir),
                           title=f"{config.model}, seed {config.seed}")
-    print(f"wrote {runfiles.metrics_path(workdir)}, {curves}, "
-          f"{runfiles.weights_path(workdir)}, {runfiles.checkpoint_dir(workdir)}/")
+    written = [runfiles.metrics_path(workdir), curves, runfiles.weights_path(workdir)]
+    print(f"wrote {', '.join(map(str, written))}, {runfiles.checkpoint_dir(workdir)}/")
 
 
 main = command(parse_args, run, compile_cache=True)

@@ -110,14 +110,8 @@ def _spec(name: str) -> list[tuple]:
 MODEL_NAMES = ("model1", "model2", "model3", "model4", "model5", "model6")
 
 # Trainable parameters per model, as the study states them.
-SPEC_PARAMS = {
-    "model1": 6_379_786,
-    "model2": 21_798,
-    "model3": 17_354,
-    "model4": 14_450,
-    "model5": 12_122,
-    "model6": 7_664,
-}
+SPEC_PARAMS = {"model1": 6_379_786, "model2": 21_798, "model3": 17_354, "model4": 14_450,
+               "model5": 12_122, "model6": 7_664}
 
 
 def _torch():

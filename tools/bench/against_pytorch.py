@@ -110,7 +110,7 @@ def run_worker(name: str, spec: dict[str, Any]) -> dict[str, Any]:
                "--worker-spec", json.dumps(spec)]
         t = time.perf_counter()
         # The worker imports this very s7jax, installed or from a checkout.
-        package_root = str(Path(__file__).resolve().parents[3])
+        package_root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [package_root, *filter(None, [os.environ.get("PYTHONPATH")])])}
         proc = subprocess.run(cmd, env=env)
