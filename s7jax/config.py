@@ -1,9 +1,5 @@
-"""Every setting of a training run, in one frozen dataclass, with each
-model's default recipe.
-
-``Config`` round-trips through JSON (a run's ``config.json``) so that any
-committed run can be repeated exactly.
-"""
+"""Every setting of a run in one frozen dataclass, round-tripping through a
+run's ``config.json``, and each model's recipes."""
 
 from __future__ import annotations
 
@@ -25,9 +21,7 @@ MATMUL_PRECISIONS = ("default", "high", "highest")  # JAX's names
 
 
 def _flag(default: Any, help: str, group: str = "", **argparse_kwargs: Any) -> Any:
-    """A Config field with its command-line help: ``s7jax.cli`` makes one flag
-    per field (``batch_size`` -> ``--batch-size``) from this metadata, so a new
-    setting is added here and nowhere else."""
+    """A Config field and its flag's help: ``s7jax.cli`` makes one flag per field."""
     return dataclasses.field(default=default, metadata={"help": help, "group": group,
                                                         **argparse_kwargs})
 
@@ -38,8 +32,6 @@ class Config:
     epochs: int = _flag(MAX_EPOCHS, f"epochs to train (1..{MAX_EPOCHS} unless --allow-long)")
     batch_size: int = _flag(128, "training batch size (global, over all devices)")
     seed: int = _flag(0, "seed of init, shuffling, augmentation, dropout")
-    # Optimiser: SGD (momentum, optional Nesterov) or Adam(W); weight decay is
-    # decoupled (AdamW-style for Adam, added to the gradient for SGD).
     optimizer: str = _flag("sgd", "sgd or adam (AdamW when --weight-decay > 0)", "optimisation",
                            choices=("sgd", "adam"))
     lr: float = _flag(0.01, "learning rate (the peak, with --schedule onecycle)", "optimisation")
@@ -95,9 +87,8 @@ class Config:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Config":
-        """The Config a run's ``config.json`` records, checked like the flags:
-        every setting present (a missing one is not guessed: Config's defaults
-        are not the recipe's), each of its type, and the whole validated."""
+        """The Config a ``config.json`` records, checked like the flags; a missing
+        setting is an error (Config's defaults are not the recipe's)."""
         if not isinstance(data, dict):
             raise ConfigError(f"the config is a JSON {type(data).__name__}, not an object")
         fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -128,22 +119,14 @@ class Config:
         return json.dumps(self.to_json(), indent=2, sort_keys=True)
 
 
-# Settings added to Config after runs were recorded: a config.json without
-# one predates it, and ran with this value (TFDS was the only source, and one
-# step per call the only way).
+# Settings added after runs were recorded: a config.json without one ran so.
 ADDED_LATER: dict[str, Any] = {"data_source": "tfds", "steps_per_call": 1,
-                                # JAX's own precision was the only one
-                                "matmul_precision": "default",
-                                # neither existed: no smoothing, no average
-                                "label_smoothing": 0.0, "ema_decay": 0.0,
-                                # the cycle spanned the whole run
-                                "cycle_epochs": None}
+                                "matmul_precision": "default", "label_smoothing": 0.0,
+                                "ema_decay": 0.0, "cycle_epochs": None}
 
 
 def _typed(name: str, annotation: str, value: Any) -> Any:
-    """``value`` as a setting of type ``annotation`` (Config's annotations are
-    strings), or ConfigError: JSON gives bools for ints and strings for numbers
-    as easily as the right thing."""
+    """``value`` as a setting of type ``annotation`` (a string), or ConfigError."""
     if annotation == "AugmentConfig":
         return value
     ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -169,20 +152,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "model3": dict(_ONECYCLE, augment=NO_AUGMENT),
     "model4": dict(_ONECYCLE, augment=NO_AUGMENT),
     "model5": dict(_ONECYCLE, augment=AugmentConfig(7.0, 0.1, 0.1)),
-    # The recipe that holds 99.4%: one-cycle to a peak of 0.1 that ends after
-    # epoch 13, so that the last three epochs, the ones that count, evaluate
-    # a settled model (a cycle over all 15 left epoch 13 at a rate still too
-    # high to settle: most seeds' weakest); weight decay 1e-3, the last three
-    # epochs on clean images, and BN statistics re-estimated on clean
-    # training images (dropout off) before every evaluation. See
-    # docs/results.md (and its recipe trials, for what else was tried).
+    # The cycle ends after epoch 13 so that the last three epochs, the ones
+    # that count, evaluate a settled model (over all 15, epoch 13's rate was
+    # still too high: most seeds' weakest; see docs/results.md's recipe trials).
     "model6": dict(_ONECYCLE, lr=0.1, weight_decay=1e-3, cycle_epochs=13,
                    augment=AugmentConfig(7.0, 0.2, 0.2), clean_epochs=3, precise_bn=10_000),
 }
 
 
-# The original study's recipe for every model: constant SGD 0.01 with momentum
-# 0.9, augmentation for models 5 and 6 only (their jitter ranges differ).
+# The original study's recipe: augmentation for models 5 and 6 only.
 ORIGINAL: dict[str, dict[str, Any]] = {
     **{m: dict(_ORIGINAL, augment=NO_AUGMENT) for m in MODELS},
     "model5": dict(_ORIGINAL, augment=AugmentConfig(7.0, 0.1, 0.1)),
@@ -198,14 +176,12 @@ def validate_model(model: str) -> str:
 
 
 def default_config(model: str = "model6", recipe: str = "default", **overrides: Any) -> Config:
-    """``model``'s recipe (``default``: s7jax's; ``original``: the study's)
-    with ``overrides`` applied, validated."""
+    """``model``'s recipe (``default`` or ``original``) with ``overrides``, validated."""
     validate_model(model)
     if recipe not in RECIPES:
         raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
     settings = dict(RECIPES[recipe][model])
-    # A shorter run keeps the recipe's clean tail and its cycle, each at most
-    # the whole run.
+    # A shorter run keeps the clean tail and the cycle, each at most the run.
     for setting in ("clean_epochs", "cycle_epochs"):
         if "epochs" in overrides and setting not in overrides and settings.get(setting):
             settings[setting] = min(settings[setting], overrides["epochs"])

@@ -1,8 +1,5 @@
-"""The ways a run can end early, each with its exit code.
-
-Every message is one line that says what went wrong and what to do; the
-scripts print it without a traceback (see ``s7jax.cli``).
-"""
+"""The ways a run can end early, each with its exit code; every message is
+one line that says what went wrong and what to do."""
 
 from __future__ import annotations
 
@@ -48,9 +45,8 @@ class NonFiniteLossError(RunError):
 
 
 class Interrupted(RunError):
-    """Ctrl-C (SIGINT) or SIGTERM: a checkpoint of the current step was saved.
-    The exit code is the shell's for death by that signal, 128 + its number:
-    130 for SIGINT, 143 for SIGTERM."""
+    """Ctrl-C or SIGTERM: a checkpoint was saved. Exit 128 + the signal's
+    number, as the shell reports death by it."""
 
     def __init__(self, step: int, workdir, how: str | None = None, signum: int = 2):
         what = "terminated (SIGTERM)" if signum == 15 else "interrupted"
@@ -61,9 +57,7 @@ class Interrupted(RunError):
 
 
 class Terminated(BaseException):
-    """SIGTERM outside the training loop (loading data, compiling): raised by
-    the scripts' handler so that the run's folder is cleaned up as for
-    Ctrl-C, then exit 143. A BaseException, like KeyboardInterrupt, so that no
-    ``except Exception`` swallows it."""
+    """SIGTERM outside the training loop, cleaned up after as Ctrl-C is; a
+    BaseException, like KeyboardInterrupt, so no ``except Exception`` takes it."""
 
     exit_code = 143

@@ -1,15 +1,7 @@
-"""Where the train step and epoch spend their time, against the machine's limit.
-
-The command lives in ``tools.bench.parts``, beside the library (not in the wheel);
-this file runs it from a checkout. ``--help`` lists the flags.
-"""
-
+"""Runs tools.bench.parts from a checkout; --help lists its flags."""
+import runpy
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tools.bench.parts import main  # noqa: E402
-
-if __name__ == "__main__":
-    sys.exit(main())
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+runpy.run_module("tools.bench.parts", run_name="__main__")

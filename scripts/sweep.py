@@ -1,15 +1,7 @@
-"""Train a model over several seeds and summarise them.
-
-The command lives in ``s7jax.cli.sweep`` (installed as ``s7jax-sweep``);
-this file runs it from a checkout without installing. ``--help`` lists the flags.
-"""
-
+"""Runs s7jax.cli.sweep (s7jax-sweep) from a checkout; --help lists its flags."""
+import runpy
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from s7jax.cli.sweep import main  # noqa: E402
-
-if __name__ == "__main__":
-    sys.exit(main())
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+runpy.run_module("s7jax.cli.sweep", run_name="__main__")

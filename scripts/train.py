@@ -1,15 +1,7 @@
-"""Train one of the six models on MNIST and evaluate it after every epoch.
-
-The command lives in ``s7jax.cli.train`` (installed as ``s7jax-train``);
-this file runs it from a checkout without installing. ``--help`` lists the flags.
-"""
-
+"""Runs s7jax.cli.train (s7jax-train) from a checkout; --help lists its flags."""
+import runpy
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from s7jax.cli.train import main  # noqa: E402
-
-if __name__ == "__main__":
-    sys.exit(main())
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+runpy.run_module("s7jax.cli.train", run_name="__main__")

@@ -1,9 +1,9 @@
-"""What the scripts share: one-line errors with meaningful exit codes.
+"""What the commands share: flags made from Config's fields, and errors as one
+line with an exit code (2 bad input, 3 non-finite loss, 130 Ctrl-C, 143
+SIGTERM), never a traceback.
 
-Bad input never ends in a traceback: argument errors, invalid settings,
-unusable data and unwritable folders print one line on stderr and exit 2;
-a non-finite loss exits 3; Ctrl-C exits 130 and SIGTERM 143.
-"""
+Config, and with it JAX, is imported only where the flags are made: the
+benchmarks' workers import this module before their clock starts."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import sys
 from typing import Callable
 
 from s7jax.errors import RunError, Terminated
+from s7jax.training import compile_cache as xla_cache
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -30,10 +31,9 @@ def _terminate(signum, frame):
 
 @contextlib.contextmanager
 def exit_on_known_errors():
-    """Known errors as one line and their exit codes. SIGTERM, which would
-    kill the process where it stands, raises :class:`Terminated` instead, so
-    that what a Ctrl-C cleans up is cleaned up (the training loop turns both
-    into a checkpoint, see ``s7jax.runs.recorder.interrupt_flag``)."""
+    """Known errors as one line and their exit codes. SIGTERM raises
+    :class:`Terminated` instead of killing the process where it stands, so
+    that it is cleaned up after as Ctrl-C is."""
     with contextlib.suppress(ValueError):  # ValueError: not the main thread
         signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -41,7 +41,7 @@ def exit_on_known_errors():
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
-    except OSError as e:  # a file the scripts write outside the library's own checks
+    except OSError as e:  # a file the commands write outside the library's own checks
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -53,23 +53,23 @@ def exit_on_known_errors():
         raise SystemExit(Terminated.exit_code) from None
 
 
-def run_command(run: Callable[[], int], *, compile_cache: bool = False) -> int:
-    """A command's body: ``run()``, its known errors as one line
-    (:func:`exit_on_known_errors`); ``compile_cache``: XLA's persistent
-    cache first, for a command that compiles (a second identical run skips
-    XLA's compiles)."""
-    with exit_on_known_errors():
-        if compile_cache:
-            from s7jax.training import compile_cache as cache
+def command(parse_args: Callable, run: Callable, *, compile_cache: bool = False) -> Callable:
+    """A command's ``main(argv=None)``: ``run(parse_args(argv))``, exit 0
+    unless it returns a code. ``compile_cache``: XLA's persistent cache first,
+    so that a second identical run skips the compiles."""
+    def main(argv=None) -> int:
+        args = parse_args(argv)
+        with exit_on_known_errors():
+            if compile_cache:
+                xla_cache.enable()
+            return run(args) or 0
 
-            cache.enable()
-        return run()
+    return main
 
 
 def _recipe_choice(argv=None) -> tuple[str, str]:
-    """``(model, recipe)`` as given on the command line (model6 and default
-    when absent or unknown), read ahead of parsing so that ``--help`` can show
-    that recipe."""
+    """``(model, recipe)`` from the command line, read ahead of parsing so that
+    ``--help`` can show that recipe's values."""
     from s7jax.config import RECIPES
     from s7jax.models import MODELS
 
@@ -82,10 +82,10 @@ def _recipe_choice(argv=None) -> tuple[str, str]:
 
 
 def _config_fields():
-    """``(field, parent)`` for every setting: Config's fields, with the
-    augmentation's strengths (parent ``"augment"``) in place of ``augment``."""
-    from s7jax.data.augment import AugmentConfig
+    """``(field, parent)`` for every setting, the augmentation's strengths
+    (parent ``"augment"``) in place of ``augment``."""
     from s7jax.config import Config
+    from s7jax.data.augment import AugmentConfig
 
     for f in dataclasses.fields(Config):
         if f.name == "augment":
@@ -103,10 +103,8 @@ def _flag(name: str) -> str:
 
 
 def add_config_flags(p: argparse.ArgumentParser, argv=None) -> None:
-    """One flag per :class:`s7jax.config.Config` field, its help from the
-    field's metadata, plus ``--recipe`` and ``--no-augment``. A flag left out
-    keeps the recipe's value, which ``--help`` shows in brackets for the
-    ``--model`` and ``--recipe`` given."""
+    """One flag per Config field, plus ``--recipe`` and ``--no-augment``. A flag
+    left out keeps the recipe's value, which ``--help`` shows in brackets."""
     from s7jax.config import RECIPES, default_config
 
     model, recipe = _recipe_choice(argv)
@@ -138,8 +136,6 @@ def add_config_flags(p: argparse.ArgumentParser, argv=None) -> None:
 
 
 def add_data_flags(p, tfds: bool = True) -> None:
-    """Where MNIST comes from: ``--manual-dir`` (and ``--data-dir`` where TFDS
-    may be used)."""
     if tfds:
         p.add_argument("--data-dir", help="TFDS data_dir (default: TFDS's, honouring TFDS_DATA_DIR)")
     p.add_argument("--manual-dir", help="folder with the four official MNIST files and SHA256SUMS "
@@ -151,10 +147,9 @@ def add_progress_flag(p) -> None:
 
 
 def config_from_args(args: argparse.Namespace, **overrides):
-    """The recipe (``--recipe``, for ``--model``) with every flag that was
-    given applied."""
-    from s7jax.data.augment import NO_AUGMENT
+    """The recipe (``--recipe``, for ``--model``) with every flag given applied."""
     from s7jax.config import default_config
+    from s7jax.data.augment import NO_AUGMENT
 
     given, strengths = {}, {}
     for f, parent in _config_fields():

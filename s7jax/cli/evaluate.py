@@ -3,24 +3,29 @@
     python scripts/evaluate.py --checkpoint runs/model6-<timestamp>
     python scripts/evaluate.py --weights results/model6/seed-0/weights.msgpack
 
-restores the run's latest checkpoint (or the one given: a run folder, its
-``checkpoints/`` folder, or one step inside it) with the run's
-``config.json``, or loads a committed run's final weights (``s7jax.runs.weights``),
-and prints test loss and accuracy over the whole test set: the figures of the
-run's last ``metrics.jsonl`` row. ``--misclassified FILE.png`` also draws the
-misclassified test digits with their true and predicted labels.
+restores the run's latest checkpoint (or the step given) with its
+``config.json``, or loads a weights file, and prints the test loss and
+accuracy: the figures of the run's last ``metrics.jsonl`` row.
+``--misclassified FILE.png`` also draws the misclassified digits.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
 
-from s7jax.cli import OneLineErrorParser, add_data_flags, run_command
+from s7jax import data
+from s7jax.cli import OneLineErrorParser, add_data_flags, command
+from s7jax.config import TRAIN_IMAGES, Config
 from s7jax.errors import ConfigError
+from s7jax.models import get_model
+from s7jax.runs import checkpoint, runfiles, weights
+from s7jax.training.loops import device_eval_batches, evaluate
+from s7jax.training.steps import eval_step, initial_state, learning_rate_schedule
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,8 +43,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def locate(path: Path) -> tuple[Path, int | None]:
     """(run folder, step or None for the latest) from what the user gave."""
-    from s7jax.runs import runfiles
-
     for workdir, step in ((path, None), (path.parent, None), (path.parent.parent, path.name)):
         if runfiles.config_path(workdir).is_file():
             if step is not None and not step.isdigit():
@@ -48,17 +51,7 @@ def locate(path: Path) -> tuple[Path, int | None]:
     raise ConfigError(f"--checkpoint {path}: no run's config.json found at or above it")
 
 
-def run(args: argparse.Namespace) -> int:
-    import jax
-    import numpy as np
-
-    from s7jax import data
-    from s7jax.runs import checkpoint, runfiles, weights
-    from s7jax.config import TRAIN_IMAGES, Config
-    from s7jax.models import get_model
-    from s7jax.training.steps import eval_step, initial_state, learning_rate_schedule
-    from s7jax.training.loops import device_eval_batches, evaluate
-
+def run(args: argparse.Namespace) -> None:
     # The weights or the checkpoint first, read and verified: their faults
     # need no data, and come before TensorFlow loads.
     if args.weights:
@@ -87,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{where}: test loss {loss:.4f}, test acc {acc:.2f}% on {len(test):,} images")
 
     if args.misclassified:
-        from s7jax.runs import plots
+        from s7jax.runs import plots  # matplotlib
 
         apply = jax.jit(lambda s, x: s.apply_fn(
             {"params": s.params, "batch_stats": s.batch_stats}, x, train=False))
@@ -101,11 +94,9 @@ def run(args: argparse.Namespace) -> int:
                          args.misclassified, columns=12,
                          suptitle=f"{len(wrong)} misclassified of {len(test):,} (true -> predicted)")
         print(f"wrote {args.misclassified} ({len(shown)} of {len(wrong)} misclassified digits)")
-    return 0
 
 
-def main(argv=None) -> int:
-    return run_command(functools.partial(run, parse_args(argv)), compile_cache=True)
+main = command(parse_args, run, compile_cache=True)
 
 
 if __name__ == "__main__":

@@ -1,28 +1,24 @@
 """Train a model the way the original study did, in PyTorch, as a referee
-for s7jax's run of the same model (see ``s7jax.reference.referee``).
+for s7jax's run of the same model.
 
     python scripts/referee.py --model model2 --seed 0
 
-trains ``s7jax.reference.torch_reference``'s model2 (PyTorch's default initialisation)
-with SGD 0.01, momentum 0.9, batch 128 for 15 epochs, on the GPU where PyTorch
-sees one, else the CPU, and writes ``results/model2/torch-seed-0/``
-(``config.json``, ``metrics.jsonl``), which
-``scripts/report.py`` sets beside s7jax's runs in the "Against the original"
-table of ``docs/results.md``. Needs PyTorch and torchvision (``pip install -e '.[bench]'``).
+trains ``s7jax.reference.torch_reference``'s model2 with SGD 0.01, momentum
+0.9, batch 128 for 15 epochs, on PyTorch's GPU if it sees one, into
+``results/model2/torch-seed-0/`` (set beside s7jax's runs in docs/results.md). Needs PyTorch and torchvision
+(``pip install -e '.[bench]'``).
 """
 
 from __future__ import annotations
 
 import sys
 
-
-from s7jax.cli import (
-    OneLineErrorParser, add_data_flags, add_progress_flag, exit_on_known_errors)
+from s7jax.cli import OneLineErrorParser, add_data_flags, add_progress_flag, command
+from s7jax.config import MAX_EPOCHS
+from s7jax.reference.referee import RefereeConfig, train_referee, workdir_for
 
 
 def parse_args(argv=None):
-    from s7jax.config import MAX_EPOCHS
-
     p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="model6", help="model1 .. model6 (default model6)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and order seed (default 0)")
@@ -40,17 +36,15 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    with exit_on_known_errors():
-        from s7jax.reference.referee import RefereeConfig, train_referee, workdir_for
+def run(args) -> None:
+    config = RefereeConfig.original(args.model, args.seed, args.epochs, args.train_subset,
+                                    args.test_subset, args.allow_long)
+    workdir = args.workdir or workdir_for(args.results, config)
+    train_referee(config, workdir, manual_dir=args.manual_dir,
+                  overwrite=args.overwrite, show_progress=not args.no_progress)
 
-        config = RefereeConfig.original(args.model, args.seed, args.epochs, args.train_subset,
-                                        args.test_subset, args.allow_long)
-        workdir = args.workdir or workdir_for(args.results, config)
-        train_referee(config, workdir, manual_dir=args.manual_dir,
-                      overwrite=args.overwrite, show_progress=not args.no_progress)
-    return 0
+
+main = command(parse_args, run)
 
 
 if __name__ == "__main__":

@@ -2,28 +2,26 @@
 
     python scripts/reproduce.py results/model6/seed-3
 
-trains the run's exact config (``config.json``) from scratch in a fresh
-workdir (``runs/reproduce-<model>-seed-<s>-<timestamp>`` unless
-``--workdir``), then compares its ``metrics.jsonl`` with the recorded one,
-every figure but the wall-clock seconds, for exact equality. It writes the
-verdict to ``<run>/reproduce.json`` (the command, the environment of both
-runs, and each difference) and exits 0 when the run repeated, 1 when it did
-not. On the same backend and library versions a CPU run repeats bit for bit.
+trains the run's config from scratch in a fresh workdir, then compares every
+figure of its ``metrics.jsonl`` but the seconds with the recorded one, for
+exact equality. It writes the verdict to ``<run>/reproduce.json`` and exits 0
+when the run repeated, 1 when it did not. On the same backend and library
+versions a CPU run repeats bit for bit.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import shlex
 import sys
 import time
 from pathlib import Path
 
-
-from s7jax.cli import (
-    OneLineErrorParser, add_data_flags, add_progress_flag, run_command)
+from s7jax.cli import OneLineErrorParser, add_data_flags, add_progress_flag, command
+from s7jax.errors import ConfigError
+from s7jax.runs import runfiles
+from s7jax.training.train import train_and_evaluate
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,14 +30,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workdir", help="where the repeat goes (default runs/reproduce-...)")
     add_data_flags(p)
     add_progress_flag(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # for the verdict
+    return args
 
 
 def run(args: argparse.Namespace) -> int:
-    from s7jax.runs import runfiles
-    from s7jax.errors import ConfigError
-    from s7jax.training.train import train_and_evaluate
-
     run = Path(args.run)
     if not runfiles.config_path(run).is_file():
         raise ConfigError(f"{run}: no config.json there (not a run directory)")
@@ -84,11 +80,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    args.argv = argv  # the command as given, for the verdict
-    return run_command(functools.partial(run, args), compile_cache=True)
+main = command(parse_args, run, compile_cache=True)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
 
-from s7jax.cli import OneLineErrorParser, add_data_flags, exit_on_known_errors
+from s7jax import data
+from s7jax.cli import OneLineErrorParser, add_data_flags, command
+from s7jax.config import Config, validate
+from s7jax.data.augment import AugmentConfig, augment_tf
+from s7jax.data.tf_cpu import tensorflow
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,34 +36,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    with exit_on_known_errors():
-        import numpy as np
+def run(args: argparse.Namespace) -> None:
+    from s7jax.runs import plots  # matplotlib
 
-        from s7jax import data
-        from s7jax.runs import plots
-        from s7jax.data.augment import AugmentConfig, augment_tf
-        from s7jax.config import validate, Config
-        from s7jax.data.tf_cpu import tensorflow
+    config = AugmentConfig(args.degrees, args.brightness, args.contrast)
+    validate(Config(augment=config))
+    tf = tensorflow()
+    train = data.load_mnist(args.data_dir, args.manual_dir)["train"]
+    originals = train.images[: args.digits].astype(np.float32) / 255.0
+    rows = [originals]
+    for v in range(args.versions):
+        seed = tf.constant([args.seed, v], tf.int64)
+        rows.append(augment_tf(tf.constant(originals), seed, config).numpy())
+    titles = [f"label {train.labels[i]}" for i in range(args.digits)]
+    titles += [f"augmented {v + 1}" for v in range(args.versions) for _ in range(args.digits)]
+    plots.digit_grid(np.concatenate(rows), titles, args.out, columns=args.digits,
+                     suptitle=f"top row: originals; below: rotation +/-{config.degrees:g} deg, "
+                              f"brightness x[{1 - config.brightness:g}, {1 + config.brightness:g}], "
+                              f"contrast x[{1 - config.contrast:g}, {1 + config.contrast:g}]")
+    print(f"wrote {args.out}")
 
-        config = AugmentConfig(args.degrees, args.brightness, args.contrast)
-        validate(Config(augment=config))
-        tf = tensorflow()
-        train = data.load_mnist(args.data_dir, args.manual_dir)["train"]
-        originals = train.images[: args.digits].astype(np.float32) / 255.0
-        rows = [originals]
-        for v in range(args.versions):
-            seed = tf.constant([args.seed, v], tf.int64)
-            rows.append(augment_tf(tf.constant(originals), seed, config).numpy())
-        titles = [f"label {train.labels[i]}" for i in range(args.digits)]
-        titles += [f"augmented {v + 1}" for v in range(args.versions) for _ in range(args.digits)]
-        plots.digit_grid(np.concatenate(rows), titles, args.out, columns=args.digits,
-                         suptitle=f"top row: originals; below: rotation +/-{config.degrees:g} deg, "
-                                  f"brightness x[{1 - config.brightness:g}, {1 + config.brightness:g}], "
-                                  f"contrast x[{1 - config.contrast:g}, {1 + config.contrast:g}]")
-        print(f"wrote {args.out}")
-    return 0
+
+main = command(parse_args, run)
 
 
 if __name__ == "__main__":

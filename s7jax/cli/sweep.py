@@ -3,32 +3,26 @@
     python scripts/sweep.py --model model6 --seeds 5
 
 trains seeds 0..4 with model6's default recipe into
-``results/model6/seed-<s>/`` (with ``--recipe original``, the study's recipe,
-into ``results/model6/original-seed-<s>/``) (``config.json``, ``metrics.jsonl``, the
-final ``weights.msgpack``; a seed whose run is complete is skipped, an
-interrupted one resumes), then rewrites
-``results/summary.json`` (every model under ``results/``: per seed the
-accuracies of the last three epochs, their min and mean; per model the
-mean +/- std over seeds and the min) and ``results/<model>/seeds.png``.
-Training flags (``--epochs``, ``--lr``, ...) apply to every seed.
-
-    python scripts/sweep.py --model model6 --seeds 8 --together
-
-trains the seeds that are not done yet as one vectorised program
-(``s7jax.training.seeds``: ``jax.vmap`` over the runs), into the same folders.
+``results/model6/seed-<s>/`` (``--recipe original``: ``original-seed-<s>/``);
+a seed whose run is complete is skipped, an interrupted one resumes. Then it
+rewrites ``results/summary.json`` and ``results/<model>/seeds.png``. Training
+flags apply to every seed. ``--together`` trains the seeds not done yet as
+one vectorised program (``jax.vmap`` over the runs), into the same folders.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import dataclasses
 import sys
 from pathlib import Path
 
-
-from s7jax.cli import (OneLineErrorParser, add_config_flags, add_progress_flag, config_from_args,
-                       run_command)
+from s7jax.cli import (OneLineErrorParser, add_config_flags, add_progress_flag, command,
+                       config_from_args)
+from s7jax.errors import Interrupted
+from s7jax.runs import checkpoint, results, runfiles
+from s7jax.training.seeds import train_seeds
+from s7jax.training.train import resolve, train_and_evaluate
 
 
 # sweep.py has no --resume: it resumes a seed's run of the same config by itself.
@@ -60,12 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace) -> int:
-    from s7jax.runs import checkpoint, plots, results, runfiles
-    from s7jax.errors import Interrupted
-    from s7jax.training.seeds import train_seeds
-    from s7jax.training.train import resolve, train_and_evaluate
-
+def run(args: argparse.Namespace) -> None:
     results_dir = Path(args.results)
     fresh = []  # with --together: the seeds to train as one program
     for seed in range(args.seeds):
@@ -100,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     results.write_summary(results_dir)
     model, kind = config_from_args(args).model, args.recipe or "default"
     if kind == "default":
+        from s7jax.runs import plots  # matplotlib
+
         runs = {seed: runfiles.read_metrics(results.run_dir(results_dir, model, seed))
                 for seed in range(args.seeds)}
         plots.seeds(runs, results_dir / model / "seeds.png",
@@ -107,11 +98,9 @@ def run(args: argparse.Namespace) -> int:
     line = results.runs_of(results_dir, model, kind)
     print(f"\n{model} ({kind} recipe): last-3 mean {line['mean']:.3f} +/- {line['std']:.3f} "
           f"over {line['n_seeds']} seeds, min {line['min']:.2f}")
-    return 0
 
 
-def main(argv=None) -> int:
-    return run_command(functools.partial(run, parse_args(argv)), compile_cache=True)
+main = command(parse_args, run, compile_cache=True)
 
 
 if __name__ == "__main__":

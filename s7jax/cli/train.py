@@ -2,26 +2,30 @@
 
     python scripts/train.py --model model6
 
-runs model6's default recipe (``s7jax.config.DEFAULTS``) for 15 epochs and
-writes ``config.json``, ``metrics.jsonl``, ``curves.png``, ``weights.msgpack`` and ``checkpoints/``
-into ``runs/model6-<timestamp>/``. Every flag overrides one setting of the
-recipe; ``--resume WORKDIR`` continues an interrupted run.
-
-Exit codes: 0 done, 2 bad input (flags, config.json, data, workdir,
-checkpoints), 3 non-finite loss, 130 Ctrl-C and 143 SIGTERM (a checkpoint is
-saved; resume with --resume).
+runs model6's default recipe for 15 epochs into ``runs/model6-<timestamp>/``
+(``config.json``, ``metrics.jsonl``, ``curves.png``, ``weights.msgpack``,
+``checkpoints/``). Every flag overrides one setting of the recipe;
+``--resume WORKDIR`` continues an interrupted run. Exit codes: 0 done, 2 bad
+input, 3 non-finite loss, 130 Ctrl-C and 143 SIGTERM (a checkpoint is saved).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from pathlib import Path
 
+import jax
 
-from s7jax.cli import (OneLineErrorParser, add_config_flags, add_progress_flag, config_flags_given,
-                       config_from_args, run_command)
+from s7jax.cli import (OneLineErrorParser, add_config_flags, add_progress_flag, command,
+                       config_flags_given, config_from_args)
+from s7jax.errors import ConfigError
+from s7jax.models import get_model, init_variables
+from s7jax.models.summary import layer_table
+from s7jax.runs import runfiles
+from s7jax.training import parallel
+from s7jax.training.steps import PRNG_IMPL
+from s7jax.training.train import resolve, train_and_evaluate
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,25 +60,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def start_distributed(args: argparse.Namespace) -> None:
-    """Join this process to the others (before anything asks JAX for its
-    devices), so that the mesh spans every process's devices."""
-    import jax
-
+    """Join this process to the others before anything asks JAX for its
+    devices, so that the mesh spans every process's devices."""
     # CPU devices of several processes need a collectives library to talk.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=args.coordinator_address,
                                num_processes=args.num_processes, process_id=args.process_id)
 
 
-def run(args: argparse.Namespace) -> int:
-    from s7jax.runs import runfiles
-    from s7jax.training import parallel
-    from s7jax.config import ConfigError
-    from s7jax.models import get_model, init_variables
-    from s7jax.models.summary import layer_table
-    from s7jax.training.steps import PRNG_IMPL
-    from s7jax.training.train import train_and_evaluate
-
+def run(args: argparse.Namespace) -> None:
     if args.resume:
         workdir = Path(args.resume)
         flags = config_flags_given(args)
@@ -86,17 +80,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = config_from_args(args)
     if args.print_config:
-        from s7jax.training.train import resolve
-
         print(resolve(config).dumps())
-        return 0
+        return
     if not args.resume:
         workdir = Path(args.workdir) if args.workdir else runfiles.unique_dir(Path("runs"), config.model)
 
     if args.distributed:
         start_distributed(args)
-    import jax
-
     mesh = parallel.make_mesh()
 
     def banner():  # once the folder and the checkpoint are known good: errors come first
@@ -114,18 +104,16 @@ def run(args: argparse.Namespace) -> int:
     if not runfiles.writes_files():
         print(f"process {jax.process_index()} of {jax.process_count()}: process 0 writes the "
               "run's files")
-        return 0
+        return
     from s7jax.runs import plots  # matplotlib: not before the checks that need no data
 
     curves = plots.curves(history, runfiles.curves_path(workdir),
                           title=f"{config.model}, seed {config.seed}")
-    print(f"wrote {runfiles.metrics_path(workdir)}, {curves}, "
-          f"{runfiles.weights_path(workdir)}, {runfiles.checkpoint_dir(workdir)}/")
-    return 0
+    written = [runfiles.metrics_path(workdir), curves, runfiles.weights_path(workdir)]
+    print(f"wrote {', '.join(map(str, written))}, {runfiles.checkpoint_dir(workdir)}/")
 
 
-def main(argv=None) -> int:
-    return run_command(functools.partial(run, parse_args(argv)), compile_cache=True)
+main = command(parse_args, run, compile_cache=True)
 
 
 if __name__ == "__main__":

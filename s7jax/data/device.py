@@ -1,7 +1,5 @@
-"""Batches made on the accelerator: :class:`DeviceTrainData`, the training
-split resident there, batched and augmented in JAX, one jitted call per batch
-or folded into a compiled epoch, with the same batches either way.
-"""
+"""Training batches made on the accelerator, one jitted call per batch or
+inside a compiled epoch, the same batches either way."""
 
 from __future__ import annotations
 
@@ -20,17 +18,11 @@ from s7jax.models.seedwise import seedwise
 
 @struct.dataclass
 class DeviceTrainData:
-    """The training split resident on the accelerator(s), batched and
-    augmented there in JAX: no host pipeline, no host-to-device copies.
-
-    A pytree (``flax.struct``), so it passes into jitted functions as an
-    argument: the arrays as traced inputs, never baked into a program as
-    constants. Like :func:`~s7jax.data.host.train_dataset`, each batch is a
-    pure function of (seed, step): the epoch's permutation comes from
-    ``fold_in(shuffle_key, epoch)`` and the augmentation from
-    ``fold_in(augment_key, step)``. The two pipelines sample the same
-    distributions with different random streams.
-    """
+    """The training split resident on the accelerator(s), batched and augmented
+    there. A pytree, so the arrays enter jitted functions as arguments, never as
+    constants. Each batch is a pure function of (seed, step): the permutation
+    from ``fold_in(shuffle_key, epoch)``, the augmentation from
+    ``fold_in(augment_key, step)`` (other streams than tf.data's)."""
 
     images: jax.Array  # uint8 (N, 28, 28, 1)
     labels: jax.Array  # int32 (N,)
@@ -58,9 +50,8 @@ class DeviceTrainData:
         return tuple(jax.random.split(jax.random.key(seed, impl="rbg")))
 
     def for_seeds(self, seeds) -> tuple["DeviceTrainData", "DeviceTrainData"]:
-        """This data with each seed's own keys stacked along a leading axis, and
-        the ``in_axes`` that ``jax.vmap`` needs for it (the images and labels,
-        put on the device once, shared by every seed)."""
+        """This data with each seed's keys stacked, and the ``in_axes`` for
+        ``jax.vmap`` (the images and labels shared by every seed)."""
         keys = [self.keys_for(s) for s in seeds]
         stacked = dataclasses.replace(self, shuffle_key=jnp.stack([k for k, _ in keys]),
                                       augment_key=jnp.stack([k for _, k in keys]))
@@ -102,9 +93,8 @@ class DeviceTrainData:
 
     def scan(self, fn: Callable[[Any, dict[str, jax.Array]], tuple[Any, Any]], carry: Any,
              epoch, first: int = 0) -> tuple[Any, Any]:
-        """``lax.scan`` of ``fn(carry, batch) -> (carry, y)`` over the batches
-        of steps ``first .. steps - 1`` of ``epoch``, inside whatever program
-        calls it: the batches are exactly those :meth:`batches` yields."""
+        """``lax.scan`` of ``fn(carry, batch)`` over the batches :meth:`batches`
+        yields for steps ``first ..`` of ``epoch``, inside the calling program."""
         order = self.order(epoch)
         steps = jnp.arange(first, self.steps) + epoch * self.steps
         return jax.lax.scan(lambda c, step: fn(c, self.batch(order, step)), carry, steps)

@@ -1,11 +1,6 @@
-"""The ``idx`` source: MNIST's four official files, found
-(:func:`default_manual_dir`), checked against ``SHA256SUMS`` and read with
-numpy, IDX headers checked, into one :class:`Split` per split. No TensorFlow
-involved.
-
-The files are checked before anything reads them: given a missing file, TFDS
-would try to download it and take minutes to fail.
-"""
+"""The ``idx`` source: MNIST's four official files, checked against
+``SHA256SUMS`` (given a missing file, TFDS would try for minutes to download
+it) and read with numpy into one :class:`Split` per split."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
 """Batches made on the host: the normalisation every pipeline shares, the
-epoch's length, the tf.data training pipeline (TensorFlow's stateless random
-ops keyed on the seed, epoch and step, so each batch is a pure function of
-(seed, step)), and the evaluation batches, plain numpy on every path.
-
-TensorFlow loads only when :func:`train_dataset` is called.
-"""
+tf.data training pipeline (stateless random ops keyed on seed, epoch and
+step) and the evaluation batches. TensorFlow loads only in :func:`train_dataset`."""
 
 from __future__ import annotations
 
@@ -21,12 +17,8 @@ MEAN, STD = 0.1307, 0.3081  # training-set pixel statistics after scaling to [0,
 
 
 def normalize(images_uint8, compute_dtype=np.float32):
-    """uint8 pixels -> float32 ``(x / 255 - MEAN) / STD`` (numpy or JAX arrays).
-
-    Computed in float32 throughout by default, the same figures as the
-    tf.data pipeline's; the BatchNorm calibration images of every recorded run
-    were computed in float64 (``compute_dtype=np.float64``) and rounded once.
-    """
+    """uint8 pixels -> ``(x / 255 - MEAN) / STD``, in float32 like tf.data
+    (the recorded runs' BN calibration images used ``np.float64``)."""
     d = np.dtype(compute_dtype)
     x = images_uint8.astype(d) / d.type(255.0)
     return ((x - d.type(MEAN)) / d.type(STD)).astype(np.float32)
@@ -51,10 +43,8 @@ def train_dataset(
     start_step: int = 0,
     clean_epochs: int = 0,
 ):
-    """A tf.data pipeline of ``epochs`` epochs of normalised training batches,
-    ``{"image": float32 (B, 28, 28, 1), "label": int32 (B,)}``, starting at
-    global step ``start_step``. Epochs ``>= epochs - clean_epochs`` are not
-    augmented."""
+    """tf.data batches of ``epochs`` epochs from global step ``start_step``;
+    the last ``clean_epochs`` are not augmented."""
     tf = tensorflow()
     steps = steps_per_epoch(len(split), batch_size)
     images = tf.constant(split.images)
@@ -87,10 +77,8 @@ def train_dataset(
 
 
 def eval_batches(split: Split, *, batch_size: int) -> dict[str, np.ndarray]:
-    """The whole split as normalised batches, stacked: ``image (n, B, 28, 28,
-    1)``, ``label (n, B)``, ``mask (n, B)``. Every example is counted exactly
-    once: the last batch is padded to full size and its padding masked out, so
-    the eval step compiles once and counts nothing twice."""
+    """The whole split as stacked normalised batches with a ``mask``: the last
+    batch padded and its padding masked, so the eval step compiles once."""
     n = len(split)
     batches = -(-n // batch_size)
     pad = batches * batch_size - n

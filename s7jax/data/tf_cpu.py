@@ -1,21 +1,8 @@
-"""TensorFlow for the input pipeline only: kept off every accelerator, and
-imported without its start-up banner.
-
-tf.data and TFDS run on the host. If TensorFlow initialised the GPU or TPU it
-would reserve its memory and compete with JAX for it, so every module of
-s7jax takes TensorFlow from :func:`tensorflow`, which hides those devices
-before TensorFlow first touches them. The import is deferred so that code on
-the JAX-only path never pays for loading TensorFlow.
-
-TensorFlow's native libraries log a few INFO lines while they load (absl's
-"All log messages before absl::InitializeLog()..." and oneDNN's notice, once
-per library) straight to file descriptor 2, before any setting of theirs is
-read: ``TF_CPP_MIN_LOG_LEVEL`` does not silence them, and
-``TF_ENABLE_ONEDNN_OPTS=0`` would change TensorFlow's numerics, and with them
-the recorded runs. So the import runs with descriptor 2 captured, and every
-captured line but those INFO lines is written back: a real warning or error
-of the import still reaches stderr.
-"""
+"""TensorFlow for the input pipeline only: kept off every accelerator (it
+would reserve the memory JAX needs), imported on first use, and without its
+start-up banner. Its native libraries log INFO lines to descriptor 2 before
+any setting is read (``TF_ENABLE_ONEDNN_OPTS=0`` would change the numerics),
+so the import runs with descriptor 2 captured and every other line written back."""
 
 from __future__ import annotations
 

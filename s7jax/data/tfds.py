@@ -1,12 +1,7 @@
-"""The ``tfds`` source: TFDS's ``mnist``, prepared offline from the official
-files through TFDS's manual-download mechanism (no network), in TFDS's own
-``data_dir`` (which honours ``TFDS_DATA_DIR``), and read back into one
-:class:`~s7jax.data.files.Split` per split. Processes preparing one folder
-take turns; a prepared folder that cannot be read is rebuilt once.
-
-TensorFlow loads only inside these functions, never on import, and only
-after the files have passed their checks.
-"""
+"""The ``tfds`` source: TFDS's ``mnist`` prepared offline from the official
+files (manual download, no network) in TFDS's ``data_dir``, read back as one
+:class:`~s7jax.data.files.Split` per split. TensorFlow loads only inside
+these functions, after the files have passed their checks."""
 
 from __future__ import annotations
 

@@ -1,29 +1,16 @@
-"""Three layers written for speed on XLA:CPU, same maths as the stock ones.
+"""Three layers written for speed on XLA:CPU, with the stock ones' maths.
+``scripts/bench_step.py`` times each against the stock one (model6, batch 128):
 
-Measured on the 2-core CPU this project is developed on
-(``python scripts/bench_step.py`` times each choice against the stock one in
-one run), for model6's shapes at batch 128:
-
-* 2x2 max pooling: ``nn.max_pool``'s gradient (``select_and_scatter``) is
-  lowered by XLA:CPU to an arg-max over four materialised index arrays and
-  a scatter, and took close to half of the train step. :func:`max_pool_2x2`
-  takes the max of four strided views, records which of the four won, and
-  routes the gradient by that index with elementwise selects: the values and
-  the gradient of ``nn.max_pool``, tested inside the compiled train step.
-* Dropout masks: ``jax.random.bernoulli`` costs more than the rest of a
-  dropout layer several times over (XLA's ``RngBitGenerator`` on CPU).
-  :class:`Dropout` draws two 32-bit words from the ``dropout`` rng and
-  hashes each element's index with them instead: one random word per
-  element, as before, from a keyed integer hash rather than a cipher. Being
-  a function of the global element index, the mask is the same whatever the
-  sharding.
-* Convolution gradients: XLA:CPU runs a convolution fast when it is in its
-  canonical form (batch-major input, ``HWIO`` kernel). In a single step its
-  own passes rewrite both gradients into that form, but not inside a loop
-  (``lax.scan``: ``--pipeline scan``), where the step took several times as
-  long (``bench_step.py``'s lax.scan rows). :func:`conv` writes both
-  gradients as canonical convolutions itself, so the step runs inside the
-  epoch's loop as fast as alone, and computes the same state bit for bit.
+* :func:`max_pool_2x2`: XLA:CPU lowers ``nn.max_pool``'s gradient to an
+  arg-max and a scatter, close to half of the train step; here it is routed
+  by the window's recorded winner with elementwise selects.
+* :class:`Dropout`: ``jax.random.bernoulli`` costs several times the rest of
+  the layer on CPU; the mask hashes each element's global index with two
+  random words instead (the same mask whatever the sharding).
+* :func:`conv`: XLA:CPU runs a convolution fast in its canonical form, and
+  rewrites the gradients into it in a single step but not inside
+  ``lax.scan`` (``--pipeline scan``), where the step took several times as
+  long; here both gradients are canonical convolutions (bit for bit the same).
 """
 
 from __future__ import annotations
@@ -76,12 +63,9 @@ _conv_stride1.defvjp(_conv_fwd, _conv_bwd)
 
 def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-    """Drop-in for ``lax.conv_general_dilated`` (``nn.Conv(conv_general_dilated=conv)``).
-
-    Takes the canonical-gradient path for what the study uses (NHWC, stride 1,
-    no dilation, no groups, explicit padding) on CPU, and defers to XLA
-    otherwise: on GPU and TPU XLA's own convolution passes handle gradients.
-    """
+    """Drop-in for ``lax.conv_general_dilated``: the canonical-gradient path
+    for what the study uses (NHWC, stride 1, explicit padding) on CPU, XLA's
+    own elsewhere (on GPU and TPU its passes handle the gradients)."""
     simple = (tuple(window_strides) == (1, 1) and feature_group_count == 1
               and not kwargs and precision is None
               and all(d in (None, 1, (1, 1)) for d in (lhs_dilation, rhs_dilation))
@@ -94,9 +78,8 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max pooling, stride 2, NHWC (odd edges dropped, as VALID pooling
-    does), whose gradient goes to the first maximum of each window in
-    row-major order, as ``nn.max_pool``'s does."""
+    """2x2 max pooling, stride 2, NHWC (odd edges dropped); the gradient goes
+    to each window's first maximum in row-major order, as ``nn.max_pool``'s."""
     return _pool_even(x[:, :x.shape[1] - x.shape[1] % 2, :x.shape[2] - x.shape[2] % 2, :])
 
 
@@ -127,8 +110,6 @@ def _pool_fwd(x):
 
 def _pool_bwd(winner, g):
     n, h, w, channels = g.shape
-    # Elementwise selects, which fuse: XLA:CPU lowers nn.max_pool's gradient
-    # (select_and_scatter) to an arg-max and a scatter, half of model6's step.
     a, b, c, d = (jnp.where(winner == k, g, jnp.zeros_like(g)) for k in range(4))
     rows = jnp.stack([jnp.stack([a, b], axis=3), jnp.stack([c, d], axis=3)], axis=2)
     return (rows.reshape(n, 2 * h, 2 * w, channels),)

@@ -1,15 +1,10 @@
 """Random draws that stay those of their own seed under ``jax.vmap``.
 
-JAX's ``rbg`` keys (``s7jax.training.steps.PRNG_IMPL``) are cheap on every backend,
-but their random bits are not vmap-invariant: drawn under ``jax.vmap`` over
-a batch of keys, they differ from the bits each key gives on its own
-(``split`` and ``fold_in`` do agree). :func:`seedwise` wraps a function that
-draws random bits so that, when vmapped (over seeds, in ``s7jax.training.seeds``), it
-runs once per key in a loop (``lax.map``) instead: each seed then sees
-exactly the numbers of its own single run. Unbatched, the wrapped function is
-the function itself. The draws it guards are small (two words per dropout
-layer, three uniforms per image, one permutation per epoch), so the loop
-costs little next to the convolutions, which stay vectorised.
+The random bits of JAX's ``rbg`` keys are not vmap-invariant: drawn under
+``jax.vmap`` over keys, they differ from each key's own (``split`` and
+``fold_in`` agree). :func:`seedwise` runs a drawing function once per key
+(``lax.map``) when vmapped over seeds, so each seed sees the numbers of its
+single run. The draws are small, so the loop costs little.
 """
 
 from __future__ import annotations
@@ -22,10 +17,8 @@ from jax import custom_batching
 
 
 def seedwise(f: Callable) -> Callable:
-    """``f`` itself, except that ``jax.vmap`` maps it sequentially (``lax.map``).
-
-    Every argument of ``f`` is traced (its defaults too): close over static
-    values (shapes, configs) instead of passing them."""
+    """``f``, but mapped sequentially under ``jax.vmap``. Every argument is
+    traced: close over static values (shapes, configs) instead."""
     g = custom_batching.custom_vmap(f)
 
     @g.def_vmap

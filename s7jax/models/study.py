@@ -1,19 +1,9 @@
-"""The six MNIST classifiers of the study, in Flax Linen.
+"""The six MNIST classifiers of the study, in Flax Linen, layer for layer.
 
-Each model mirrors the architecture of the same number in the study, layer
-for layer (``tests/test_models.py`` pins every parameter total, and
-``s7jax.reference.torch_reference`` builds the same layers in PyTorch on its own). They all take NHWC float32 images
-``(B, 28, 28, 1)`` (already normalised) and return log-probabilities
-``(B, 10)``::
-
-    model = MODELS["model6"]()
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-    log_probs = model.apply(variables, images, train=False)
-
-In training, pass ``train=True``, ``mutable=["batch_stats"]`` and a
-``{"dropout": key}`` rng. Spatial sizes are 28 -> 14 -> 7 -> 5 -> 3 -> 1.
-
-Run ``python -m s7jax.models`` for a table of the six models.
+Each takes normalised NHWC images ``(B, 28, 28, 1)`` and returns
+log-probabilities ``(B, 10)``; in training pass ``train=True``,
+``mutable=["batch_stats"]`` and a ``{"dropout": key}`` rng. Spatial sizes
+are 28 -> 14 -> 7 -> 5 -> 3 -> 1.
 """
 
 from __future__ import annotations
@@ -41,8 +31,7 @@ BN_EPSILON = 1e-5
 
 
 class MaxPool(nn.Module):
-    """2x2 max pooling, stride 2. A module (not a bare function) so that it
-    shows up by name in summaries and captured intermediates."""
+    """2x2 max pooling, stride 2; a module so that it is named in summaries."""
 
     @nn.compact
     def __call__(self, x):
@@ -50,12 +39,8 @@ class MaxPool(nn.Module):
 
 
 def _batch_norm(index: int, train: bool, momentum: float) -> nn.BatchNorm:
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=momentum,
-        epsilon=BN_EPSILON,
-        name=f"bn{index}",
-    )
+    return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=BN_EPSILON,
+                        name=f"bn{index}")
 
 
 def _log_softmax_head(x: jax.Array) -> jax.Array:
@@ -97,10 +82,8 @@ class Model2(_PlainNet):
 
 
 class _BatchNormNet(nn.Module):
-    """Models 3 and 4: conv-BN-ReLU for convs 1-5, conv 6 with ReLU, conv 7 bare.
-
-    ``dropout_rate`` (model 4) is applied right after each of the two pools.
-    """
+    """Models 3 and 4: conv-BN-ReLU for convs 1-5, conv 6 with ReLU, conv 7
+    bare; ``dropout_rate`` (model 4) right after each of the two pools."""
 
     channels: tuple[int, ...]
     dropout_rate: float = 0.0
@@ -167,12 +150,8 @@ class Model5(nn.Module):
 
 
 class Model6(nn.Module):
-    """Under 8,000 parameters (7,664).
-
-    Convs 1-5 have no bias (the BN shift that follows makes one redundant);
-    drop(0.1) after the ReLU of convs 1-4; conv 6 has no activation and feeds
-    conv 7 directly.
-    """
+    """Under 8,000 parameters (7,664). Convs 1-5 have no bias (the BN shift
+    that follows makes one redundant); drop(0.1) after the ReLU of convs 1-4."""
 
     dropout_rate: float = 0.1
     bn_momentum: float = BN_MOMENTUM
@@ -198,14 +177,8 @@ class Model6(nn.Module):
         return _log_softmax_head(x)
 
 
-MODELS: dict[str, type[nn.Module]] = {
-    "model1": Model1,
-    "model2": Model2,
-    "model3": Model3,
-    "model4": Model4,
-    "model5": Model5,
-    "model6": Model6,
-}
+MODELS: dict[str, type[nn.Module]] = {"model1": Model1, "model2": Model2, "model3": Model3,
+                                      "model4": Model4, "model5": Model5, "model6": Model6}
 
 INPUT_SHAPE = (28, 28, 1)
 
@@ -219,11 +192,8 @@ def get_model(name: str) -> nn.Module:
 
 
 def init_variables(model: nn.Module, key: jax.Array, batch_size: int = 1) -> dict:
-    """Initial ``{"params": ..., "batch_stats": ...}`` for an MNIST batch shape.
-
-    Compiled as one program: eager init dispatches (and compiles) every random
-    op separately, which takes tens of seconds on a CPU.
-    """
+    """Initial ``{"params", "batch_stats"}``, compiled as one program: eager
+    init compiles every random op on its own, tens of seconds on a CPU."""
     if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         raise TypeError(f"init_variables key: a typed JAX key (jax.random.key), got {key.dtype}")
     chex.assert_shape(key, (), custom_message="init_variables key: one JAX key")
@@ -232,6 +202,5 @@ def init_variables(model: nn.Module, key: jax.Array, batch_size: int = 1) -> dic
 
 
 def count_params(variables) -> int:
-    """Trainable parameters: the ``params`` collection only (BN running
-    statistics are state, not parameters)."""
+    """Trainable parameters (BN running statistics are state, not parameters)."""
     return sum(int(leaf.size) for leaf in jax.tree_util.tree_leaves(variables["params"]))

@@ -1,33 +1,16 @@
-"""The six models in PyTorch, written from the spec, and a port of Flax weights.
-
-This is the yardstick for s7jax: the original study's models were PyTorch
-``nn.Module``\\ s, so ``tests/test_parity.py`` ports the Flax variables of each
-model into the network built here and checks that both compute the same
-log-probabilities, and the referee (``s7jax.reference.referee``) and ``scripts/bench.py``
-train them with the original recipe's step and epoch written here once
-(:func:`transform`, :func:`sgd_step`, :func:`train_epoch`). The networks are
-written straight from the study's layer tables (channels, padding, bias,
-order of operations), not from ``s7jax.models``, so that agreement means
-something::
+"""The six models in PyTorch, written from the study's layer tables (not from
+``s7jax.models``, so that agreement means something), and a port of Flax
+weights by layer name::
 
     net = build("model6")                       # torch.nn.Sequential, NCHW input
-    load_flax_variables(net, variables)         # {"params", "batch_stats"} of Model6
-    net.eval()
-    log_probs = net(torch.from_numpy(images_nhwc).permute(0, 3, 1, 2))
+    load_flax_variables(net, variables)
+    log_probs = net.eval()(torch.from_numpy(images_nhwc).permute(0, 3, 1, 2))
 
-Layers carry the Flax names (``conv1``..``conv7``, ``bn1``..``bn5``), so the
-port is by name: a Flax kernel ``(H, W, I, O)`` becomes a torch weight
-``(O, I, H, W)``; BN ``scale``/``bias`` become ``weight``/``bias`` and the
-``batch_stats`` ``mean``/``var`` become ``running_mean``/``running_var``.
-
-BatchNorm is ``BatchNorm2d(eps=1e-5, momentum=0.1)``, as in the original.
-One difference between the frameworks remains in training mode: PyTorch
-updates ``running_var`` with the unbiased batch variance (times n / (n - 1),
-n = batch x height x width), Flax with the biased one; with n >= 128 x 1 x 1
-the two differ by under 1%, and in eval mode not at all.
-
-PyTorch is optional (``pip install -e .[bench]``): this module imports it on
-first use, so it can be imported (and documented) without it.
+``tests/test_parity.py`` checks both compute the same log-probabilities; the
+referee and ``scripts/bench.py`` train them with the original step and epoch
+written here once. In training mode PyTorch's BN updates ``running_var``
+with the unbiased variance, Flax with the biased one (under 1% apart at
+n >= 128). PyTorch is imported on first use.
 """
 
 from __future__ import annotations
@@ -110,14 +93,8 @@ def _spec(name: str) -> list[tuple]:
 MODEL_NAMES = ("model1", "model2", "model3", "model4", "model5", "model6")
 
 # Trainable parameters per model, as the study states them.
-SPEC_PARAMS = {
-    "model1": 6_379_786,
-    "model2": 21_798,
-    "model3": 17_354,
-    "model4": 14_450,
-    "model5": 12_122,
-    "model6": 7_664,
-}
+SPEC_PARAMS = {"model1": 6_379_786, "model2": 21_798, "model3": 17_354, "model4": 14_450,
+               "model5": 12_122, "model6": 7_664}
 
 
 def _torch():
@@ -157,11 +134,9 @@ def build(name: str) -> Any:
 
 
 def transform(augment=None) -> Any:
-    """The original's transform of one MNIST image (a PIL 'L' image, as
-    torchvision's MNIST serves it): with ``augment`` (an enabled
-    ``s7jax.data.augment.AugmentConfig``) ``RandomRotation(+/-degrees, fill=0)``
-    and ``ColorJitter(brightness, contrast)`` first; then ``ToTensor`` and
-    ``Normalize(0.1307, 0.3081)``. Needs torchvision."""
+    """The original's transform of one PIL image: with ``augment``,
+    ``RandomRotation`` and ``ColorJitter`` first; then ``ToTensor`` and
+    ``Normalize(0.1307, 0.3081)``."""
     from torchvision import transforms
 
     from s7jax.data import MEAN, STD
@@ -174,9 +149,7 @@ def transform(augment=None) -> Any:
 
 
 def sgd_step(net, optimizer, images, labels) -> tuple[Any, Any]:
-    """One training step of the original: the negative log-likelihood of the
-    net's log-probabilities, its gradient and the optimiser's step; returns
-    ``(log_probs, loss)``, still on the device."""
+    """One step of the original (NLL, gradient, optimiser step): ``(log_probs, loss)``."""
     F = _torch().nn.functional
     optimizer.zero_grad()
     out = net(images)
@@ -187,11 +160,8 @@ def sgd_step(net, optimizer, images, labels) -> tuple[Any, Any]:
 
 
 def train_epoch(net, optimizer, batches, on_step=None) -> tuple[float, int, int]:
-    """One epoch as the original notebooks' ``train()`` runs it: ``net`` in
-    train mode, :func:`sgd_step` on each ``(images, labels)`` of ``batches``,
-    the loss and accuracy read back after every step (``on_step()`` then, if
-    given). Returns (the sum of each batch's mean loss times its size, the
-    correct predictions, the images)."""
+    """One epoch as the original notebooks' ``train()`` runs it, reading the
+    loss back after every step: (sum of batch loss x size, correct, images)."""
     net.train()
     loss_sum, correct, seen = 0.0, 0, 0
     for images, labels in batches:
@@ -214,11 +184,8 @@ def _to_numpy(x) -> np.ndarray:
 
 
 def flax_to_state_dict(variables: Mapping[str, Any]) -> OrderedDict[str, Any]:
-    """A torch ``state_dict`` from Flax ``{"params": ..., "batch_stats": ...}``.
-
-    ``conv{i}`` kernels go from HWIO to OIHW; ``bn{i}`` scale/bias and running
-    mean/variance map onto weight/bias/running_mean/running_var.
-    """
+    """A torch ``state_dict`` from Flax ``{"params", "batch_stats"}``
+    (kernels HWIO -> OIHW; BN scale/bias/mean/var -> weight/bias/running_*)."""
     torch = _torch()
     params = variables["params"]
     stats = variables.get("batch_stats", {}) or {}

@@ -1,15 +1,7 @@
-"""Saving and restoring a run's train state with Orbax.
-
-A checkpoint holds the whole state (parameters, BatchNorm statistics,
-optimizer state, step) and a small JSON record of where the run stood: the
-epoch, the metric sums of a partly done epoch, and the history so far. That is
-all ``--resume`` needs to continue exactly where the run stopped.
-
-Faults end in one line (``s7jax.errors``): a save that fails (a full disk, a
-file where the folder goes) raises WriteError and leaves no half-written
-checkpoint behind; a checkpoint that cannot be read falls back to the one
-before it, and one that does not fit the run's config raises CheckpointError.
-"""
+"""Saving and restoring a run's train state with Orbax: the whole state and
+a JSON record of where the run stood (epoch, a partial epoch's metric sums,
+the history), all ``--resume`` needs. A failed save leaves no half-written
+checkpoint (WriteError); an unreadable one falls back to the one before."""
 
 from __future__ import annotations
 
@@ -79,18 +71,11 @@ class _Leftovers(logging.Filter):
 
 @contextlib.contextmanager
 def _leftovers_silenced():
-    """Keep Orbax's after-effects of a failed save or restore off stderr.
-
-    When a write or read of array data fails, Orbax raises the error (which
-    the caller turns into one line) but leaves behind asyncio futures whose
-    exception nobody retrieves, logged whenever each is collected (up to the
-    interpreter's exit), coroutines it never awaited, warned of when they are
-    collected, and TensorStore callbacks into an event loop it has closed,
-    reported as unraisable exceptions; its threads also log each failure,
-    traceback and all, through absl: dozens of tracebacks for one fault.
-    Those four kinds of message are dropped while Orbax works and,
-    once a call has failed, for the rest of the process (s7jax has no asyncio
-    of its own); every other message still gets through."""
+    """Keep Orbax's after-effects of a failed save or restore off stderr: its
+    unretrieved asyncio futures, unawaited coroutines, TensorStore callbacks
+    into a closed loop and absl tracebacks, dozens for one fault that the caller
+    already reports in one line. Dropped from the first failure on (s7jax has no
+    asyncio of its own); every other message gets through."""
     undo = _drop_leftovers()
     try:
         yield
@@ -181,15 +166,9 @@ def _restore_one(directory: Path, abstract_state: Any, step: int):
 
 def restore(directory: str | Path, abstract_state: Any, step: int | None = None,
             log: Callable[[str], None] | None = None):
-    """``(state, record)`` of checkpoint ``step`` (default: the latest intact
-    one), with arrays laid out like ``abstract_state``.
-
-    Without ``step``, a checkpoint that cannot be read, or whose arrays do not
-    match the checksum saved with them, is passed over for the one before it,
-    and ``log`` says so. A checkpoint whose arrays do not fit
-    ``abstract_state`` (another model than the config names) raises
-    CheckpointError, as does a folder with no checkpoint to restore.
-    """
+    """``(state, record)`` of checkpoint ``step``, or of the latest intact one
+    (an unreadable one, or one failing its checksum, is passed over, and ``log``
+    says so). CheckpointError if the arrays do not fit ``abstract_state``."""
     directory = Path(directory)
     try:
         steps = all_steps(directory) if step is None else [step]

@@ -1,19 +1,7 @@
-"""Live curves: a run's per-epoch figures as TensorBoard event files.
-
-    tensorboard --logdir runs/
-
-Each run writes ``<workdir>/tensorboard/events.out.tfevents.*`` as its epochs
-end: train and test loss and accuracy, the learning rate, and the time per
-step (the epoch's wall time, evaluation included, over the steps it trained),
-one point per epoch, numbered by epoch. A resumed run adds a file; TensorBoard
-reads them as one run.
-
-The events are written by tensorboardX (pure Python, no TensorFlow, so the
-``idx`` path writes them too), through its synchronous ``EventsWriter``
-rather than its ``SummaryWriter``: the latter writes from a background thread,
-where a full disk would end in a thread's traceback instead of the run's one
-line. Here a failed write is a WriteError, like the metrics row it follows.
-"""
+"""A run's per-epoch figures as TensorBoard event files (``tensorboard
+--logdir runs/``), one point per epoch. Written by tensorboardX's synchronous
+``EventsWriter`` (no TensorFlow): its ``SummaryWriter`` writes from a thread,
+where a full disk would end in a traceback instead of a WriteError."""
 
 from __future__ import annotations
 
@@ -32,10 +20,8 @@ TAGS = {"train_loss": "loss/train", "test_loss": "loss/test", "train_acc": "accu
 
 @contextlib.contextmanager
 def epoch_events(workdir: Path, log: Callable[[str], None] = print):
-    """``write(row, steps)`` for the run in ``workdir``: one metrics row, and
-    the steps trained in its epoch (fewer than an epoch's in a resumed one).
-    The file is made at the first write, so a run that ends before its first
-    epoch leaves none."""
+    """``write(row, steps)``: one epoch's metrics to TensorBoard; the file is made
+    at the first write, so a run that ends before an epoch leaves none."""
     try:
         from tensorboardX.event_file_writer import EventsWriter
         from tensorboardX.proto.event_pb2 import Event

@@ -1,9 +1,5 @@
-"""Figures: training curves, test accuracy over seeds, misclassified digits,
-augmented samples. Each function writes one PNG and returns its path.
-
-The figures are ``matplotlib.figure.Figure`` objects saved directly: no
-pyplot, so importing s7jax never switches the backend of a notebook or an
-application that uses matplotlib itself."""
+"""Figures, one PNG each. ``Figure`` objects saved directly, no pyplot: importing
+s7jax never switches the matplotlib backend of a notebook."""
 
 from __future__ import annotations
 
@@ -64,9 +60,8 @@ def seeds(runs: dict[int, Sequence[dict[str, Any]]], path, title: str = "") -> P
 
 def last_epochs(last3: dict[int, Sequence[float]], path, mean: float, ci95: float | None,
                 title: str = "") -> Path:
-    """Each seed's test accuracies in its last epochs (one column of points
-    per seed) against the target line, with the mean over seeds and its 95%
-    interval."""
+    """Each seed's last test accuracies against the target, with the mean and its
+    95% interval."""
     fig = Figure(figsize=(max(6, 0.35 * len(last3) + 2), 4))
     ax = fig.subplots()
     seeds = sorted(last3)

@@ -1,11 +1,6 @@
-"""Summaries of the committed runs under ``results/``.
-
-``results/<model>/seed-<s>/`` holds one run's ``config.json`` and
-``metrics.jsonl``; :func:`all_models` reads them all and computes, per seed,
-the test accuracies of the last three epochs (the target: each >= 99.4%),
-and per model the mean and standard deviation over seeds of the last-3 mean,
-its 95% interval, and the worst seed.
-"""
+"""Summaries of the committed runs under ``results/<model>/seed-<s>/``: per
+seed the last three epochs' test accuracies (the target: each >= 99.4%), per
+model the mean, deviation and 95% interval over seeds, and the worst seed."""
 
 from __future__ import annotations
 
@@ -102,9 +97,8 @@ BASELINE = "previous"  # the trial that holds the recipe the others were measure
 
 
 def flat(config) -> dict[str, Any]:
-    """A Config's settings in one level (``augment.degrees``, ...), a cycle
-    over the whole run as the number of epochs it spans (a run before
-    ``cycle_epochs`` and one that sets it to its epochs trained alike)."""
+    """A Config's settings in one level (``augment.degrees``, ...), the cycle
+    as the epochs it spans."""
     settings = {**config.to_json(), "cycle_epochs": config.cycle_span}
     augment = settings.pop("augment")
     return {**settings, **{f"augment.{k}": v for k, v in augment.items()}}
@@ -117,14 +111,10 @@ def settings(run: Path) -> dict[str, Any]:
 
 
 def recipe_trials(results_dir: str | Path, model: str = "model6") -> list[dict[str, Any]]:
-    """Every trial of a candidate recipe under ``results/recipe-trials/``:
-    its name, its recorded ``settings`` (:func:`settings`), those in which
-    it differs from the baseline trial (``changes``: ``{name: (baseline's, trial's)}``), :func:`over_seeds` of
-    its runs, and what it did: the mean over its seeds of (its last-3 mean -
-    that of the trial it builds on, on the same seed), with its standard
-    error (``paired_se``, from two seeds on). A trial builds on the
-    one whose changes it makes all of plus the fewest others (on the baseline
-    when none). The baseline comes first."""
+    """Every trial under ``results/recipe-trials/``, baseline first: its
+    settings, its ``changes`` against the baseline, :func:`over_seeds` of its
+    runs, and the paired mean and standard error of its last-3 mean against the
+    trial it builds on (the one whose changes it contains, with fewest others)."""
     root = Path(results_dir) / TRIALS
     found = {p.name: runs_of(p, model) for p in sorted(root.iterdir()) if p.is_dir()} if (
         root.is_dir()) else {}

@@ -66,9 +66,8 @@ def unique_dir(parent: Path, stem: str) -> Path:
 
 
 def cpu_identity() -> dict[str, Any] | None:
-    """The host CPU as /proc/cpuinfo names it (Linux; None elsewhere). XLA's
-    CPU kernels can sum in a different order on another CPU model, so a CPU
-    run repeats bit for bit only on the same kind of CPU."""
+    """The host CPU's model (Linux; None elsewhere): XLA's CPU kernels may sum
+    in another order on another model, so a CPU run repeats only on its own."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -86,9 +85,7 @@ def cpu_identity() -> dict[str, Any] | None:
 
 
 def package_versions(*names: str) -> dict[str, str | None]:
-    """Installed versions by distribution name, read from the package metadata
-    (None where one is not installed): recording them imports nothing,
-    TensorFlow least of all."""
+    """Installed versions from package metadata (None if absent): imports nothing."""
     from importlib.metadata import PackageNotFoundError, version
 
     found: dict[str, str | None] = {}
@@ -101,11 +98,8 @@ def package_versions(*names: str) -> dict[str, str | None]:
 
 
 def environment(with_jax: bool = True, **extras: Any) -> dict[str, Any]:
-    """Versions, devices and the host, recorded with every run so results can
-    be traced: Python and the CPU always; JAX's versions and devices unless
-    ``with_jax`` is False (the PyTorch referee records its own framework, and a
-    benchmark's parent process leaves the accelerator to its workers); then
-    ``extras``, as given."""
+    """Versions, devices and the host, recorded with every run: JAX's unless
+    ``with_jax`` is False (the referee, a benchmark's parent process)."""
     record: dict[str, Any] = {"python": platform.python_version(), "cpu_count": os.cpu_count(),
                               "cpu": cpu_identity()}
     if with_jax:
@@ -170,9 +164,7 @@ def read_record(workdir: Path) -> dict[str, Any]:
 
 
 def read_config(workdir: Path) -> Config:
-    """The run's Config (an s7jax run's); ConfigError, naming the file, when
-    config.json is missing or unreadable, or records a setting that is
-    unknown, missing, of the wrong type or invalid (checked as the flags are)."""
+    """The run's Config, or a ConfigError naming the file, checked as the flags are."""
     record = read_record(workdir)
     try:
         return Config.from_json(record["config"])

@@ -1,14 +1,9 @@
 """A run folder belongs to one run, written by one process at a time.
 
-:func:`claim` is what every training entry point goes through before it
-writes anything: it creates the folder, takes its lock, and refuses a folder
-that already holds another run (unless the caller resumes it, or overwrites
-it on purpose). The lock is an ``flock`` on ``<workdir>/.lock``, held while
-the run goes on, with the holder's pid written inside: the kernel drops it
-when the process exits, however it exits, so a lock left by a crashed run is
-never in the way (a stale file is simply locked again), and a live holder is
-named in the refusal. A run that ends removes the file.
-"""
+:func:`claim` creates the folder, takes an ``flock`` on ``<workdir>/.lock``
+(the kernel drops it however the process exits, so a crashed run's lock is
+never in the way; the holder's pid inside names a live one) and refuses a
+folder holding another run unless resumed or overwritten."""
 
 from __future__ import annotations
 
@@ -27,10 +22,8 @@ LOCK_NAME = ".lock"
 
 
 def holds_a_run(workdir: Path) -> list[str]:
-    """What in ``workdir`` belongs to a run (empty when nothing does). A run
-    that saved nothing, neither a checkpoint nor an epoch's row (one killed
-    before its first epoch ended), holds nothing to lose: its folder is free
-    for the same launch again."""
+    """What in ``workdir`` belongs to a run: nothing for a run killed before it
+    saved a checkpoint or an epoch's row, whose folder is free again."""
     if not _saved_anything(workdir):
         return []
     found = [path.name for path in (runfiles.config_path(workdir), runfiles.metrics_path(workdir))
@@ -77,15 +70,10 @@ def _lock(workdir: Path):
 @contextlib.contextmanager
 def claim(workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
           advice: str | None = None):
-    """Hold ``workdir`` for one run for the duration of the ``with`` block.
-
-    Creates it if needed and checks that it is writable; takes its lock; and
-    unless ``resume``, refuses a folder that holds a run (``advice``: what to
-    do instead; by default, pass ``--resume`` or ``--overwrite``), or with
-    ``overwrite`` deletes that run's files first. If the block fails before
-    anything was saved (a checkpoint or an epoch's row), a folder made for
-    this run is removed again.
-    """
+    """Hold ``workdir`` for one run for the ``with`` block: create it, check it
+    is writable, lock it, and unless ``resume`` refuse a folder that holds a run
+    (or, with ``overwrite``, delete that run's files). A folder made for this run
+    is removed again if the block fails before anything was saved."""
     workdir = Path(workdir)
     if workdir.is_symlink() and not workdir.exists():
         raise ConfigError(f"workdir {workdir} is a symlink to {os.readlink(workdir)}, which does "

@@ -1,22 +1,10 @@
-"""Trained weights as small portable files: a model's parameters and
-BatchNorm statistics, nothing else (no optimiser state, no Orbax folder).
+"""Trained weights as small portable files (``results/<model>/seed-<s>/weights.msgpack``):
+``flax.serialization``'s msgpack of a dict with ``format``, ``model``,
+``epoch``, ``test_acc``, ``arrays_sha256`` and float32 ``params`` and
+``batch_stats`` keyed by layer name. :func:`load` refuses arrays that do not
+match the checksum (a file without one has names and shapes checked only)::
 
-A committed run keeps its final weights next to its metrics, written from
-its last checkpoint::
-
-    results/<model>/seed-<s>/weights.msgpack
-
-The file is ``flax.serialization``'s msgpack of a plain dict: ``format``,
-``model``, ``epoch``, ``test_acc`` (the run's last recorded test accuracy,
-for reference), ``arrays_sha256`` (the checksum of the arrays,
-``s7jax.runs.checksum``), ``params`` and ``batch_stats`` as float32 arrays keyed by
-Flax's layer names. :func:`load` refuses a file whose arrays do not match
-its checksum; a file written before checksums (no ``arrays_sha256``) is
-loaded with its names and shapes checked only. Any msgpack reader opens it (PyTorch: see
-``s7jax.reference.torch_reference.load_flax_variables``)::
-
-    from s7jax.runs.weights import load_trained
-    model, variables = load_trained("model6", seed=0)          # from results/
+    model, variables = load_trained("model6", seed=0)
     log_probs = model.apply(variables, images, train=False)
 """
 
@@ -55,9 +43,8 @@ def save(path: str | os.PathLike, model: str, variables: dict[str, Any], **info:
 
 
 def load(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """``(model name, {"params", "batch_stats"}, info)`` from a weights file,
-    checked against the model's own parameter tree (names, shapes, dtypes):
-    a file that does not fit is a one-line CheckpointError."""
+    """``(model name, {"params", "batch_stats"}, info)`` from a weights file;
+    CheckpointError if it does not fit the model's parameter tree."""
     path = Path(path)
     try:
         tree = serialization.msgpack_restore(path.read_bytes())
@@ -106,12 +93,9 @@ def load_trained(model: str, seed: int = 0, results_dir: str | os.PathLike = "re
 
 
 def export_state(workdir: str | os.PathLike, config, state, history: list[dict[str, Any]]) -> Path:
-    """Write the weights a finished run evaluates (its moving average, if it
-    keeps one) from ``state`` to ``workdir/weights.msgpack``, with the run's
-    last epoch, step, test accuracy and seed. The train loop and the
-    vectorised seeds call it as a run ends (the first process only). The
-    arrays are taken from this process's own copy: in a run over several
-    processes they are replicated, and none of them holds a global array."""
+    """Write the weights a finished run evaluates (its moving average, if kept)
+    to ``workdir/weights.msgpack`` with the run's last epoch, step, test
+    accuracy and seed, from this process's copy (replicated over processes)."""
     def local(x):
         return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x
 

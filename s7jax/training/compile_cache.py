@@ -1,13 +1,6 @@
-"""A persistent compilation cache: a second identical run skips XLA's compiles.
-
-JAX compiles every program on its first call (model6's train step takes
-seconds to compile on a CPU). :func:`enable` points JAX's persistent cache at
-``$S7JAX_COMPILE_CACHE``, or ``~/.cache/s7jax/jax`` (under
-``$XDG_CACHE_HOME`` where set), so later processes load the compiled
-executables instead: the same executables, so the same numbers.
-``S7JAX_NO_COMPILE_CACHE=1`` turns it off. The scripts and the test suite
-enable it.
-"""
+"""A persistent compilation cache: a second identical run loads the same
+executables instead of compiling them (``$S7JAX_COMPILE_CACHE``, default
+``~/.cache/s7jax/jax``; ``S7JAX_NO_COMPILE_CACHE=1`` turns it off)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""Data parallelism with JAX's own sharding: one mesh axis, ``data``.
-
-The batch is split along ``data`` across every device; the train state is
-replicated. ``jax.jit`` then compiles one global program: BatchNorm's batch
-statistics and the loss are computed over the global batch (XLA inserts the
-all-reduces), so N devices train exactly the same model as one. One device is
-the same code path with a mesh of size 1.
-"""
+"""Data parallelism with JAX's sharding: the batch split along one mesh axis,
+``data``, the state replicated. BatchNorm statistics and the loss are over
+the global batch, so N devices train the same model as one."""
 
 from __future__ import annotations
 

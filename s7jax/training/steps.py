@@ -1,11 +1,5 @@
-"""The pure, jit-compiled pieces of training: state, steps, BN re-estimation.
-
-Everything here is a function of its arguments: ``train_step`` and
-``eval_step`` compile once with ``jax.jit`` and run unchanged on CPU, GPU and
-TPU, and on several devices at once when the batch is sharded over a mesh
-(``s7jax.training.parallel``). ``s7jax.training.train`` drives them, one call per step or per
-epoch.
-"""
+"""The pure pieces of training: state, steps, BN re-estimation, an epoch as
+one program. They run unchanged on CPU, GPU, TPU and sharded over a mesh."""
 
 from __future__ import annotations
 
@@ -33,13 +27,10 @@ Metrics = dict[str, jax.Array]
 
 
 class TrainState(train_state.TrainState):
-    """Flax's TrainState plus the BatchNorm running statistics, and the
-    recipe's optional label smoothing and weight average.
-
-    ``label_smoothing`` and ``ema_decay`` are fixed when the state is made and
-    static (not arrays), and ``ema_params`` is None unless ``ema_decay`` is
-    set: a state without them has the leaves, and the checkpoints, it had
-    before they existed."""
+    """Flax's TrainState plus BatchNorm statistics, label smoothing and a
+    weight average. The two settings are static, and ``ema_params`` is None
+    unless ``ema_decay`` is set, so a state without them has the leaves (and
+    checkpoints) of one that never had them."""
 
     batch_stats: Any
     label_smoothing: float = struct.field(pytree_node=False, default=0.0)
@@ -88,18 +79,12 @@ def create_train_state(model: nn.Module, key: jax.Array, tx: optax.GradientTrans
 
 
 def initial_state(config: Config, schedule: optax.Schedule) -> tuple[TrainState, jax.Array]:
-    """The freshly initialised state of a run, and its base dropout key: both
-    functions of ``config.seed`` alone."""
+    """A run's initial state and base dropout key, functions of the seed alone."""
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed, impl=PRNG_IMPL))
     model = get_model(config.model)
     state = create_train_state(model, init_key, make_optimizer(config, schedule),
                                label_smoothing=config.label_smoothing, ema_decay=config.ema_decay)
     return state, dropout_key
-
-
-# --------------------------------------------------------------------------
-# Steps
-# --------------------------------------------------------------------------
 
 
 def metric_sums(log_probs: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> Metrics:
@@ -115,10 +100,8 @@ def metric_sums(log_probs: jax.Array, labels: jax.Array, mask: jax.Array | None 
 
 
 def check_batch(batch: Batch, *, masked: bool = False) -> None:
-    """Fail, naming the argument, on a batch that is not normalised MNIST:
-    ``image`` float ``(B, 28, 28, 1)``, ``label`` int ``(B,)`` (and ``mask``
-    bool ``(B,)`` when ``masked``). chex's checks look at shapes and dtypes
-    only, at trace time: inside ``jax.jit`` they cost nothing per step."""
+    """Fail, naming the argument, on a batch that is not MNIST's shapes and
+    dtypes; checked at trace time, so free per step."""
     chex.assert_shape(batch["image"], (None, *INPUT_SHAPE), custom_message='batch["image"]')
     chex.assert_type(batch["image"], float, custom_message='batch["image"]')
     n = batch["image"].shape[0]
@@ -138,9 +121,8 @@ def training_loss(log_probs: jax.Array, labels: jax.Array, label_smoothing: floa
 
 
 def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
-    """One SGD step on the mean NLL (with the state's label smoothing).
-    Dropout draws from ``fold_in(key, step)``, so the randomness is a function
-    of the step alone (resumable, reproducible). The metrics are the NLL's."""
+    """One step on the mean NLL (with label smoothing). Dropout draws from
+    ``fold_in(key, step)``: a function of the step alone, so runs resume."""
     check_batch(batch)
     dropout_key = jax.random.fold_in(key, state.step)
 
@@ -164,10 +146,8 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainSt
 
 def train_steps(state: TrainState, batches: tuple[Batch, ...], key: jax.Array
                 ) -> tuple[TrainState, Metrics]:
-    """``len(batches)`` train steps in one call, metrics summed. One batch
-    compiles to exactly ``train_step``; with several, each call dispatches
-    once and XLA schedules and fuses across the steps: faster on CPU, the same
-    maths with different float rounding (``Config.steps_per_call``)."""
+    """Several train steps in one call: faster on CPU, the same maths with
+    other float rounding than one step per call (``Config.steps_per_call``)."""
     state, totals = train_step(state, batches[0], key)
     for batch in batches[1:]:
         state, metrics = train_step(state, batch, key)
@@ -206,20 +186,10 @@ def mean_loss_and_accuracy(totals: dict[str, Any]) -> tuple[float, float]:
     return float(totals["loss"]) / count, 100.0 * int(totals["correct"]) / count
 
 
-# --------------------------------------------------------------------------
-# BatchNorm re-estimation ("precise BN")
-# --------------------------------------------------------------------------
-
-
 def make_batch_stats_fn(model: nn.Module) -> Callable:
-    """A jitted ``(variables, images) -> batch_stats`` giving each BN layer the
-    exact mean and variance of this batch, with dropout off.
-
-    Training collects running statistics on augmented images with dropout on,
-    while evaluation sees clean images with dropout off; re-estimating them on
-    clean training images closes that gap. Setting momentum 0 makes the
-    "running" average the batch's own statistics.
-    """
+    """A jitted ``(variables, images) -> batch_stats``: each BN layer's exact
+    statistics of these images, dropout off ("precise BN": training collects
+    them on augmented images with dropout, evaluation sees neither)."""
     fields = {"bn_momentum": 0.0}
     if hasattr(model, "dropout_rate"):
         fields["dropout_rate"] = 0.0
@@ -235,10 +205,8 @@ def make_batch_stats_fn(model: nn.Module) -> Callable:
 
 def precise_batch_stats(stats_fn: Callable, state: TrainState, images: jax.Array,
                         chunk: int) -> Any:
-    """Population BN statistics over ``images`` (normalised), in chunks: the
-    mean of the chunk means, and E[x^2] - E[x]^2 for the variance, each chunk
-    weighted by its number of images (a short last chunk counts for what it
-    holds). The statistics are those of the weights that are evaluated."""
+    """BN statistics over all ``images``, in chunks weighted by size: the mean
+    of the means, and E[x^2] - E[x]^2 for the variance."""
     variables = {"params": state.eval_params(), "batch_stats": state.batch_stats}
     starts = range(0, len(images), chunk)
     chunks = [stats_fn(variables, images[i:i + chunk]) for i in starts]
@@ -258,14 +226,8 @@ def precise_batch_stats(stats_fn: Callable, state: TrainState, images: jax.Array
     return jax.tree.map(combine, *chunks, is_leaf=is_layer)
 
 
-# --------------------------------------------------------------------------
-# An epoch as one compiled call
-# --------------------------------------------------------------------------
-
-
 def evaluate_stacked(state: TrainState, batches: Batch) -> Metrics:
-    """Metric sums of ``eval_step`` over stacked batches ``(n, B, ...)``
-    (``data.eval_batches``), summed batch after batch inside one program."""
+    """Metric sums of ``eval_step`` over stacked batches ``(n, B, ...)``."""
     def body(totals, batch):
         return combine_metrics(totals, eval_step(state, batch)), None
 
@@ -275,9 +237,8 @@ def evaluate_stacked(state: TrainState, batches: Batch) -> Metrics:
 
 def train_epoch(state: TrainState, source, key: jax.Array, epoch: jax.Array, *,
                 first: int = 0, batch_sharding=None) -> tuple[TrainState, Metrics]:
-    """Train steps ``first ..`` of ``epoch`` as one ``lax.scan``, each on the
-    batch ``source`` (a ``data.DeviceTrainData``) makes for its step, laid out
-    as ``batch_sharding``; returns the state and the epoch's metric sums."""
+    """Steps ``first ..`` of ``epoch`` as one ``lax.scan`` over the batches of
+    ``source`` (a ``data.DeviceTrainData``): the state and metric sums."""
     def body(carry, batch):
         state, totals = carry
         if batch_sharding is not None:
@@ -292,10 +253,8 @@ def train_epoch(state: TrainState, source, key: jax.Array, epoch: jax.Array, *,
 
 def epoch_program(stats_fn: Callable | None, chunk: int, batch_sharding=None) -> Callable:
     """``run(state, source, key, epoch, calibration, test, first=0) -> (state,
-    train sums, test sums)``: an epoch's training, the BN re-estimation on
-    ``calibration`` (with ``stats_fn``; skipped when None) and the evaluation
-    of the stacked ``test`` batches, as one function to compile, so that an
-    epoch on an accelerator is one dispatch and one small fetch."""
+    train sums, test sums)``: training, BN re-estimation (unless ``stats_fn``
+    is None) and evaluation as one program: one dispatch per epoch."""
     def run(state, source, key, epoch, calibration, test, first=0):
         state, train_totals = train_epoch(state, source, key, epoch, first=first,
                                           batch_sharding=batch_sharding)

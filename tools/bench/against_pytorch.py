@@ -110,7 +110,7 @@ def run_worker(name: str, spec: dict[str, Any]) -> dict[str, Any]:
                "--worker-spec", json.dumps(spec)]
         t = time.perf_counter()
         # The worker imports this very s7jax, installed or from a checkout.
-        package_root = str(Path(__file__).resolve().parents[3])
+        package_root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [package_root, *filter(None, [os.environ.get("PYTHONPATH")])])}
         proc = subprocess.run(cmd, env=env)
@@ -173,7 +173,7 @@ def worker_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> int:
+def run(args: argparse.Namespace, argv: list[str]) -> int | None:
     """Both sides, each in its own process, then the table and the result."""
     if args.worker:  # this process is one of them
         return worker_main(args)
@@ -226,12 +226,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     print()
     quick = Path(tempfile.gettempdir()) / f"bench-{j['backend']}-quick.json"
     write_result(result, args.out or (quick if args.quick else None), "bench")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return command(parse_args, run, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command(parse_args, run))

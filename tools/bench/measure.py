@@ -33,17 +33,17 @@ from pathlib import Path
 from typing import Any
 
 
-def command(parse_args: Callable[[list[str]], Any], run: Callable[[Any, list[str]], int],
-            argv: Sequence[str] | None = None) -> int:
-    """A benchmark's command line: ``argv`` (by default the process's)
-    parsed by ``parse_args``, then ``run(args, argv)``; a known error ends
-    in one line and its exit code, as every s7jax command's."""
-    from s7jax.cli import exit_on_known_errors
+def command(parse_args: Callable[[list[str]], Any],
+            run: Callable[[Any, list[str]], int | None]) -> int:
+    """A benchmark's ``main``: the process's flags parsed by ``parse_args``,
+    then ``run(args, argv)`` (exit 0 unless it returns a code); a known error
+    ends in one line and its exit code, as every s7jax command's."""
+    from s7jax.cli import exit_on_known_errors  # imports JAX: not in a worker before its clock
 
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = sys.argv[1:]
     args = parse_args(argv)
     with exit_on_known_errors():
-        return run(args, argv)
+        return run(args, argv) or 0
 
 
 def log(msg: str, tag: str = "bench") -> None:
@@ -183,10 +183,12 @@ def environment(with_jax: bool = True, **extras: Any) -> dict[str, Any]:
 
 
 def write_result(result: Any, out: str | os.PathLike | None, name: str,
-                 results_dir: str | os.PathLike = "results") -> Path:
+                 results_dir: str | os.PathLike = "results", table: Callable | None = None) -> Path:
     """A benchmark's result as JSON: to ``out``, or by default to
     ``<results_dir>/<name>-<backend>.json`` (the backend from the result);
-    says where, and returns the path."""
+    prints ``table(result)`` first if given, says where, returns the path."""
+    if table:
+        print(table(result))
     path = Path(out) if out else Path(results_dir) / f"{name}-{result['backend']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")

@@ -218,7 +218,7 @@ def against_the_limit(rows: list[dict[str, Any]], limit: dict[str, float]) -> No
                                   r["gbytes_per_s"] / limit["gbytes_per_s"])
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> int:
+def run(args: argparse.Namespace, argv: list[str]) -> int | None:
     from s7jax import data
     from s7jax.config import default_config
     from s7jax.models import get_model
@@ -251,14 +251,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         "repeats": args.repeats, "limit": limit, "step": whole,
         "parts": rows, "per_step": per_step, "per_epoch": per_epoch,
     }
-    print(parts_table(result))
-    write_result(result, args.out, "parts")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return command(parse_args, run, argv)
+    write_result(result, args.out, "parts", table=parts_table)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command(parse_args, run))

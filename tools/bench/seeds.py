@@ -87,7 +87,7 @@ def epoch_time(config: Any, split: Any, n: int, vectorised: bool, epochs: int) -
     return out
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> int:
+def run(args: argparse.Namespace, argv: list[str]) -> int | None:
     from s7jax import data
     from s7jax.config import default_config
 
@@ -115,12 +115,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         "single": single, "together": rows,
     }
     write_result(result, args.out, "seeds")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return command(parse_args, run, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command(parse_args, run))

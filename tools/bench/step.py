@@ -93,23 +93,14 @@ def variants() -> dict[str, Callable[[], Any]]:
         """A ``conv_general_dilated`` for ``nn.Conv`` (stride 1, explicit
         padding, NHWC) with XLA's forward and input gradient and the weight
         gradient ``weight_grad(x, w, padding, g)``."""
-        def xla(x, w, padding):
-            return lax.conv_general_dilated(x, w, (1, 1), padding,
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-        @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-        def conv(x, w, padding):
-            return xla(x, w, padding)
-
-        def fwd(x, w, padding):
-            return xla(x, w, padding), (x, w)
+        conv = jax.custom_vjp(ops._canonical_conv, nondiff_argnums=(2,))
 
         def bwd(padding, residuals, g):
             x, w = residuals
-            _, x_vjp = jax.vjp(lambda x: xla(x, w, padding), x)
+            _, x_vjp = jax.vjp(lambda x: ops._canonical_conv(x, w, padding), x)
             return x_vjp(g)[0], weight_grad(x, w, padding, g)
 
-        conv.defvjp(fwd, bwd)
+        conv.defvjp(ops._conv_fwd, bwd)
 
         def conv_general_dilated(lhs, rhs, window_strides, padding, *args, **kwargs):
             return conv(lhs, rhs, tuple(tuple(int(p) for p in pair) for pair in padding))
@@ -282,7 +273,7 @@ def compare(results: dict[str, dict]) -> None:
         r["same_state_as_s7jax"] = r["state_sha256"] == results["s7jax"]["state_sha256"]
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> int:
+def run(args: argparse.Namespace, argv: list[str]) -> int | None:
     env = environment()
     _, batches, stacked, host_state, key = inputs()
     runners, results = {}, {}
@@ -296,14 +287,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
            "date": datetime.date.today().isoformat(), **env,
            "batch_size": BATCH_SIZE, "steps": args.steps, "rounds": args.rounds,
            "variants": results}
-    print(step_table(out))
-    write_result(out, args.out, "step")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return command(parse_args, run, argv)
+    write_result(out, args.out, "step", table=step_table)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command(parse_args, run))
