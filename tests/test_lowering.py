@@ -26,9 +26,8 @@ from s7jax.training import parallel
 from s7jax.data.augment import AugmentConfig
 from s7jax.config import default_config
 from s7jax.models import get_model
-from s7jax.training.seeds import jit_seeds_program, stack
 from s7jax.training.steps import initial_state, learning_rate_schedule, make_batch_stats_fn
-from s7jax.training.loops import jit_epoch_program, jit_steps
+from s7jax.training.loops import jit_epoch_program, jit_steps, stack
 
 PLATFORMS = ("tpu", "cuda")
 # Custom calls XLA resolves on every platform: sharding annotations
@@ -82,7 +81,7 @@ def programs(model: str):
          (source, np.arange(4 * BATCH), 1)),
         ("epoch_program", jit_epoch_program(stats_fn, EVAL_BATCH, mesh),
          (state, source, key, np.int32(0), calibration, test)),
-        ("seeds_program", jit_seeds_program(stats_fn, EVAL_BATCH, mesh, seeds_axes), seeds_args),
+        ("seeds_program", jit_epoch_program(stats_fn, EVAL_BATCH, mesh, seeds_axes), seeds_args),
     ]
     if stats_fn is not None:
         found.append(("precise_bn", stats_fn,

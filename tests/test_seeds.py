@@ -15,6 +15,7 @@ from s7jax.runs import checkpoint, runfiles, weights
 from s7jax.training import seeds
 from s7jax.config import default_config
 from s7jax.errors import ConfigError
+from s7jax.models import get_model
 from s7jax.training.train import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +98,8 @@ def test_a_second_sweep_skips_the_finished_seeds(swept, tfds_dir):
 def test_seeds_that_would_not_fit_in_memory_are_refused_in_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(seeds, "memory_limit", lambda: 2**30)
     config = default_config("model1")
-    assert seeds.bytes_per_seed(config) > 16 * 6_379_786  # at least the state's four copies
+    # at least the state's four copies
+    assert seeds.bytes_per_seed(config, get_model("model1")) > 16 * 6_379_786
     with pytest.raises(ConfigError, match=r"8 seeds of model1 together need about [\d.]+ GiB, "
                                           r"more than 50% of the 1.0 GiB") as err:
         seeds.train_seeds(config, list(range(8)), [tmp_path / str(s) for s in range(8)])

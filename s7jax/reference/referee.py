@@ -39,14 +39,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from s7jax.runs import recorder, runfiles, runlock
-from s7jax.training import console
+from s7jax.training import loops
 from s7jax.data.augment import NO_AUGMENT, AugmentConfig
 from s7jax.config import MAX_EPOCHS, default_config, validate_model
 from s7jax.data import MEAN, STD, read_idx
@@ -156,26 +155,23 @@ def train_referee(config: RefereeConfig, workdir: str | os.PathLike, *, manual_d
                      else train_x[idx.to(device)])
                 yield x, train_y[idx.to(device)]
 
-        print(console.table_header())
+        def run_epoch(state, epoch, first, partial, bar):
+            order = torch.randperm(len(train), generator=generator)
+            loss_sum, correct, _ = torch_reference.train_epoch(net, optimizer, batches(order),
+                                                               bar.update)
+            net.eval()
+            with torch.no_grad():
+                out = torch.cat([net(test_x[i:i + 1000]) for i in range(0, len(test), 1000)])
+                test_loss = F.nll_loss(out, test_y, reduction="sum").item() / len(test)
+                test_correct = int(out.argmax(1).eq(test_y).sum())
+            if not np.isfinite(loss_sum):
+                raise NonFiniteLossError(epoch + 1, (epoch + 1) * steps)
+            return None, [((loss_sum / len(train), 100.0 * correct / len(train)),
+                           (test_loss, 100.0 * test_correct / len(test)))]
+
         history: list[dict[str, Any]] = []
         log = functools.partial(print, flush=True)
         with recorder.recording(workdir, history, log, checkpoints=False) as record:
-            for epoch in range(1, config.epochs + 1):
-                start = time.perf_counter()
-                order = torch.randperm(len(train), generator=generator)
-                bar = console.progress_bar(epoch, config.epochs, steps, 0, show_progress)
-                loss_sum, correct, _ = torch_reference.train_epoch(net, optimizer, batches(order),
-                                                                   bar.update)
-                bar.close()
-                net.eval()
-                with torch.no_grad():
-                    out = torch.cat([net(test_x[i:i + 1000]) for i in range(0, len(test), 1000)])
-                    test_loss = F.nll_loss(out, test_y, reduction="sum").item() / len(test)
-                    test_correct = int(out.argmax(1).eq(test_y).sum())
-                if not np.isfinite(loss_sum):
-                    raise NonFiniteLossError(epoch, epoch * steps)  # the referee keeps no checkpoints
-                record.end_epoch(recorder.metrics_row(
-                    epoch, config.lr, (loss_sum / len(train), 100.0 * correct / len(train)),
-                    (test_loss, 100.0 * test_correct / len(test)), time.perf_counter() - start),
-                    steps)
+            loops.record_epochs([record], run_epoch, None, epochs=config.epochs, steps=steps,
+                                lr=lambda step: config.lr, show_progress=show_progress)
     return history

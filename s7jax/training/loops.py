@@ -1,38 +1,37 @@
-"""The two ways a run trains an epoch, behind one interface.
+"""The epoch loop of every run, and the two ways of training an epoch.
 
-A run's epoch loop (``s7jax.training.train``) calls ``run_epoch(state, epoch, first,
-partial, bar) -> (state, train sums on the host, (test loss, test accuracy))``:
-the epoch's steps from ``first`` on, the BN re-estimation and the evaluation.
-Two classes implement it over one :class:`RunContext`:
+:func:`record_epochs` (one seed, seeds together, the PyTorch referee) calls
+``run_epoch(state, epoch, first, partial, bar) -> (state, [(train, test), ...])``
+(a (mean loss, accuracy %) pair of each per record): the epoch's steps from
+``first`` on (``partial``: the metric sums of the steps before, on a resume),
+the BN re-estimation and the evaluation. Over one :class:`RunContext`:
 
-* :class:`StepByStep` (``--pipeline tfds`` or ``device``): one compiled call
-  per train step (or per ``--steps-per-call`` steps), the batches from
-  tf.data or made on the device; the progress bar moves with the steps and
-  Ctrl-C saves a checkpoint at the step it came.
-* :class:`EpochPerCall` (``--pipeline scan``): the epoch's steps, the BN
-  re-estimation and the evaluation as one compiled program
-  (``steps.epoch_program``): one dispatch and one small fetch per epoch.
-
-The helpers that feed them (the run's data, the test set on the device, the
-calibration images) also serve the vectorised seeds and the benchmarks.
+* :class:`StepByStep` (``--pipeline tfds``, ``device``): one compiled call per
+  ``--steps-per-call`` steps; Ctrl-C saves a checkpoint at the step it came.
+* :class:`EpochPerCall` (``--pipeline scan``, seeds together): the epoch program
+  (``steps.epoch_program``) as one call, vmapped over seeds when together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from s7jax import data
-from s7jax.training import parallel
 from s7jax.config import Config
 from s7jax.errors import Interrupted, NonFiniteLossError
-from s7jax.runs.recorder import Recorder
-from s7jax.training.steps import (Batch, TrainState, accumulate, combine_metrics, epoch_program, eval_step,
-                         mean_loss_and_accuracy, precise_batch_stats, train_steps, zero_totals)
+from s7jax.runs import checkpoint, recorder
+from s7jax.training import console, parallel
+from s7jax.training.steps import (Batch, TrainState, accumulate, combine_metrics, epoch_program,
+                                  eval_step, make_batch_stats_fn, mean_loss_and_accuracy,
+                                  precise_batch_stats, train_steps, zero_totals)
 
 FETCH_EVERY = 50  # steps between looks at the metrics: often enough, without stalling the device
 
@@ -56,18 +55,40 @@ class RunData:
 
 @dataclasses.dataclass(frozen=True)
 class RunContext:
-    """What a run's epochs need besides the state: its settings, devices,
-    data, randomness, BN re-estimation (``stats_fn`` None: none), where it
-    writes, and the flag a signal sets."""
+    """What a run's epochs need besides the state. With ``seeds`` (seeds
+    together), ``dropout_key`` and ``calibration`` carry a leading seed axis."""
 
     config: Config
     mesh: Any
     data: RunData
     dropout_key: jax.Array
-    stats_fn: Callable | None
+    stats_fn: Callable | None  # BN re-estimation; None: none
     calibration: jax.Array | None
-    recorder: Recorder
-    interrupted: dict[str, Any]
+    seeds: Sequence[int] | None = None
+
+    @classmethod
+    def create(cls, config: Config, mesh, run_data: RunData, model: nn.Module,
+               dropout_key: jax.Array, seeds: Sequence[int] | None = None) -> "RunContext":
+        calibration = None
+        if config.precise_bn:
+            images = [calibration_images(run_data.train, config.precise_bn, s)
+                      for s in seeds or [config.seed]]
+            calibration = jax.device_put(np.stack(images) if seeds else images[0],
+                                         parallel.replicated(mesh))
+        return cls(config, mesh, run_data, dropout_key,
+                   make_batch_stats_fn(model) if config.precise_bn else None, calibration, seeds)
+
+
+def stack(trees: Sequence[Any]) -> Any:
+    """Trees of one shape -> one tree with a leading axis (static fields, such
+    as each train state's own optimiser object, taken from the first)."""
+    leaves = [jax.tree.leaves(t) for t in trees]
+    return jax.tree.unflatten(jax.tree.structure(trees[0]),
+                              [jnp.stack(xs) for xs in zip(*leaves, strict=True)])
+
+
+def unstack(tree: Any, i: int) -> Any:
+    return jax.tree.map(lambda x: x[i], tree)
 
 
 def calibration_images(split: data.Split, n: int, seed: int) -> np.ndarray:
@@ -84,8 +105,7 @@ def device_train_data(config: Config, split: data.Split, replicated) -> data.Dev
 
 
 def training_batches(config: Config, split: data.Split, start_step: int, sharding, replicated):
-    """The run's training batches from ``start_step`` on, on the device(s):
-    from tf.data on the host, or made on the device (``config.pipeline``)."""
+    """Training batches from ``start_step`` on, from tf.data or made on the device."""
     if config.pipeline == "device":
         return device_train_data(config, split, replicated).batches(start_step, sharding)
     return (jax.device_put(b, sharding) for b in data.as_numpy(data.train_dataset(
@@ -101,8 +121,7 @@ def device_eval_batches(split: data.Split, batch_size: int, sharding=None) -> li
 
 
 def stacked_test_set(split: data.Split, batch_size: int, mesh) -> Batch:
-    """The test set as stacked batches ``(n, B, ...)`` on the device(s), for
-    the evaluation inside one compiled program."""
+    """The test set as stacked batches ``(n, B, ...)``, for the epoch program."""
     return jax.device_put(data.eval_batches(split, batch_size=batch_size),
                           parallel.stacked_batch_sharded(mesh))
 
@@ -124,10 +143,9 @@ def compiled(program, args: tuple, log: Callable[[str], None], what: str):
 
 
 def epoch_calls(first: int, steps: int, per_call: int):
-    """The compiled calls that cover an epoch's steps ``first .. steps - 1``:
-    ``(steps in the call, is it the epoch's last, fetch the metrics after it)``,
-    in groups of ``per_call``, fetching when a group reaches or crosses a
-    multiple of ``FETCH_EVERY`` and after the last."""
+    """``(steps in the call, the epoch's last?, fetch the metrics after it?)``
+    for steps ``first .. steps - 1`` in groups of ``per_call``, fetching on
+    reaching or crossing a multiple of ``FETCH_EVERY`` and after the last."""
     done = first
     while done < steps:
         n = min(per_call, steps - done)
@@ -138,13 +156,9 @@ def epoch_calls(first: int, steps: int, per_call: int):
 
 def step_through(train_fn: Callable, state: TrainState, batches, key: jax.Array, totals,
                  calls) -> Iterator[tuple[TrainState, Any, int, bool, bool]]:
-    """Run an epoch's compiled calls: for each ``(n, last, fetch)`` of
-    ``calls`` (from :func:`epoch_calls`), train ``n`` steps on the next ``n``
-    batches with ``train_fn`` (jitted ``steps.train_steps``) and add their
-    metrics to ``totals`` on the device; yield ``(state, totals, n, last,
-    fetch)`` after each call, so that the caller can fetch the metrics, move a
-    progress bar or stop. The training loop and ``scripts/bench.py`` both
-    run their epochs through it."""
+    """Train ``n`` steps on the next ``n`` batches for each ``(n, last,
+    fetch)`` of ``calls``, the metrics summed on the device; yield after each
+    call, for the caller to fetch, move a bar or stop (also the benchmarks')."""
     for n, last, fetch in calls:
         state, metrics = train_fn(state, tuple(next(batches) for _ in range(n)), key)
         totals = accumulate(totals, metrics)
@@ -167,21 +181,26 @@ def jit_steps(mesh) -> tuple[Callable, Callable]:
             jax.jit(eval_step, out_shardings=replicated))
 
 
-def jit_epoch_program(stats_fn, eval_batch_size: int, mesh) -> Callable:
-    """``--pipeline scan``'s epoch program (``steps.epoch_program``), jitted for ``mesh``."""
+def jit_epoch_program(stats_fn, eval_batch_size: int, mesh, seed_axes=None) -> Callable:
+    """``steps.epoch_program`` jitted for ``mesh``; with ``seed_axes`` (the
+    source's, from ``DeviceTrainData.for_seeds``) vmapped over a seed axis of
+    the state, the key, the source and the calibration images."""
     replicated = parallel.replicated(mesh)
-    return jax.jit(epoch_program(stats_fn, eval_batch_size, parallel.batch_sharded(mesh)),
-                   static_argnames="first", donate_argnums=0,
+    run = epoch_program(stats_fn, eval_batch_size, parallel.batch_sharded(mesh))
+    if seed_axes is not None:
+        run = jax.vmap(run, in_axes=(0, seed_axes, 0, None, 0 if stats_fn else None, None))
+    return jax.jit(run, static_argnames="first", donate_argnums=0,
                    out_shardings=(replicated, replicated, replicated))
 
 
 class StepByStep:
     """``--pipeline tfds`` or ``device``: ``config.steps_per_call`` steps per
-    compiled call, metrics fetched every ``FETCH_EVERY`` steps, Ctrl-C saved
-    at the step it came."""
+    compiled call, metrics fetched every ``FETCH_EVERY`` steps; when
+    ``interrupted`` is set, a checkpoint of the step it came."""
 
-    def __init__(self, ctx: RunContext, start_step: int):
-        self.ctx = ctx
+    def __init__(self, ctx: RunContext, start_step: int, record: recorder.Recorder,
+                 interrupted: dict[str, Any]):
+        self.ctx, self.record, self.interrupted = ctx, record, interrupted
         replicated, sharded = parallel.replicated(ctx.mesh), parallel.batch_sharded(ctx.mesh)
         self.train_fn, self.eval_fn = jit_steps(ctx.mesh)
         self.test = device_eval_batches(ctx.data.test, ctx.config.eval_batch_size, sharded)
@@ -189,38 +208,41 @@ class StepByStep:
                                         replicated)
 
     def __call__(self, state, epoch, first, partial, bar):
-        ctx = self.ctx
+        ctx, interrupted = self.ctx, self.interrupted
         totals = jax.device_put(partial if partial else zero_totals(),
                                 parallel.replicated(ctx.mesh))
         calls = epoch_calls(first, ctx.data.steps, ctx.config.steps_per_call)
         for state, totals, n, last, fetch in step_through(self.train_fn, state, self.batches,
                                                           ctx.dropout_key, totals, calls):
             bar.update(n)
-            if ctx.interrupted["set"] or fetch:
+            if interrupted["set"] or fetch:
                 host = jax.device_get(totals)
                 check_finite(host, epoch)
                 loss, acc = mean_loss_and_accuracy(host)
                 bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.2f}")
-            if ctx.interrupted["set"] and not last:
-                ctx.recorder.save_within_epoch(state, int(state.step), epoch, host)
-                raise Interrupted(int(state.step), ctx.recorder.workdir,
-                                  signum=ctx.interrupted["signum"])
+            if interrupted["set"] and not last:
+                self.record.save_within_epoch(state, int(state.step), epoch, host)
+                raise Interrupted(int(state.step), self.record.workdir,
+                                  signum=interrupted["signum"])
         if ctx.stats_fn is not None:
             state = state.replace(batch_stats=precise_batch_stats(
                 ctx.stats_fn, state, ctx.calibration, ctx.config.eval_batch_size))
-        return state, host, evaluate(self.eval_fn, state, self.test)
+        return state, [(mean_loss_and_accuracy(host), evaluate(self.eval_fn, state, self.test))]
 
 
 class EpochPerCall:
-    """``--pipeline scan``: one compiled program per epoch (compiled here,
-    ahead of the loop, so the run can say how long compiling took)."""
+    """``--pipeline scan``, or seeds together: one compiled program per epoch
+    (compiled here, ahead of the loop, so the run can say how long it took)."""
 
     def __init__(self, ctx: RunContext, state: TrainState, log: Callable[[str], None]):
         self.ctx = ctx
-        self.source = device_train_data(ctx.config, ctx.data.train, parallel.replicated(ctx.mesh))
+        source = device_train_data(ctx.config, ctx.data.train, parallel.replicated(ctx.mesh))
+        self.source, axes = source.for_seeds(ctx.seeds) if ctx.seeds else (source, None)
         self.test = stacked_test_set(ctx.data.test, ctx.config.eval_batch_size, ctx.mesh)
-        self.program = jit_epoch_program(ctx.stats_fn, ctx.config.eval_batch_size, ctx.mesh)
-        self.whole_epoch = compiled(self.program, self._args(state, 0), log, "")
+        self.program = jit_epoch_program(ctx.stats_fn, ctx.config.eval_batch_size, ctx.mesh, axes)
+        what = (f"{len(ctx.seeds)} seeds of {ctx.config.model} in one program (jax.vmap); "
+                if ctx.seeds else "")
+        self.whole_epoch = compiled(self.program, self._args(state, 0), log, what)
 
     def _args(self, state, epoch):
         return (state, self.source, self.ctx.dropout_key, np.int32(epoch), self.ctx.calibration,
@@ -233,6 +255,45 @@ class EpochPerCall:
         host, test_host = jax.device_get((train_totals, test_totals))
         if partial:
             host = combine_metrics(host, partial)  # the interrupted epoch's earlier steps
-        check_finite(host, epoch)
+        sums = ([(unstack(host, i), unstack(test_host, i)) for i in range(len(self.ctx.seeds))]
+                if self.ctx.seeds else [(host, test_host)])
+        for train_sums, _ in sums:  # every seed's before any is recorded
+            check_finite(train_sums, epoch)
         bar.update(self.ctx.data.steps - first)
-        return state, host, mean_loss_and_accuracy(test_host)
+        return state, [tuple(map(mean_loss_and_accuracy, pair)) for pair in sums]
+
+
+def record_epochs(records: Sequence[recorder.Recorder], run_epoch: Callable, state, *,
+                  epochs: int, steps: int, lr: Callable[[int], Any], show_progress: bool,
+                  start_step: int = 0, partial: dict | None = None, stacked: bool = False,
+                  checkpoint_every: int = 1, interrupted: dict[str, Any] | None = None,
+                  how: str | None = None):
+    """The epochs from ``start_step`` on, each ended in every record: its row,
+    and its state (one seed's slice of a ``stacked`` one) as a checkpoint every
+    ``checkpoint_every`` epochs, after the last and on a signal, which stops
+    the run after the epoch (``interrupted``: ``recorder.unset_flag()``; None:
+    signals left alone; ``how``: how to resume). The state after the last."""
+    records[0].log(f"{'seed':>4}  " * stacked + console.table_header())
+    stop = interrupted is not None
+    with recorder.interrupt_flag(interrupted) if stop else contextlib.nullcontext():
+        for epoch in range(start_step // steps, epochs):
+            epoch_start = time.perf_counter()
+            first = max(start_step - epoch * steps, 0)
+            try:
+                with console.progress_bar(epoch + 1, epochs, steps, first, show_progress) as bar:
+                    state, results = run_epoch(state, epoch, first, partial, bar)
+            except NonFiniteLossError as e:  # say what is kept
+                raise NonFiniteLossError(e.epoch, e.step, checkpoint.latest_step(
+                    records[0].checkpoint_dir)) from None
+            seconds = time.perf_counter() - epoch_start  # shared by the seeds trained in it
+            partial, step = None, (epoch + 1) * steps
+            save = state is not None and ((epoch + 1) % checkpoint_every == 0
+                                          or epoch + 1 == epochs or stop and interrupted["set"])
+            for i, (record, (train, test)) in enumerate(zip(records, results, strict=True)):
+                row = recorder.metrics_row(epoch + 1, float(lr(step - 1)), train, test, seconds)
+                record.end_epoch(row, steps - first, step=step,
+                                 state=(unstack(state, i) if stacked else state) if save else None)
+            if stop:
+                where = records[0].workdir.parent if stacked else records[0].workdir
+                recorder.stop_if_interrupted(interrupted, epoch + 1, epochs, step, where, how)
+    return state

@@ -78,10 +78,11 @@ def create_train_state(model: nn.Module, key: jax.Array, tx: optax.GradientTrans
                              ema_params=jax.tree.map(jnp.copy, params) if ema_decay else None)
 
 
-def initial_state(config: Config, schedule: optax.Schedule) -> tuple[TrainState, jax.Array]:
+def initial_state(config: Config, schedule: optax.Schedule, model: nn.Module | None = None
+                  ) -> tuple[TrainState, jax.Array]:
     """A run's initial state and base dropout key, functions of the seed alone."""
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed, impl=PRNG_IMPL))
-    model = get_model(config.model)
+    model = get_model(config.model) if model is None else model
     state = create_train_state(model, init_key, make_optimizer(config, schedule),
                                label_smoothing=config.label_smoothing, ema_decay=config.ema_decay)
     return state, dropout_key
