@@ -273,9 +273,9 @@ def record_epochs(records: Sequence[recorder.Recorder], run_epoch: Callable, sta
     ``checkpoint_every`` epochs, after the last and on a signal, which stops
     the run after the epoch (``interrupted``: ``recorder.unset_flag()``; None:
     signals left alone; ``how``: how to resume). The state after the last."""
-    records[0].log(f"{'seed':>4}  " * stacked + console.table_header())
     stop = interrupted is not None
     with recorder.interrupt_flag(interrupted) if stop else contextlib.nullcontext():
+        records[0].log(f"{'seed':>4}  " * stacked + console.table_header())  # signals caught
         for epoch in range(start_step // steps, epochs):
             epoch_start = time.perf_counter()
             first = max(start_step - epoch * steps, 0)
