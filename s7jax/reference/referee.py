@@ -1,37 +1,24 @@
 """The referee: a model trained the way the original study trained it, in PyTorch.
 
-The parity test shows that s7jax's modules compute what the PyTorch build of
-the spec (:mod:`s7jax.reference.torch_reference`) computes; it cannot show that
-training behaves as the original's did. The referee trains that PyTorch
-build with the original recipe on the same data, so that each model's
-s7jax result has a PyTorch run beside it on the same machine::
+The parity test shows that s7jax's modules compute what the PyTorch build
+(:mod:`s7jax.reference.torch_reference`) computes, not that training behaves as
+the original's did. The referee trains that build with the original recipe on
+the same MNIST files, byte for byte, into a folder of s7jax's layout::
 
     python scripts/referee.py --model model2 --seed 0   # -> results/model2/torch-seed-0/
 
-The original recipe (the study's notebooks):
+The original recipe (the study's notebooks): PyTorch's default initialisation
+after ``torch.manual_seed(seed)``; SGD, learning rate 0.01, momentum 0.9, no
+schedule or weight decay; batch 128, the last short batch kept; the NLL loss;
+for models 5 and 6, per image on PIL images with torchvision:
+``RandomRotation(7, fill=0)`` and ``ColorJitter(brightness=b, contrast=b)``
+(b = 0.1, 0.2), then ``ToTensor`` and ``Normalize(0.1307, 0.3081)``; each
+epoch's order from a generator seeded with ``seed``, what
+``DataLoader(shuffle=True, generator=g)`` draws; per epoch the mean loss and
+accuracy of the training batches (train mode) and of the test set (eval mode).
 
-* the network from :func:`s7jax.reference.torch_reference.build`, initialised by
-  PyTorch's defaults (``torch.manual_seed(seed)`` first);
-* SGD, learning rate 0.01, momentum 0.9, no schedule, no weight decay;
-  batch 128, the last short batch kept; the negative log-likelihood loss;
-* augmentation for models 5 and 6 only, per image with torchvision on PIL
-  images, as torchvision's MNIST serves them: ``RandomRotation(7, fill=0)``
-  and ``ColorJitter(brightness=b, contrast=b)`` with b = 0.1 (model 5) or
-  0.2 (model 6); then ``ToTensor`` and ``Normalize(0.1307, 0.3081)``;
-* on the GPU where PyTorch sees one, else the CPU;
-* a fresh permutation every epoch from a generator seeded with ``seed``,
-  which is what ``DataLoader(shuffle=True, generator=g)`` draws;
-* per epoch, as the notebooks' ``train()``/``test()``: the mean training loss
-  and accuracy of the epoch's batches (train mode), and the test loss and
-  accuracy over all 10,000 test images (eval mode).
-
-The images are the official MNIST files (:func:`s7jax.data.read_idx`), so the
-data is the same as s7jax's, byte for byte. The run folder has s7jax's
-layout: ``config.json`` (``{"config": {..., "framework": "pytorch"},
-"environment": ...}``) and ``metrics.jsonl`` with s7jax's keys, one row per
-epoch, written as it ends. On a CPU with the same thread count the run
-repeats exactly (one process, seeded generators); on a GPU, cuDNN may pick
-non-deterministic kernels.
+On a CPU with the same thread count a run repeats exactly; on a GPU, cuDNN
+may pick non-deterministic kernels.
 """
 
 from __future__ import annotations
@@ -51,6 +38,7 @@ from s7jax.config import MAX_EPOCHS, default_config, validate_model
 from s7jax.data import MEAN, STD, read_idx
 from s7jax.errors import ConfigError, NonFiniteLossError
 from s7jax.runs.results import run_dir
+
 
 @dataclasses.dataclass(frozen=True)
 class RefereeConfig:

@@ -1,19 +1,13 @@
-"""What a run writes when an epoch ends, the same way for every kind of run.
+"""What a run writes when an epoch ends: every run's epoch loop
+(``s7jax.training.loops.record_epochs``) ends each epoch in a :class:`Recorder`.
 
-A training run (``s7jax.training.train``), each seed of a vectorised sweep
-(``s7jax.training.seeds``) and the PyTorch referee (``s7jax.reference.referee``) end each epoch
-through a :class:`Recorder`:
-
-* the epoch's metrics row (:func:`metrics_row`), kept in the run's history;
-* where the epoch's state is saved, its checkpoint first, then the rows in
-  ``metrics.jsonl``: a row never names an epoch whose state was not saved,
-  since a resume rewrites the rows from the checkpoint (the referee keeps no
-  checkpoints and writes each row at once);
-* the epoch's point in TensorBoard and its line in the table.
+Where the epoch's state is saved, its checkpoint comes first, then the rows in
+``metrics.jsonl``: a row never names an epoch whose state was not saved, since
+a resume rewrites the rows from the checkpoint (the referee keeps no
+checkpoints and writes each row at once).
 
 Ctrl-C and SIGTERM become a flag (:func:`interrupt_flag`) that the loops
-check between steps, so a donated state is never left half-updated, and
-:func:`stop_if_interrupted` after each epoch.
+check between steps, so a donated state is never left half-updated.
 """
 
 from __future__ import annotations
@@ -39,15 +33,13 @@ def metrics_row(epoch: int, lr: float, train: tuple[float, float], test: tuple[f
 
 
 def checkpoint_record(epoch: int, history: list, partial: dict | None) -> dict:
-    """The JSON saved with a checkpoint: the epochs done, their rows, and the
-    metric sums of the epoch under way (None at an epoch's end)."""
+    """``partial``: the metric sums of the epoch under way (None at its end)."""
     partial = None if partial is None else {k: np.asarray(v).item() for k, v in partial.items()}
     return {"epoch": epoch, "history": history, "partial": partial}
 
 
 class Recorder:
-    """The files, TensorBoard points and table lines of one run's epochs
-    (made by :func:`recording`)."""
+    """One run's rows, checkpoints, TensorBoard points and table lines."""
 
     def __init__(self, workdir: Path, history: list[dict[str, Any]], log: Callable[[str], None],
                  write_events: Callable[[dict[str, Any], int], None], *, prefix: str,
@@ -91,8 +83,7 @@ class Recorder:
 def recording(workdir: Path, history: list[dict[str, Any]], log: Callable[[str], None], *,
               prefix: str = "", checkpoints: bool = True) -> Iterator[Recorder]:
     """A :class:`Recorder` for the run in ``workdir`` whose ``metrics.jsonl``
-    holds ``history`` so far; ``prefix`` starts each table line (a seed's
-    column); ``checkpoints``: whether the run saves any."""
+    holds ``history`` so far; ``prefix`` starts each table line (a seed's column)."""
     with events.epoch_events(workdir, log) as write_events:
         yield Recorder(workdir, history, log, write_events, prefix=prefix, checkpoints=checkpoints)
 
@@ -103,10 +94,9 @@ def unset_flag() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def interrupt_flag(flag: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-    """Turn Ctrl-C, and SIGTERM (what ``timeout``, a scheduler or a container
-    runtime sends), into a flag checked between steps: ``flag["set"]``, and
-    ``flag["signum"]`` the signal that came (``flag``: one made with
-    :func:`unset_flag` ahead, for what holds it before the signals are caught)."""
+    """Ctrl-C, and SIGTERM (what ``timeout``, a scheduler or a container
+    runtime sends), set ``flag["set"]`` and ``flag["signum"]`` (``flag``: from
+    :func:`unset_flag`, for what holds it before the signals are caught)."""
     flag = unset_flag() if flag is None else flag
 
     def handler(signum, frame):
@@ -127,7 +117,6 @@ def interrupt_flag(flag: dict[str, Any] | None = None) -> Iterator[dict[str, Any
 
 def stop_if_interrupted(flag: dict[str, Any], epochs_done: int, epochs: int, step: int,
                         workdir: Path, how: str | None = None) -> None:
-    """After an epoch whose checkpoint is saved: end the run with Interrupted
-    if a signal came (after the last epoch the run is done anyway)."""
+    """After an epoch whose checkpoint is saved (after the last, the run is done anyway)."""
     if flag["set"] and epochs_done < epochs:
         raise Interrupted(step, workdir, how=how, signum=flag["signum"])

@@ -1,10 +1,11 @@
 """The epoch loop of every run, and the two ways of training an epoch.
 
-:func:`record_epochs` (one seed, seeds together, the PyTorch referee) calls
-``run_epoch(state, epoch, first, partial, bar) -> (state, [(train, test), ...])``
-(a (mean loss, accuracy %) pair of each per record): the epoch's steps from
-``first`` on (``partial``: the metric sums of the steps before, on a resume),
-the BN re-estimation and the evaluation. Over one :class:`RunContext`:
+:func:`record_epochs` is the loop of every run (one seed, seeds together, the
+PyTorch referee). Its ``run_epoch(state, epoch, first, partial, bar)`` trains
+the epoch's steps from ``first`` on (``partial``: the metric sums of the steps
+before, on a resume), re-estimates BN and evaluates, returning ``(state,
+[(train, test), ...])``, a (mean loss, accuracy %) pair of each per record.
+Two classes implement it over one :class:`RunContext`:
 
 * :class:`StepByStep` (``--pipeline tfds``, ``device``): one compiled call per
   ``--steps-per-call`` steps; Ctrl-C saves a checkpoint at the step it came.
@@ -38,8 +39,7 @@ FETCH_EVERY = 50  # steps between looks at the metrics: often enough, without st
 
 @dataclasses.dataclass(frozen=True)
 class RunData:
-    """A run's training and test images (subsets where the config asks) and
-    its number of steps per epoch."""
+    """A run's training and test images (subsets where asked), its steps per epoch."""
 
     train: data.Split
     test: data.Split
@@ -170,8 +170,7 @@ def check_finite(host: dict, epoch: int) -> None:
         raise NonFiniteLossError(epoch + 1, int(host["nonfinite_step"]))
 
 
-# The compiled programs of the two loops, as they jit them (tests/test_lowering.py
-# lowers each for TPU and CUDA).
+# The compiled programs, as the loops jit them (tests/test_lowering.py lowers each).
 
 
 def jit_steps(mesh) -> tuple[Callable, Callable]:
