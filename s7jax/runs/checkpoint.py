@@ -1,7 +1,7 @@
-"""Saving and restoring a run's train state with Orbax: the whole state and
-a JSON record of where the run stood (epoch, a partial epoch's metric sums,
-the history), all ``--resume`` needs. A failed save leaves no half-written
-checkpoint (WriteError); an unreadable one falls back to the one before."""
+"""A run's train state and a JSON record of where it stood (epoch, a partial
+epoch's metric sums, the history), saved with Orbax: all ``--resume`` needs.
+A failed save leaves no half-written checkpoint; an unreadable one falls back
+to the one before."""
 
 from __future__ import annotations
 
@@ -71,11 +71,9 @@ class _Leftovers(logging.Filter):
 
 @contextlib.contextmanager
 def _leftovers_silenced():
-    """Keep Orbax's after-effects of a failed save or restore off stderr: its
-    unretrieved asyncio futures, unawaited coroutines, TensorStore callbacks
-    into a closed loop and absl tracebacks, dozens for one fault that the caller
-    already reports in one line. Dropped from the first failure on (s7jax has no
-    asyncio of its own); every other message gets through."""
+    """Keep Orbax's after-effects of a failed save or restore (unretrieved
+    futures, unawaited coroutines, absl tracebacks: dozens for one fault the
+    caller reports in one line) off stderr, from the first failure on."""
     undo = _drop_leftovers()
     try:
         yield
@@ -87,8 +85,7 @@ def _leftovers_silenced():
 
 
 def _drop_leftovers() -> Callable[[], None]:
-    """Install the filters unless they are in place; return what removes
-    those installed here."""
+    """Install the filters not yet in place; return what removes them."""
     added = []
     for name in ("asyncio", "absl"):
         logger = logging.getLogger(name)
@@ -129,8 +126,8 @@ def _remove_partial(directory: Path) -> None:
 
 
 def save(directory: str | Path, step: int, state: Any, record: dict[str, Any]) -> None:
-    """Write ``state`` and ``record`` as checkpoint ``step`` (replacing one at
-    that step), the record with the checksum of the state's arrays."""
+    """Checkpoint ``step`` (replacing one there), the record with the checksum
+    of the state's arrays."""
     directory = Path(directory)
     record = {**record, CHECKSUM_KEY: arrays_sha256(state)}
     try:
@@ -167,8 +164,7 @@ def _restore_one(directory: Path, abstract_state: Any, step: int):
 def restore(directory: str | Path, abstract_state: Any, step: int | None = None,
             log: Callable[[str], None] | None = None):
     """``(state, record)`` of checkpoint ``step``, or of the latest intact one
-    (an unreadable one, or one failing its checksum, is passed over, and ``log``
-    says so). CheckpointError if the arrays do not fit ``abstract_state``."""
+    (``log`` names a damaged one passed over)."""
     directory = Path(directory)
     try:
         steps = all_steps(directory) if step is None else [step]
