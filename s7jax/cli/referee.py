@@ -3,9 +3,7 @@ for s7jax's run of the same model.
 
     python scripts/referee.py --model model2 --seed 0
 
-trains ``s7jax.reference.torch_reference``'s model2 with SGD 0.01, momentum
-0.9, batch 128 for 15 epochs, on PyTorch's GPU if it sees one, into
-``results/model2/torch-seed-0/`` (set beside s7jax's runs in docs/results.md). Needs PyTorch and torchvision
+trains into ``results/model2/torch-seed-0/``; needs PyTorch and torchvision
 (``pip install -e '.[bench]'``).
 """
 

@@ -99,8 +99,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def start_distributed(args: argparse.Namespace) -> None:
-    """Join this process to the others before anything asks JAX for its
-    devices, so that the mesh spans every process's devices."""
+    """Join the other processes before JAX is asked for its devices."""
     # CPU devices of several processes need a collectives library to talk.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=args.coordinator_address,

@@ -1,20 +1,9 @@
 """The training augmentation, twice: in TensorFlow for tf.data, and in JAX for
-data kept on the accelerator.
-
-Both implement the same three ops on whole batches of images in [0, 1]:
-
-* rotation by an angle (degrees, counter-clockwise) about the image centre,
-  bilinear, with black fill (no reflection);
-* brightness: multiply by a factor b, then clip to [0, 1];
-* contrast: blend with the image's mean, ``mean + c * (x - mean)``, then clip
-  to [0, 1] (the two clips follow torchvision's ColorJitter, which the
-  original study used).
-
-Given the same angles and factors the two produce the same images to 1e-5
-(tested), and both draw angles from U(-degrees, degrees) and factors from
-U(1 - s, 1 + s), so the two pipelines sample the same distribution. A
-strength of 0 disables its op.
-"""
+data kept on the accelerator. Both rotate about the image centre (bilinear,
+black fill), then scale brightness and contrast, each clipped to [0, 1] as
+torchvision's ColorJitter (the original study's) does. Given the same angles
+and factors the two produce the same images to 1e-5 (tested), and both draw
+from the same distributions."""
 
 from __future__ import annotations
 

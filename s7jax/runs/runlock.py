@@ -1,9 +1,6 @@
-"""A run folder belongs to one run, written by one process at a time.
-
-:func:`claim` creates the folder, takes an ``flock`` on ``<workdir>/.lock``
-(the kernel drops it however the process exits, so a crashed run's lock is
-never in the way; the holder's pid inside names a live one) and refuses a
-folder holding another run unless resumed or overwritten."""
+"""A run folder belongs to one run, written by one process at a time: an
+``flock`` on ``<workdir>/.lock``, which the kernel drops however the process
+exits, so a crashed run's lock is never in the way."""
 
 from __future__ import annotations
 

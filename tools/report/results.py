@@ -42,10 +42,10 @@ def results_section(results_dir: Path, write_plots: bool = True, root: str = "..
     lines += recipe_trials(results_dir)
     if models:
         if write_plots:
-            from s7jax.runs import plots
             from s7jax.models import MODELS
+            from tools.report import figures
 
-            plots.models({n: first_runs[n][2] for n in MODELS if n in models},
+            figures.models({n: first_runs[n][2] for n in MODELS if n in models},
                          results_dir / "models.png")
         lines += ["", f"![test accuracy per epoch, every model]({root}results/models.png)"]
     against, table = against_original(results_dir)
@@ -110,9 +110,9 @@ def model6_over_seeds(m: dict[str, Any], target: float, results_dir: Path,
     worst = m["seeds"][m["worst_seed"]]
     interval = f" (95% interval +/- {m['ci95']:.3f})" if m.get("ci95") else ""
     if write_plots:
-        from s7jax.runs import plots
+        from tools.report import figures
 
-        plots.last_epochs({int(s): v["last3"] for s, v in m["seeds"].items()},
+        figures.last_epochs({int(s): v["last3"] for s, v in m["seeds"].items()},
                           results_dir / "model6" / "last3.png", m["mean"], m.get("ci95"),
                           title=f"model6: the last three epochs of {m['n_seeds']} seeds")
     marked = mark(results_dir, seed_runs(results_dir, "model6", m))
