@@ -28,8 +28,7 @@ from s7jax.training.steps import eval_step, initial_state, learning_rate_schedul
 def parse_args(argv=None) -> argparse.Namespace:
     p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint",
-                       help="run folder, its checkpoints/ folder, or a step folder inside it")
+    which.add_argument("--checkpoint", help="run folder, its checkpoints/ folder, or a step in it")
     which.add_argument("--weights", metavar="FILE",
                        help="a weights file (results/<model>/seed-<s>/weights.msgpack)")
     p.add_argument("--misclassified", metavar="FILE.png", help="draw the misclassified digits here")

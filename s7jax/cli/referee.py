@@ -25,8 +25,7 @@ def parse_args(argv=None):
                    help=f"allow more than {MAX_EPOCHS} epochs (the study itself trained 20)")
     p.add_argument("--train-subset", type=int, help="train on the first N images only (quick runs)")
     p.add_argument("--test-subset", type=int, help="evaluate on the first N test images only")
-    p.add_argument("--results", default="results",
-                   help="results folder; the run goes to RESULTS/<model>/torch-seed-<seed>")
+    p.add_argument("--results", default="results", help="results folder")
     add_data_flags(p, tfds=False)
     p.add_argument("--workdir", help="the run's folder (default RESULTS/<model>/torch-seed-<seed>)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already there")

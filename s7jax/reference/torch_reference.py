@@ -166,10 +166,6 @@ def count_params(net) -> int:
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
-def _to_numpy(x) -> np.ndarray:
-    return np.asarray(x, dtype=np.float32)
-
-
 def load_flax_variables(net, variables: Mapping[str, Any]):
     """Copy Flax variables into ``net`` (from :func:`build`), strictly: a
     missing or extra layer, or a shape mismatch, raises. Returns ``net``."""
@@ -179,11 +175,11 @@ def load_flax_variables(net, variables: Mapping[str, Any]):
     state: OrderedDict[str, Any] = OrderedDict()
 
     def tensor(x):  # a writable copy: arrays loaded from a weights file are read-only
-        return torch.from_numpy(np.array(_to_numpy(x), order="C"))
+        return torch.from_numpy(np.array(x, dtype=np.float32, order="C"))
 
     for layer, p in params.items():
         if layer.startswith("conv"):
-            state[f"{layer}.weight"] = tensor(_to_numpy(p["kernel"]).transpose(3, 2, 0, 1))
+            state[f"{layer}.weight"] = tensor(np.transpose(p["kernel"], (3, 2, 0, 1)))
             if "bias" in p:
                 state[f"{layer}.bias"] = tensor(p["bias"])
         elif layer.startswith("bn"):
@@ -207,7 +203,8 @@ def from_flax(name: str, variables: Mapping[str, Any]):
 def log_probs(net, images_nhwc: np.ndarray) -> np.ndarray:
     """Eval-mode log-probabilities of NHWC float images, as numpy."""
     torch = _torch()
-    x = torch.from_numpy(np.ascontiguousarray(_to_numpy(images_nhwc).transpose(0, 3, 1, 2)))
+    x = np.asarray(images_nhwc, np.float32).transpose(0, 3, 1, 2)
+    x = torch.from_numpy(np.ascontiguousarray(x))
     x = x.to(next(net.parameters()).device)
     was_training = net.training
     net.eval()

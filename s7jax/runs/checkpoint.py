@@ -25,6 +25,8 @@ from s7jax.errors import CheckpointError, WriteError
 _UNAWAITED = r"coroutine '.*' was never awaited"
 KEEP = 2  # the last completed epoch's state and the one before it
 CHECKSUM_KEY = "arrays_sha256"  # in the record; checked on restore where present
+# Orbax's words for a tree or shape that differs from the target's.
+_MISMATCH = ("shape", "structure", "mismatch", "not match", "missing key", "unexpected key", "keys")
 
 
 def _manager(directory: str | Path) -> ocp.CheckpointManager:
@@ -154,13 +156,6 @@ def latest_step(directory: str | Path) -> int | None:
     return steps[-1] if steps else None
 
 
-def _restore_one(directory: Path, abstract_state: Any, step: int):
-    with _leftovers_silenced(), _manager(directory) as manager:
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
-    return restored["state"], restored["record"]
-
-
 def restore(directory: str | Path, abstract_state: Any, step: int | None = None,
             log: Callable[[str], None] | None = None):
     """``(state, record)`` of checkpoint ``step``, or of the latest intact one
@@ -175,10 +170,13 @@ def restore(directory: str | Path, abstract_state: Any, step: int | None = None,
     damaged = []
     for candidate in reversed(steps):
         try:
-            state, record = _restore_one(directory, abstract_state, candidate)
+            with _leftovers_silenced(), _manager(directory) as manager:
+                restored = manager.restore(candidate, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
+            state, record = restored["state"], restored["record"]
         except Exception as e:  # noqa: BLE001
             reason = _reason(e)
-            if _is_mismatch(reason):
+            if any(word in reason.lower() for word in _MISMATCH):
                 raise CheckpointError(
                     f"checkpoint step {candidate} in {directory} does not fit the model and "
                     f"optimiser its run's config.json names ({reason})") from None
@@ -194,10 +192,3 @@ def restore(directory: str | Path, abstract_state: Any, step: int | None = None,
         return state, record
     raise CheckpointError(f"no intact checkpoint in {directory} ("
                           + "; ".join(f"step {s}: {r}" for s, r in damaged) + ")")
-
-
-def _is_mismatch(reason: str) -> bool:
-    """Orbax's words for a tree or shape that differs from the target's."""
-    words = ("shape", "structure", "mismatch", "does not match", "not match", "missing key",
-             "unexpected key", "keys")
-    return any(w in reason.lower() for w in words)

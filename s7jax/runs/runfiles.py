@@ -96,15 +96,11 @@ def environment(with_jax: bool = True, **extras: Any) -> dict[str, Any]:
         import jax
         import optax
 
-        record.update({
-            "jax": jax.__version__,
-            "flax": flax.__version__,
-            "optax": optax.__version__,
-            "tensorflow_datasets": package_versions("tensorflow-datasets")["tensorflow-datasets"],
-            "backend": jax.default_backend(),
-            "devices": [str(d.device_kind) for d in jax.devices()],
-            "device_count": jax.device_count(),
-        })
+        record.update(
+            jax=jax.__version__, flax=flax.__version__, optax=optax.__version__,
+            tensorflow_datasets=package_versions("tensorflow-datasets")["tensorflow-datasets"],
+            backend=jax.default_backend(), devices=[str(d.device_kind) for d in jax.devices()],
+            device_count=jax.device_count())
     return {**record, **extras}
 
 
