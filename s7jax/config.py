@@ -44,42 +44,30 @@ class Config:
                                    "optimisation")
     final_lr_fraction: float = _flag(1e-3, "one-cycle: final lr as a fraction of the peak",
                                      "optimisation")
-    cycle_epochs: int | None = _flag(None, "one-cycle: epochs the cycle spans; the epochs after "
-                                           "it train at its final lr (default: all of them)",
+    cycle_epochs: int | None = _flag(None, "one-cycle: epochs the cycle spans (then its final lr)",
                                      "optimisation")
     label_smoothing: float = _flag(0.0, "train on targets (1 - x) one-hot + x uniform (0: off)",
                                    "optimisation")
-    ema_decay: float = _flag(0.0, "evaluate a moving average of the weights, updated each step "
-                                  "with this decay (0: off)", "optimisation")
+    ema_decay: float = _flag(0.0, "evaluate a moving average of the weights with this decay "
+                                  "(0: off)", "optimisation")
     augment: AugmentConfig = _flag(AugmentConfig(), "training augmentation", "data")
     clean_epochs: int = _flag(0, "train the last N epochs without augmentation", "data")
     precise_bn: int = _flag(0, "re-estimate BatchNorm statistics on N clean training images "
-                               "each epoch (0: off)", "optimisation")
+                               "(0: off)", "optimisation")
     train_subset: int | None = _flag(None, "train on the first N images only (quick runs)", "data")
     test_subset: int | None = _flag(None, "evaluate on the first N test images only", "data")
     eval_batch_size: int = _flag(1000, "evaluation batch size", "data")
-    data_source: str = _flag(
-        "auto", "tfds, or idx (the official files read with numpy, no TensorFlow); auto: tfds "
-                "for --pipeline tfds, idx for the on-device pipelines (no TensorFlow in the "
-                "process); a run records what auto resolved to", "data",
-        choices=DATA_SOURCES)
-    pipeline: str = _flag(
-        "auto", "tfds: tf.data on the host, one call per step; device: data and augmentation on "
-                "the accelerator, one call per step; scan: on the accelerator, one compiled call "
-                "per epoch (train, BN re-estimation, evaluation). auto: scan on GPU/TPU, where "
-                "per-step dispatch would set the pace; device on CPU, where it costs nothing "
-                "and the progress bar moves with the steps (see s7jax.training.train)", "data",
-        choices=PIPELINES)
-    steps_per_call: int = _flag(1, "train steps per compiled call (tfds and device pipelines); "
-                                   "rounds differently from 1, the setting of every run under "
-                                   "results/",
-                                "optimisation")
-    matmul_precision: str = _flag(
-        "default", "precision of float32 matmuls and convolutions (jax_default_matmul_precision): "
-                   "default: JAX's own per backend (full float32 on CPU, TF32 on recent NVIDIA "
-                   "GPUs, one bfloat16 pass on TPU); high: TF32, or three bfloat16 passes on TPU; "
-                   "highest: full float32 everywhere (slower on GPU and TPU)",
-        "optimisation", choices=MATMUL_PRECISIONS)
+    data_source: str = _flag("auto", "tfds, or idx (the official files read with numpy); auto: "
+                                     "tfds for --pipeline tfds, else idx", "data",
+                             choices=DATA_SOURCES)
+    pipeline: str = _flag("auto", "tfds: tf.data on the host; device: batches made on the "
+                                  "accelerator; scan: one compiled call per epoch; auto: scan on "
+                                  "GPU/TPU, device on CPU", "data", choices=PIPELINES)
+    steps_per_call: int = _flag(1, "train steps per compiled call (tfds and device pipelines; "
+                                   "rounds differently from 1)", "optimisation")
+    matmul_precision: str = _flag("default", "float32 matmul and convolution precision: JAX's "
+                                             "default per backend, high (TF32) or highest",
+                                  "optimisation", choices=MATMUL_PRECISIONS)
     allow_long: bool = _flag(False, f"allow more than {MAX_EPOCHS} epochs")
 
     def to_json(self) -> dict[str, Any]:

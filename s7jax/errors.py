@@ -8,28 +8,26 @@ class RunError(Exception):
     exit_code = 1
 
 
-class ConfigError(RunError, ValueError):
+class BadInput(RunError):
+    """Input the user can correct: exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(BadInput, ValueError):
     """An invalid setting or flag."""
 
-    exit_code = 2
 
-
-class DataError(RunError):
+class DataError(BadInput):
     """Missing, corrupt or unusable input data."""
 
-    exit_code = 2
 
-
-class CheckpointError(RunError):
+class CheckpointError(BadInput):
     """A checkpoint that cannot be read, or does not fit the run's config."""
 
-    exit_code = 2
 
-
-class WriteError(RunError):
+class WriteError(BadInput):
     """A run's file could not be written (a full disk, a file in the way)."""
-
-    exit_code = 2
 
 
 class NonFiniteLossError(RunError):

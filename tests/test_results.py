@@ -7,6 +7,7 @@ import json
 import pytest
 
 from s7jax.runs import results
+from tools.report import trials
 
 
 def seed(*last3):
@@ -39,12 +40,12 @@ def test_recipe_trials_name_their_changes_and_compare_on_the_same_seeds(tmp_path
     from s7jax.data.augment import AugmentConfig
     from s7jax.config import default_config
 
-    root = tmp_path / results.TRIALS
+    root = tmp_path / trials.TRIALS
     for s, last3 in {0: (99.40, 99.42, 99.44), 1: (99.50, 99.50, 99.50),
                      2: (99.30, 99.30, 99.30)}.items():
-        record_run(root / results.BASELINE / "model6" / f"seed-{s}",
+        record_run(root / trials.BASELINE / "model6" / f"seed-{s}",
                    default_config(seed=s, weight_decay=0.0), last3)
-    recorded = root / results.BASELINE / "model6" / "seed-0" / "config.json"
+    recorded = root / trials.BASELINE / "model6" / "seed-0" / "config.json"
     record = json.loads(recorded.read_text())
     del record["config"]["ema_decay"]  # a run recorded before the setting existed
     recorded.write_text(json.dumps(record))
@@ -56,17 +57,17 @@ def test_recipe_trials_name_their_changes_and_compare_on_the_same_seeds(tmp_path
                default_config(seed=1, weight_decay=1e-3, augment=AugmentConfig(5.0, 0.2, 0.2),
                               label_smoothing=0.1), (99.40, 99.40, 99.40))
     (root / "empty").mkdir()  # a trial with no runs yet is left out
-    base, decay, smooth = results.recipe_trials(tmp_path)
-    assert base["name"] == results.BASELINE and base["runs"]["n_seeds"] == 3
+    base, decay, smooth = trials.recipe_trials(tmp_path)
+    assert base["name"] == trials.BASELINE and base["runs"]["n_seeds"] == 3
     assert decay["changes"] == {"weight_decay": (0.0, 1e-3), "augment.degrees": (7.0, 5.0)}
-    assert decay["builds_on"] == results.BASELINE
+    assert decay["builds_on"] == trials.BASELINE
     assert decay["paired_seeds"] == 2  # seed 2 has no trial run
     assert decay["paired_difference"] == pytest.approx((0.10 + 0.03) / 2)
     assert decay["paired_se"] == pytest.approx(0.07 / 2 ** 0.5 / 2 ** 0.5)  # std 0.07/sqrt(2)
     assert smooth["builds_on"] == "decay" and smooth["paired_seeds"] == 1
     assert smooth["paired_difference"] == pytest.approx(99.40 - 99.53)
     assert smooth["paired_se"] is None  # one seed has no spread
-    assert results.recipe_trials(tmp_path / "nowhere") == []
+    assert trials.recipe_trials(tmp_path / "nowhere") == []
 
 
 def test_the_trials_table_says_how_large_chance_alone_is():
@@ -89,10 +90,10 @@ def test_the_trials_table_says_how_large_chance_alone_is():
 def test_a_cycle_over_the_whole_run_is_one_setting_however_it_was_recorded():
     from s7jax.config import default_config
 
-    whole = results.flat(default_config(cycle_epochs=None))
-    assert whole == results.flat(default_config(cycle_epochs=15))
+    whole = trials.flat(default_config(cycle_epochs=None))
+    assert whole == trials.flat(default_config(cycle_epochs=15))
     assert whole["cycle_epochs"] == 15
-    assert results.flat(default_config(cycle_epochs=14))["cycle_epochs"] == 14
+    assert trials.flat(default_config(cycle_epochs=14))["cycle_epochs"] == 14
 
 
 def test_the_recipe_says_where_a_short_cycle_ends_and_the_rate_after_it():

@@ -1,9 +1,8 @@
 """What the commands share: flags made from Config's fields, and errors as one
 line with an exit code (2 bad input, 3 non-finite loss, 130 Ctrl-C, 143
-SIGTERM), never a traceback.
-
-Config, and with it JAX, is imported only where the flags are made: the
-benchmarks' workers import this module before their clock starts."""
+SIGTERM), never a traceback. Config, and with it JAX, is imported only where
+the flags are made: the benchmarks' workers import this module before their
+clock starts."""
 
 from __future__ import annotations
 
@@ -24,6 +23,11 @@ class OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
+    def check_positive(self, args: argparse.Namespace, *names: str) -> None:
+        for name in names:
+            if getattr(args, name) < 1:
+                self.error(f"{_flag(name)} must be >= 1, got {getattr(args, name)}")
+
 
 def _terminate(signum, frame):
     raise Terminated()
@@ -31,9 +35,8 @@ def _terminate(signum, frame):
 
 @contextlib.contextmanager
 def exit_on_known_errors():
-    """Known errors as one line and their exit codes. SIGTERM raises
-    :class:`Terminated` instead of killing the process where it stands, so
-    that it is cleaned up after as Ctrl-C is."""
+    """Known errors as one line and their exit codes; SIGTERM raises
+    :class:`Terminated`, to be cleaned up after as Ctrl-C is."""
     with contextlib.suppress(ValueError):  # ValueError: not the main thread
         signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -55,8 +58,7 @@ def exit_on_known_errors():
 
 def command(parse_args: Callable, run: Callable, *, compile_cache: bool = False) -> Callable:
     """A command's ``main(argv=None)``: ``run(parse_args(argv))``, exit 0
-    unless it returns a code. ``compile_cache``: XLA's persistent cache first,
-    so that a second identical run skips the compiles."""
+    unless it returns a code; ``compile_cache``: XLA's persistent cache on."""
     def main(argv=None) -> int:
         args = parse_args(argv)
         with exit_on_known_errors():
@@ -68,8 +70,7 @@ def command(parse_args: Callable, run: Callable, *, compile_cache: bool = False)
 
 
 def _recipe_choice(argv=None) -> tuple[str, str]:
-    """``(model, recipe)`` from the command line, read ahead of parsing so that
-    ``--help`` can show that recipe's values."""
+    """``(model, recipe)``, read ahead so that ``--help`` shows that recipe's values."""
     from s7jax.config import RECIPES
     from s7jax.models import MODELS
 
@@ -82,8 +83,7 @@ def _recipe_choice(argv=None) -> tuple[str, str]:
 
 
 def _config_fields():
-    """``(field, parent)`` for every setting, the augmentation's strengths
-    (parent ``"augment"``) in place of ``augment``."""
+    """``(field, parent)`` per setting, ``augment``'s strengths with parent ``"augment"``."""
     from s7jax.config import Config
     from s7jax.data.augment import AugmentConfig
 
@@ -103,8 +103,8 @@ def _flag(name: str) -> str:
 
 
 def add_config_flags(p: argparse.ArgumentParser, argv=None) -> None:
-    """One flag per Config field, plus ``--recipe`` and ``--no-augment``. A flag
-    left out keeps the recipe's value, which ``--help`` shows in brackets."""
+    """One flag per Config field, plus ``--recipe`` and ``--no-augment``; a flag
+    left out keeps the recipe's value (shown in brackets)."""
     from s7jax.config import RECIPES, default_config
 
     model, recipe = _recipe_choice(argv)
@@ -147,7 +147,6 @@ def add_progress_flag(p) -> None:
 
 
 def config_from_args(args: argparse.Namespace, **overrides):
-    """The recipe (``--recipe``, for ``--model``) with every flag given applied."""
     from s7jax.config import default_config
     from s7jax.data.augment import NO_AUGMENT
 
@@ -165,7 +164,6 @@ def config_from_args(args: argparse.Namespace, **overrides):
 
 
 def config_flags_given(args: argparse.Namespace) -> list[str]:
-    """The config flags set on the command line (``--recipe`` included), sorted."""
     names = [f.name for f, _ in _config_fields()] + ["recipe"]
     return sorted([_flag(n) for n in names if getattr(args, n, None) is not None]
                   + ["--no-augment"] * bool(args.no_augment))

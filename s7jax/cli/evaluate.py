@@ -3,10 +3,7 @@
     python scripts/evaluate.py --checkpoint runs/model6-<timestamp>
     python scripts/evaluate.py --weights results/model6/seed-0/weights.msgpack
 
-restores the run's latest checkpoint (or the step given) with its
-``config.json``, or loads a weights file, and prints the test loss and
-accuracy: the figures of the run's last ``metrics.jsonl`` row.
-``--misclassified FILE.png`` also draws the misclassified digits.
+prints the figures of the run's last ``metrics.jsonl`` row.
 """
 
 from __future__ import annotations
@@ -31,8 +28,7 @@ from s7jax.training.steps import eval_step, initial_state, learning_rate_schedul
 def parse_args(argv=None) -> argparse.Namespace:
     p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint",
-                       help="run folder, its checkpoints/ folder, or a step folder inside it")
+    which.add_argument("--checkpoint", help="run folder, its checkpoints/ folder, or a step in it")
     which.add_argument("--weights", metavar="FILE",
                        help="a weights file (results/<model>/seed-<s>/weights.msgpack)")
     p.add_argument("--misclassified", metavar="FILE.png", help="draw the misclassified digits here")
@@ -42,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def locate(path: Path) -> tuple[Path, int | None]:
-    """(run folder, step or None for the latest) from what the user gave."""
+    """(run folder, step or None for the latest)."""
     for workdir, step in ((path, None), (path.parent, None), (path.parent.parent, path.name)):
         if runfiles.config_path(workdir).is_file():
             if step is not None and not step.isdigit():
@@ -52,8 +48,8 @@ def locate(path: Path) -> tuple[Path, int | None]:
 
 
 def run(args: argparse.Namespace) -> None:
-    # The weights or the checkpoint first, read and verified: their faults
-    # need no data, and come before TensorFlow loads.
+    # The weights or the checkpoint first: their faults need no data, and
+    # come before TensorFlow loads.
     if args.weights:
         name, variables, info = weights.load(args.weights)
         model = get_model(name)

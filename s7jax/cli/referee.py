@@ -3,9 +3,7 @@ for s7jax's run of the same model.
 
     python scripts/referee.py --model model2 --seed 0
 
-trains ``s7jax.reference.torch_reference``'s model2 with SGD 0.01, momentum
-0.9, batch 128 for 15 epochs, on PyTorch's GPU if it sees one, into
-``results/model2/torch-seed-0/`` (set beside s7jax's runs in docs/results.md). Needs PyTorch and torchvision
+trains into ``results/model2/torch-seed-0/``; needs PyTorch and torchvision
 (``pip install -e '.[bench]'``).
 """
 
@@ -27,8 +25,7 @@ def parse_args(argv=None):
                    help=f"allow more than {MAX_EPOCHS} epochs (the study itself trained 20)")
     p.add_argument("--train-subset", type=int, help="train on the first N images only (quick runs)")
     p.add_argument("--test-subset", type=int, help="evaluate on the first N test images only")
-    p.add_argument("--results", default="results",
-                   help="results folder; the run goes to RESULTS/<model>/torch-seed-<seed>")
+    p.add_argument("--results", default="results", help="results folder")
     add_data_flags(p, tfds=False)
     p.add_argument("--workdir", help="the run's folder (default RESULTS/<model>/torch-seed-<seed>)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already there")

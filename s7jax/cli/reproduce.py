@@ -2,11 +2,9 @@
 
     python scripts/reproduce.py results/model6/seed-3
 
-trains the run's config from scratch in a fresh workdir, then compares every
-figure of its ``metrics.jsonl`` but the seconds with the recorded one, for
-exact equality. It writes the verdict to ``<run>/reproduce.json`` and exits 0
-when the run repeated, 1 when it did not. On the same backend and library
-versions a CPU run repeats bit for bit.
+compares every figure of the repeat's ``metrics.jsonl`` but the seconds with
+the recorded one, writes the verdict to ``<run>/reproduce.json``, and exits 0
+when the run repeated exactly, 1 when it did not.
 """
 
 from __future__ import annotations

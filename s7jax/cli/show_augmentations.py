@@ -1,9 +1,6 @@
 """Draw training digits, each original above augmented versions of it.
 
     python scripts/show_augmentations.py --out aug.png
-
-uses the training pipeline's own op (``s7jax.data.augment.augment_tf``) with
-model6's default strengths, or the ones given.
 """
 
 from __future__ import annotations

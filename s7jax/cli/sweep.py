@@ -2,12 +2,9 @@
 
     python scripts/sweep.py --model model6 --seeds 5
 
-trains seeds 0..4 with model6's default recipe into
-``results/model6/seed-<s>/`` (``--recipe original``: ``original-seed-<s>/``);
-a seed whose run is complete is skipped, an interrupted one resumes. Then it
-rewrites ``results/summary.json`` and ``results/<model>/seeds.png``. Training
-flags apply to every seed. ``--together`` trains the seeds not done yet as
-one vectorised program (``jax.vmap`` over the runs), into the same folders.
+trains seeds 0..4 into ``results/model6/seed-<s>/``, skipping a complete run
+and resuming an interrupted one, then rewrites ``results/summary.json`` and
+``results/<model>/seeds.png``.
 """
 
 from __future__ import annotations
@@ -37,20 +34,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=5, help="train seeds 0 .. SEEDS-1")
     p.add_argument("--results", default="results", help="results folder")
     add_progress_flag(p)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a seed's folder that holds a run of another config")
-    p.add_argument("--together", action="store_true",
-                   help="train the seeds as one vectorised program (jax.vmap over the runs, "
-                        "one compiled call per epoch for all of them); each seed trains what "
-                        "--pipeline scan trains for it, up to float rounding")
+    p.add_argument("--overwrite", action="store_true", help="replace a run of another config")
+    p.add_argument("--together", action="store_true", help="train the seeds as one program "
+                   "(jax.vmap over the runs; as --pipeline scan, up to float rounding)")
     p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
-                   help="with --together: write each seed's checkpoint and metrics every N "
-                        "epochs and after the last (default 1)")
+                   help="with --together: save every N epochs and after the last (default 1)")
     args = p.parse_args(argv)
-    if args.checkpoint_every < 1:
-        p.error(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
-    if args.seeds < 1:
-        p.error(f"--seeds must be >= 1, got {args.seeds}")
+    p.check_positive(args, "checkpoint_every", "seeds")
     return args
 
 

@@ -2,11 +2,8 @@
 
     python scripts/train.py --model model6
 
-runs model6's default recipe for 15 epochs into ``runs/model6-<timestamp>/``
-(``config.json``, ``metrics.jsonl``, ``curves.png``, ``weights.msgpack``,
-``checkpoints/``). Every flag overrides one setting of the recipe;
-``--resume WORKDIR`` continues an interrupted run. Exit codes: 0 done, 2 bad
-input, 3 non-finite loss, 130 Ctrl-C and 143 SIGTERM (a checkpoint is saved).
+runs model6's default recipe for 15 epochs into ``runs/model6-<timestamp>/``;
+every flag overrides one setting of the recipe.
 """
 
 from __future__ import annotations
@@ -30,23 +27,20 @@ from s7jax.training.train import resolve, train_and_evaluate
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = OneLineErrorParser(description=__doc__.split("\n\n")[0],
-                           epilog="In brackets: what the recipe (--recipe, default by "
-                                  "default) of the --model given (model6 by default) sets each "
-                                  "flag to.")
+                           epilog="In brackets: what the recipe (--recipe) of the --model given "
+                                  "(model6 by default) sets each flag to.")
     add_config_flags(p, argv)
     p.add_argument("--workdir", help="where the run's files go (default runs/<model>-<timestamp>)")
-    p.add_argument("--resume", metavar="WORKDIR",
-                   help="continue the run in WORKDIR from its last intact checkpoint, with its "
-                        "recorded config (config flags are refused)")
+    p.add_argument("--resume", metavar="WORKDIR", help="continue the run in WORKDIR from its last "
+                                                       "intact checkpoint, with its config")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run that --workdir already holds (its files are deleted)")
     add_progress_flag(p)
     p.add_argument("--print-config", action="store_true",
-                   help="print the config the run would use, as JSON (its auto settings "
-                        "resolved for this machine), and exit")
+                   help="print the config, auto settings resolved, as JSON and exit")
     p.add_argument("--distributed", action="store_true",
-                   help="several hosts as one: call jax.distributed.initialize() first (TPU pods "
-                        "and known schedulers are detected; elsewhere give the three flags below)")
+                   help="several hosts as one: call jax.distributed.initialize() first (give the "
+                        "three flags below where no cluster is detected)")
     cluster = p.add_argument_group("--distributed, where no cluster is detected")
     cluster.add_argument("--coordinator-address", metavar="HOST:PORT",
                          help="process 0's address, the same on every process")
@@ -57,15 +51,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if any(x is not None for x in cluster_flags) and not args.distributed:
         p.error("--coordinator-address, --num-processes and --process-id go with --distributed")
     return args
-
-
-def start_distributed(args: argparse.Namespace) -> None:
-    """Join this process to the others before anything asks JAX for its
-    devices, so that the mesh spans every process's devices."""
-    # CPU devices of several processes need a collectives library to talk.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=args.coordinator_address,
-                               num_processes=args.num_processes, process_id=args.process_id)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -111,6 +96,14 @@ def run(args: argparse.Namespace) -> None:
                           title=f"{config.model}, seed {config.seed}")
     written = [runfiles.metrics_path(workdir), curves, runfiles.weights_path(workdir)]
     print(f"wrote {', '.join(map(str, written))}, {runfiles.checkpoint_dir(workdir)}/")
+
+
+def start_distributed(args: argparse.Namespace) -> None:
+    """Join the other processes before JAX is asked for its devices."""
+    # CPU devices of several processes need a collectives library to talk.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                               num_processes=args.num_processes, process_id=args.process_id)
 
 
 main = command(parse_args, run, compile_cache=True)

@@ -1,32 +1,19 @@
-"""MNIST from its four official files, and the input pipelines.
-
-In the order the data flows: ``files`` (the official files, checked against
-``SHA256SUMS`` and read with numpy), ``tfds`` (TFDS's ``mnist`` prepared
-offline from those files), :func:`load_mnist` here, ``host`` (normalisation,
-the tf.data pipeline, evaluation batches) and ``device`` (training batches
-made on the accelerator). Both sources give the same 70,000 images; every
-pipeline is a pure function of (seed, step), so a resumed run sees exactly
-the batches the uninterrupted one would have. Nothing imports TensorFlow
-until a TFDS or tf.data function is called.
-"""
+"""MNIST from its four official files, and the input pipelines, in the order
+the data flows: ``files`` (checked and read with numpy), ``tfds`` (TFDS's
+``mnist`` prepared offline from them), :func:`load_mnist`, ``host`` (the
+tf.data pipeline, evaluation batches) and ``device`` (batches made on the
+accelerator). Every pipeline is a pure function of (seed, step), so a resumed
+run sees the batches the uninterrupted one would have. Nothing imports
+TensorFlow until a TFDS or tf.data function is called."""
 
 from __future__ import annotations
 
 from s7jax.data.device import DeviceTrainData
-from s7jax.data.files import (IDX_SPLITS, IMAGES_MAGIC, LABELS_MAGIC, MNIST_FILES, Split,
-                              default_manual_dir, read_idx, verify_mnist_files)
+from s7jax.data.files import Split, default_manual_dir, read_idx, verify_mnist_files
 from s7jax.data.host import (MEAN, STD, as_numpy, eval_batches, normalize, steps_per_epoch,
                              train_dataset)
-from s7jax.data.tfds import TFDS_MNIST_VERSION, check_files, load_tfds, prepare_mnist, tfds_available
+from s7jax.data.tfds import check_files, load_tfds, prepare_mnist, tfds_available
 from s7jax.errors import ConfigError
-
-__all__ = [
-    "IDX_SPLITS", "IMAGES_MAGIC", "LABELS_MAGIC", "MEAN", "MNIST_FILES", "STD",
-    "TFDS_MNIST_VERSION", "DeviceTrainData", "Split", "as_numpy", "check_files",
-    "default_manual_dir", "eval_batches", "load_mnist", "load_tfds", "normalize",
-    "prepare_mnist", "read_idx", "resolve_source", "steps_per_epoch", "tfds_available",
-    "train_dataset", "verify_mnist_files",
-]
 
 
 def resolve_source(source: str) -> str:
@@ -41,8 +28,7 @@ def resolve_source(source: str) -> str:
 
 def load_mnist(data_dir=None, manual_dir=None, source: str = "auto") -> dict[str, Split]:
     """``{"train": Split, "test": Split}`` in host memory (55 MB: an epoch's
-    shuffle is then a cheap index permutation), through TFDS or from the IDX
-    files (see :func:`resolve_source`)."""
+    shuffle is then a cheap index permutation)."""
     if resolve_source(source) == "idx":
         return read_idx(manual_dir)
     return load_tfds(data_dir, manual_dir)

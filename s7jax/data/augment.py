@@ -1,20 +1,9 @@
 """The training augmentation, twice: in TensorFlow for tf.data, and in JAX for
-data kept on the accelerator.
-
-Both implement the same three ops on whole batches of images in [0, 1]:
-
-* rotation by an angle (degrees, counter-clockwise) about the image centre,
-  bilinear, with black fill (no reflection);
-* brightness: multiply by a factor b, then clip to [0, 1];
-* contrast: blend with the image's mean, ``mean + c * (x - mean)``, then clip
-  to [0, 1] (the two clips follow torchvision's ColorJitter, which the
-  original study used).
-
-Given the same angles and factors the two produce the same images to 1e-5
-(tested), and both draw angles from U(-degrees, degrees) and factors from
-U(1 - s, 1 + s), so the two pipelines sample the same distribution. A
-strength of 0 disables its op.
-"""
+data kept on the accelerator. Both rotate about the image centre (bilinear,
+black fill), then scale brightness and contrast, each clipped to [0, 1] as
+torchvision's ColorJitter (the original study's) does. Given the same angles
+and factors the two produce the same images to 1e-5 (tested), and both draw
+from the same distributions."""
 
 from __future__ import annotations
 
@@ -50,13 +39,10 @@ NO_AUGMENT = AugmentConfig(0.0, 0.0, 0.0)
 
 
 def rotation_matrix(angles_deg, height: int, width: int, xp=np):
-    """Per image, the map from output pixel (x, y) to input pixel coordinates:
-    ``x_in = a0 x + a1 y + a2``, ``y_in = b0 x + b1 y + b2``, returned as
-    ``(B, 8)`` rows ``[a0, a1, a2, b0, b1, b2, 0, 0]`` (TensorFlow's projective
-    transform layout). Rotating the image counter-clockwise by t on screen
-    (where y points down) means sampling it at the point rotated by -t about
-    the centre ``((width - 1) / 2, (height - 1) / 2)``.
-    """
+    """Per image, output pixel (x, y) -> input ``(a0 x + a1 y + a2, b0 x + b1 y
+    + b2)`` as rows ``[a0, a1, a2, b0, b1, b2, 0, 0]`` (TensorFlow's layout):
+    rotating counter-clockwise by t on screen (y down) samples the point
+    rotated by -t about the centre."""
     t = angles_deg * (math.pi / 180.0)
     cos, sin = xp.cos(t), xp.sin(t)
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
@@ -66,9 +52,7 @@ def rotation_matrix(angles_deg, height: int, width: int, xp=np):
     return xp.stack([cos, -sin, a2, sin, cos, b2, zero, zero], axis=-1)
 
 
-# --------------------------------------------------------------------------
-# TensorFlow (tf.data) version
-# --------------------------------------------------------------------------
+# TensorFlow, for tf.data.
 
 
 def rotate_tf(images, angles_deg):
@@ -98,7 +82,7 @@ def brightness_contrast_tf(images, brightness, contrast):
 
 
 def sample_tf(seed, batch_size, config: AugmentConfig):
-    """Angles and factors for one batch from a stateless ``[2]`` int seed."""
+    """Angles and factors for one batch from a stateless ``[2]`` seed."""
     tf = tensorflow()
 
     seeds = tf.random.experimental.stateless_split(seed, 3)
@@ -123,9 +107,7 @@ def augment_tf(images, seed, config: AugmentConfig):
     return images
 
 
-# --------------------------------------------------------------------------
-# JAX version
-# --------------------------------------------------------------------------
+# JAX, for data on the accelerator.
 
 
 def rotate_jax(images: jax.Array, angles_deg: jax.Array) -> jax.Array:
@@ -153,8 +135,7 @@ def brightness_contrast_jax(images: jax.Array, brightness: jax.Array, contrast: 
 
 
 def sample_jax(key: jax.Array, batch_size: int, config: AugmentConfig):
-    """Angles and factors for one batch from a JAX key (per key under
-    ``jax.vmap`` over seeds: ``s7jax.models.seedwise``)."""
+    """Angles and factors for one batch, each seed's own under ``jax.vmap``."""
 
     def uniform(k, low, high):
         return jax.random.uniform(k, (batch_size,), jnp.float32, low, high)
@@ -171,7 +152,7 @@ def sample_jax(key: jax.Array, batch_size: int, config: AugmentConfig):
 
 
 def augment_jax(images: jax.Array, key: jax.Array, config: AugmentConfig) -> jax.Array:
-    """Augment a batch ``(B, 28, 28, 1)`` in [0, 1] with a JAX key (jit-able)."""
+    """Augment a batch ``(B, 28, 28, 1)`` in [0, 1] with a JAX key."""
     chex.assert_rank(images, 4, custom_message="augment_jax images: (B, H, W, C)")
     chex.assert_type(images, float, custom_message="augment_jax images: floats in [0, 1]")
     angles, brightness, contrast = sample_jax(key, images.shape[0], config)

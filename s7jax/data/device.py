@@ -18,11 +18,10 @@ from s7jax.models.seedwise import seedwise
 
 @struct.dataclass
 class DeviceTrainData:
-    """The training split resident on the accelerator(s), batched and augmented
-    there. A pytree, so the arrays enter jitted functions as arguments, never as
-    constants. Each batch is a pure function of (seed, step): the permutation
-    from ``fold_in(shuffle_key, epoch)``, the augmentation from
-    ``fold_in(augment_key, step)`` (other streams than tf.data's)."""
+    """The training split on the accelerator(s), batched and augmented there.
+    A pytree, so the arrays enter jitted functions as arguments, never as
+    constants. Each batch is a pure function of (seed, step) (other random
+    streams than tf.data's)."""
 
     images: jax.Array  # uint8 (N, 28, 28, 1)
     labels: jax.Array  # int32 (N,)
@@ -46,12 +45,10 @@ class DeviceTrainData:
 
     @staticmethod
     def keys_for(seed: int) -> tuple[jax.Array, jax.Array]:
-        """The (shuffle, augment) keys of ``seed``'s data."""
         return tuple(jax.random.split(jax.random.key(seed, impl="rbg")))
 
     def for_seeds(self, seeds) -> tuple["DeviceTrainData", "DeviceTrainData"]:
-        """This data with each seed's keys stacked, and the ``in_axes`` for
-        ``jax.vmap`` (the images and labels shared by every seed)."""
+        """This data with each seed's keys stacked, and its ``jax.vmap`` in_axes."""
         keys = [self.keys_for(s) for s in seeds]
         stacked = dataclasses.replace(self, shuffle_key=jnp.stack([k for k, _ in keys]),
                                       augment_key=jnp.stack([k for _, k in keys]))
@@ -60,17 +57,16 @@ class DeviceTrainData:
 
     @property
     def steps(self) -> int:
-        """Batches per epoch (the remainder dropped, as :func:`steps_per_epoch`)."""
+        """Batches per epoch, the remainder dropped."""
         return self.images.shape[0] // self.batch_size
 
     def order(self, epoch) -> jax.Array:
-        """The epoch's permutation of the split (per seed under ``jax.vmap``)."""
         n = self.images.shape[0]
         return seedwise(lambda key, epoch: jax.random.permutation(jax.random.fold_in(key, epoch), n))(
             self.shuffle_key, epoch)
 
     def batch(self, order: jax.Array, step) -> dict[str, jax.Array]:
-        """Global step ``step``'s batch, given its epoch's ``order`` (jit-able)."""
+        """Global step ``step``'s batch, given its epoch's ``order``."""
         i = step % self.steps
         idx = jax.lax.dynamic_slice_in_dim(order, i * self.batch_size, self.batch_size)
         batch = self.images[idx].astype(jnp.float32) / 255.0
@@ -81,8 +77,7 @@ class DeviceTrainData:
         return {"image": (batch - MEAN) / STD, "label": self.labels[idx]}
 
     def batches(self, start_step: int = 0, sharding=None) -> Iterator[dict[str, jax.Array]]:
-        """Batches from global step ``start_step`` to the end of the run, one
-        jitted call each, laid out as ``sharding``."""
+        """Batches from global step ``start_step`` on, one jitted call each."""
         permutation = jax.jit(DeviceTrainData.order)
         make = jax.jit(DeviceTrainData.batch, out_shardings=sharding)
         order = None
@@ -93,8 +88,8 @@ class DeviceTrainData:
 
     def scan(self, fn: Callable[[Any, dict[str, jax.Array]], tuple[Any, Any]], carry: Any,
              epoch, first: int = 0) -> tuple[Any, Any]:
-        """``lax.scan`` of ``fn(carry, batch)`` over the batches :meth:`batches`
-        yields for steps ``first ..`` of ``epoch``, inside the calling program."""
+        """``lax.scan`` of ``fn(carry, batch)`` over steps ``first ..`` of
+        ``epoch``: the batches :meth:`batches` yields, in the calling program."""
         order = self.order(epoch)
         steps = jnp.arange(first, self.steps) + epoch * self.steps
         return jax.lax.scan(lambda c, step: fn(c, self.batch(order, step)), carry, steps)

@@ -39,7 +39,6 @@ class Split:
         return len(self.labels)
 
     def subset(self, n: int | None) -> "Split":
-        """The first ``n`` examples (all when ``n`` is None)."""
         if n is None:
             return self
         if not 0 < n <= len(self):
@@ -48,20 +47,17 @@ class Split:
 
 
 def default_manual_dir() -> Path:
-    """Where the official files are looked for: ``$S7JAX_MNIST_DIR``, else the
-    copy that ships inside the package, ``s7jax/mnist_files``."""
+    """``$S7JAX_MNIST_DIR``, else the copy inside the package."""
     env = os.environ.get("S7JAX_MNIST_DIR")
     return Path(env) if env else Path(__file__).resolve().parents[1] / "mnist_files"
 
 
 def _fix(manual_dir: Path) -> str:
-    """What to do about a bad file in ``manual_dir``."""
     hint = "" if manual_dir != default_manual_dir() else " or pass --manual-dir"
     return f"restore the official MNIST files in {manual_dir} (see s7jax/mnist_files/README.md){hint}"
 
 
 def verify_mnist_files(manual_dir: str | os.PathLike) -> None:
-    """Raise :class:`DataError` unless all four files exist and match SHA256SUMS."""
     manual_dir = Path(manual_dir)
     fix = _fix(manual_dir)
     sums_file = manual_dir / "SHA256SUMS"
@@ -79,8 +75,7 @@ def verify_mnist_files(manual_dir: str | os.PathLike) -> None:
 
 
 def _read_sums(sums_file: Path, fix: str) -> dict[str, str]:
-    """``{file name: SHA-256}`` from a ``sha256sum`` listing (``DIGEST  NAME``
-    or ``DIGEST *NAME``; blank and ``#`` lines skipped), or DataError."""
+    """``{file name: SHA-256}`` from a ``sha256sum`` listing, or DataError."""
     try:
         text = sums_file.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
@@ -100,8 +95,6 @@ def _read_sums(sums_file: Path, fix: str) -> dict[str, str]:
 
 
 def _idx_payload(path: Path, magic: int, dims: tuple[int, ...], fix: str) -> np.ndarray:
-    """The uint8 array of one gzip IDX file, after checking its magic number,
-    its header's sizes against ``dims`` and its length."""
     try:
         raw = gzip.decompress(path.read_bytes())
     except (OSError, EOFError, gzip.BadGzipFile) as e:
@@ -123,8 +116,7 @@ def _idx_payload(path: Path, magic: int, dims: tuple[int, ...], fix: str) -> np.
 
 
 def read_idx(manual_dir=None) -> dict[str, "Split"]:
-    """``{"train": Split, "test": Split}`` straight from the four official
-    files with numpy, in the files' own order: no TensorFlow involved."""
+    """``{"train": Split, "test": Split}`` from the official files, in their order."""
     manual_dir = Path(manual_dir) if manual_dir is not None else default_manual_dir()
     verify_mnist_files(manual_dir)
     fix = _fix(manual_dir)

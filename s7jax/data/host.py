@@ -25,8 +25,8 @@ def normalize(images_uint8, compute_dtype=np.float32):
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Training batches per epoch: the remainder is dropped (a fresh permutation
-    every epoch means no image is left out for long), keeping one batch shape."""
+    """Training batches per epoch: the remainder is dropped (one batch shape;
+    each epoch's fresh permutation leaves no image out for long)."""
     steps = num_examples // batch_size
     if steps == 0:
         raise DataError(f"batch size {batch_size} exceeds the {num_examples} training images")
@@ -77,8 +77,8 @@ def train_dataset(
 
 
 def eval_batches(split: Split, *, batch_size: int) -> dict[str, np.ndarray]:
-    """The whole split as stacked normalised batches with a ``mask``: the last
-    batch padded and its padding masked, so the eval step compiles once."""
+    """The split as stacked batches, the last one padded and masked, so that
+    the eval step compiles once."""
     n = len(split)
     batches = -(-n // batch_size)
     pad = batches * batch_size - n

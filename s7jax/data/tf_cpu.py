@@ -22,8 +22,7 @@ _BANNER = re.compile(r"^(I\d{4} [\d:.]+ +\d+ \S+:\d+\] |"
 
 @contextlib.contextmanager
 def without_startup_banner():
-    """Capture what native code writes to descriptor 2 in the block, then
-    write back every line that is not a start-up INFO line."""
+    """Descriptor 2 captured, and written back without start-up INFO lines."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as captured:

@@ -1,7 +1,6 @@
 """The ``tfds`` source: TFDS's ``mnist`` prepared offline from the official
-files (manual download, no network) in TFDS's ``data_dir``, read back as one
-:class:`~s7jax.data.files.Split` per split. TensorFlow loads only inside
-these functions, after the files have passed their checks."""
+files (manual download, no network), read back as one ``Split`` per split.
+TensorFlow loads only after the files have passed their checks."""
 
 from __future__ import annotations
 
@@ -23,7 +22,6 @@ TFDS_MNIST_VERSION = "3.0.1"
 
 
 def tfds_available() -> bool:
-    """Whether TensorFlow and TensorFlow Datasets import here."""
     try:
         tensorflow()
         import tensorflow_datasets  # noqa: F401
@@ -33,18 +31,15 @@ def tfds_available() -> bool:
 
 
 def _tfds_prepared_dir(data_dir) -> Path:
-    """Where TFDS keeps (or will keep) the prepared ``mnist``: found without
-    importing TensorFlow, so that bad files are reported before it loads."""
+    """Where TFDS keeps the prepared ``mnist``, found without TensorFlow."""
     root = data_dir or os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets"
     return Path(root) / "mnist" / TFDS_MNIST_VERSION
 
 
 def check_files(source: str = "auto", data_dir=None, manual_dir=None) -> None:
-    """Check the official files (checksums, IDX headers) before anything loads
-    TensorFlow, so that a data error is one line and comes at once. Needed
-    only where TensorFlow would load first and TFDS still has to prepare them:
-    the ``idx`` source (or ``auto`` without TFDS) reads and checks them in
-    :func:`s7jax.data.load_mnist` without TensorFlow anyway."""
+    """Check the official files before anything loads TensorFlow, where TFDS
+    still has to prepare them, so that a data error is one line and comes at
+    once (the ``idx`` source checks them as it reads them)."""
     tfds_installed = importlib.util.find_spec("tensorflow_datasets") is not None
     prepared = (_tfds_prepared_dir(data_dir) / "dataset_info.json").is_file()
     if source != "idx" and tfds_installed and not prepared:
@@ -62,10 +57,9 @@ def _mnist_builder(data_dir):
 
 @contextlib.contextmanager
 def _preparing(data_dir):
-    """Hold the lock on preparing TFDS's mnist in ``data_dir``: TFDS writes
-    into a temporary folder and renames it, so two processes preparing the
-    same folder at once collide ("Cannot rename ... already exists"). The
-    second waits for the first, then finds the data prepared."""
+    """Take turns preparing TFDS's mnist in ``data_dir``: TFDS renames a
+    temporary folder, so two processes at once collide ("Cannot rename ...
+    already exists")."""
     root = _tfds_prepared_dir(data_dir).parent.parent
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -86,9 +80,7 @@ def _preparing(data_dir):
 
 def prepare_mnist(data_dir=None, manual_dir=None, rebuild: bool = False):
     """TFDS's ``mnist`` builder, prepared offline from the official files if
-    needed (or ``rebuild``). The files are checked first, checksums and IDX
-    headers, before TensorFlow loads when TFDS has not prepared them yet.
-    Processes preparing the same folder take turns (:func:`_preparing`)."""
+    needed (or ``rebuild``), the files checked before TensorFlow loads."""
     manual_dir = Path(manual_dir) if manual_dir is not None else default_manual_dir()
     if rebuild or not (_tfds_prepared_dir(data_dir) / "dataset_info.json").is_file():
         read_idx(manual_dir)  # every check, in a fraction of a second, without TensorFlow
@@ -125,9 +117,8 @@ def _read_tfds(builder) -> dict[str, "Split"]:
 
 
 def load_tfds(data_dir=None, manual_dir=None) -> dict[str, Split]:
-    """``{"train": Split, "test": Split}`` through TFDS, prepared first if
-    need be (:func:`prepare_mnist`). A prepared TFDS folder that cannot be
-    read is rebuilt once from the official files, and the run says so."""
+    """``{"train": Split, "test": Split}`` through TFDS; a prepared folder
+    that cannot be read is rebuilt once, and the run says so."""
     builder = prepare_mnist(data_dir, manual_dir)
     try:
         return _read_tfds(builder)

@@ -1,11 +1,7 @@
-"""Random draws that stay those of their own seed under ``jax.vmap``.
-
-The random bits of JAX's ``rbg`` keys are not vmap-invariant: drawn under
-``jax.vmap`` over keys, they differ from each key's own (``split`` and
-``fold_in`` agree). :func:`seedwise` runs a drawing function once per key
-(``lax.map``) when vmapped over seeds, so each seed sees the numbers of its
-single run. The draws are small, so the loop costs little.
-"""
+"""Random draws that stay those of their own seed under ``jax.vmap``: the
+bits of JAX's ``rbg`` keys drawn under ``jax.vmap`` over keys differ from each
+key's own (``split`` and ``fold_in`` agree), so :func:`seedwise` draws once
+per key (``lax.map``). The draws are small, so the loop costs little."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""The six MNIST classifiers of the study, in Flax Linen, layer for layer.
-
-Each takes normalised NHWC images ``(B, 28, 28, 1)`` and returns
-log-probabilities ``(B, 10)``; in training pass ``train=True``,
-``mutable=["batch_stats"]`` and a ``{"dropout": key}`` rng. Spatial sizes
-are 28 -> 14 -> 7 -> 5 -> 3 -> 1.
-"""
+"""The six MNIST classifiers of the study, in Flax Linen, layer for layer:
+NHWC images ``(B, 28, 28, 1)`` in, log-probabilities ``(B, 10)`` out; in
+training pass ``train=True``, ``mutable=["batch_stats"]`` and a
+``{"dropout": key}`` rng. Spatial sizes are 28 -> 14 -> 7 -> 5 -> 3 -> 1."""
 
 from __future__ import annotations
 

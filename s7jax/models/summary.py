@@ -16,10 +16,8 @@ KINDS = {"conv": "Conv 3x3", "bn": "BatchNorm", "drop": "Dropout", "pool": "MaxP
 
 
 def layer_rows(model: nn.Module, variables) -> list[tuple[str, str, tuple[int, ...], int, int]]:
-    """``(name, kind, output shape, parameters, receptive field)`` per layer,
-    in call order. The receptive field grows by ``(k - 1) * jump`` at each
-    k x k layer, and ``jump`` (the input-pixel distance between neighbouring
-    outputs) doubles at each stride-2 pool."""
+    """``(name, kind, output shape, parameters, receptive field)`` per layer;
+    ``jump`` is the input-pixel distance between neighbouring outputs."""
     _, state = model.apply(variables, jnp.zeros((1, *INPUT_SHAPE)), train=False,
                            capture_intermediates=True, mutable=["intermediates"])
     rf, jump, rows = 1, 1, []

@@ -1,17 +1,9 @@
 """The six models in PyTorch, written from the study's layer tables (not from
-``s7jax.models``, so that agreement means something), and a port of Flax
-weights by layer name::
-
-    net = build("model6")                       # torch.nn.Sequential, NCHW input
-    load_flax_variables(net, variables)
-    log_probs = net.eval()(torch.from_numpy(images_nhwc).permute(0, 3, 1, 2))
-
-``tests/test_parity.py`` checks both compute the same log-probabilities; the
-referee and ``scripts/bench.py`` train them with the original step and epoch
-written here once. In training mode PyTorch's BN updates ``running_var``
-with the unbiased variance, Flax with the biased one (under 1% apart at
-n >= 128). PyTorch is imported on first use.
-"""
+``s7jax.models``, so that agreement means something), the original's train
+step and epoch, and a port of Flax weights by layer name
+(``tests/test_parity.py``). In training mode PyTorch's BN updates
+``running_var`` with the unbiased variance, Flax with the biased one (under
+1% apart at n >= 128). PyTorch is imported on first use."""
 
 from __future__ import annotations
 
@@ -91,7 +83,6 @@ def _spec(name: str) -> list[tuple]:
 
 
 MODEL_NAMES = ("model1", "model2", "model3", "model4", "model5", "model6")
-
 # Trainable parameters per model, as the study states them.
 SPEC_PARAMS = {"model1": 6_379_786, "model2": 21_798, "model3": 17_354, "model4": 14_450,
                "model5": 12_122, "model6": 7_664}
@@ -108,8 +99,7 @@ def _torch():
 
 
 def build(name: str) -> Any:
-    """``torch.nn.Sequential`` of model ``name`` (NCHW float input, (B, 10)
-    log-probabilities out), freshly initialised by PyTorch's defaults."""
+    """Model ``name``: NCHW input, (B, 10) log-probabilities, PyTorch's init."""
     torch = _torch()
     nn = torch.nn
     layers: list[tuple[str, Any]] = []
@@ -134,9 +124,7 @@ def build(name: str) -> Any:
 
 
 def transform(augment=None) -> Any:
-    """The original's transform of one PIL image: with ``augment``,
-    ``RandomRotation`` and ``ColorJitter`` first; then ``ToTensor`` and
-    ``Normalize(0.1307, 0.3081)``."""
+    """The original's transform of one PIL image."""
     from torchvision import transforms
 
     from s7jax.data import MEAN, STD
@@ -149,7 +137,6 @@ def transform(augment=None) -> Any:
 
 
 def sgd_step(net, optimizer, images, labels) -> tuple[Any, Any]:
-    """One step of the original (NLL, gradient, optimiser step): ``(log_probs, loss)``."""
     F = _torch().nn.functional
     optimizer.zero_grad()
     out = net(images)
@@ -160,8 +147,8 @@ def sgd_step(net, optimizer, images, labels) -> tuple[Any, Any]:
 
 
 def train_epoch(net, optimizer, batches, on_step=None) -> tuple[float, int, int]:
-    """One epoch as the original notebooks' ``train()`` runs it, reading the
-    loss back after every step: (sum of batch loss x size, correct, images)."""
+    """The original notebooks' ``train()``, the loss read back every step:
+    (sum of batch loss x size, correct, images)."""
     net.train()
     loss_sum, correct, seen = 0.0, 0, 0
     for images, labels in batches:
@@ -179,24 +166,20 @@ def count_params(net) -> int:
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
-def _to_numpy(x) -> np.ndarray:
-    return np.asarray(x, dtype=np.float32)
-
-
-def flax_to_state_dict(variables: Mapping[str, Any]) -> OrderedDict[str, Any]:
-    """A torch ``state_dict`` from Flax ``{"params", "batch_stats"}``
-    (kernels HWIO -> OIHW; BN scale/bias/mean/var -> weight/bias/running_*)."""
+def load_flax_variables(net, variables: Mapping[str, Any]):
+    """Copy Flax variables into ``net`` (from :func:`build`), strictly: a
+    missing or extra layer, or a shape mismatch, raises. Returns ``net``."""
     torch = _torch()
     params = variables["params"]
     stats = variables.get("batch_stats", {}) or {}
     state: OrderedDict[str, Any] = OrderedDict()
 
     def tensor(x):  # a writable copy: arrays loaded from a weights file are read-only
-        return torch.from_numpy(np.array(_to_numpy(x), order="C"))
+        return torch.from_numpy(np.array(x, dtype=np.float32, order="C"))
 
     for layer, p in params.items():
         if layer.startswith("conv"):
-            state[f"{layer}.weight"] = tensor(_to_numpy(p["kernel"]).transpose(3, 2, 0, 1))
+            state[f"{layer}.weight"] = tensor(np.transpose(p["kernel"], (3, 2, 0, 1)))
             if "bias" in p:
                 state[f"{layer}.bias"] = tensor(p["bias"])
         elif layer.startswith("bn"):
@@ -209,25 +192,19 @@ def flax_to_state_dict(variables: Mapping[str, Any]) -> OrderedDict[str, Any]:
             state[f"{layer}.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
         else:
             raise KeyError(f"unexpected Flax layer {layer!r} (expected conv<i> or bn<i>)")
-    return state
-
-
-def load_flax_variables(net, variables: Mapping[str, Any]):
-    """Copy Flax variables into ``net`` (from :func:`build`) in place; strict:
-    a missing or extra layer, or a shape mismatch, raises. Returns ``net``."""
-    net.load_state_dict(flax_to_state_dict(variables), strict=True)
+    net.load_state_dict(state, strict=True)
     return net
 
 
 def from_flax(name: str, variables: Mapping[str, Any]):
-    """:func:`build` ``name`` and load ``variables`` into it, in eval mode."""
     return load_flax_variables(build(name), variables).eval()
 
 
 def log_probs(net, images_nhwc: np.ndarray) -> np.ndarray:
-    """Eval-mode log-probabilities ``(B, 10)`` of NHWC float images, as numpy."""
+    """Eval-mode log-probabilities of NHWC float images, as numpy."""
     torch = _torch()
-    x = torch.from_numpy(np.ascontiguousarray(_to_numpy(images_nhwc).transpose(0, 3, 1, 2)))
+    x = np.asarray(images_nhwc, np.float32).transpose(0, 3, 1, 2)
+    x = torch.from_numpy(np.ascontiguousarray(x))
     x = x.to(next(net.parameters()).device)
     was_training = net.training
     net.eval()

@@ -1,7 +1,7 @@
-"""Saving and restoring a run's train state with Orbax: the whole state and
-a JSON record of where the run stood (epoch, a partial epoch's metric sums,
-the history), all ``--resume`` needs. A failed save leaves no half-written
-checkpoint (WriteError); an unreadable one falls back to the one before."""
+"""A run's train state and a JSON record of where it stood (epoch, a partial
+epoch's metric sums, the history), saved with Orbax: all ``--resume`` needs.
+A failed save leaves no half-written checkpoint; an unreadable one falls back
+to the one before."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from s7jax.errors import CheckpointError, WriteError
 _UNAWAITED = r"coroutine '.*' was never awaited"
 KEEP = 2  # the last completed epoch's state and the one before it
 CHECKSUM_KEY = "arrays_sha256"  # in the record; checked on restore where present
+# Orbax's words for a tree or shape that differs from the target's.
+_MISMATCH = ("shape", "structure", "mismatch", "not match", "missing key", "unexpected key", "keys")
 
 
 def _manager(directory: str | Path) -> ocp.CheckpointManager:
@@ -71,11 +73,9 @@ class _Leftovers(logging.Filter):
 
 @contextlib.contextmanager
 def _leftovers_silenced():
-    """Keep Orbax's after-effects of a failed save or restore off stderr: its
-    unretrieved asyncio futures, unawaited coroutines, TensorStore callbacks
-    into a closed loop and absl tracebacks, dozens for one fault that the caller
-    already reports in one line. Dropped from the first failure on (s7jax has no
-    asyncio of its own); every other message gets through."""
+    """Keep Orbax's after-effects of a failed save or restore (unretrieved
+    futures, unawaited coroutines, absl tracebacks: dozens for one fault the
+    caller reports in one line) off stderr, from the first failure on."""
     undo = _drop_leftovers()
     try:
         yield
@@ -87,8 +87,7 @@ def _leftovers_silenced():
 
 
 def _drop_leftovers() -> Callable[[], None]:
-    """Install the filters unless they are in place; return what removes
-    those installed here."""
+    """Install the filters not yet in place; return what removes them."""
     added = []
     for name in ("asyncio", "absl"):
         logger = logging.getLogger(name)
@@ -129,8 +128,8 @@ def _remove_partial(directory: Path) -> None:
 
 
 def save(directory: str | Path, step: int, state: Any, record: dict[str, Any]) -> None:
-    """Write ``state`` and ``record`` as checkpoint ``step`` (replacing one at
-    that step), the record with the checksum of the state's arrays."""
+    """Checkpoint ``step`` (replacing one there), the record with the checksum
+    of the state's arrays."""
     directory = Path(directory)
     record = {**record, CHECKSUM_KEY: arrays_sha256(state)}
     try:
@@ -157,18 +156,10 @@ def latest_step(directory: str | Path) -> int | None:
     return steps[-1] if steps else None
 
 
-def _restore_one(directory: Path, abstract_state: Any, step: int):
-    with _leftovers_silenced(), _manager(directory) as manager:
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
-    return restored["state"], restored["record"]
-
-
 def restore(directory: str | Path, abstract_state: Any, step: int | None = None,
             log: Callable[[str], None] | None = None):
     """``(state, record)`` of checkpoint ``step``, or of the latest intact one
-    (an unreadable one, or one failing its checksum, is passed over, and ``log``
-    says so). CheckpointError if the arrays do not fit ``abstract_state``."""
+    (``log`` names a damaged one passed over)."""
     directory = Path(directory)
     try:
         steps = all_steps(directory) if step is None else [step]
@@ -179,10 +170,13 @@ def restore(directory: str | Path, abstract_state: Any, step: int | None = None,
     damaged = []
     for candidate in reversed(steps):
         try:
-            state, record = _restore_one(directory, abstract_state, candidate)
+            with _leftovers_silenced(), _manager(directory) as manager:
+                restored = manager.restore(candidate, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
+            state, record = restored["state"], restored["record"]
         except Exception as e:  # noqa: BLE001
             reason = _reason(e)
-            if _is_mismatch(reason):
+            if any(word in reason.lower() for word in _MISMATCH):
                 raise CheckpointError(
                     f"checkpoint step {candidate} in {directory} does not fit the model and "
                     f"optimiser its run's config.json names ({reason})") from None
@@ -198,10 +192,3 @@ def restore(directory: str | Path, abstract_state: Any, step: int | None = None,
         return state, record
     raise CheckpointError(f"no intact checkpoint in {directory} ("
                           + "; ".join(f"step {s}: {r}" for s, r in damaged) + ")")
-
-
-def _is_mismatch(reason: str) -> bool:
-    """Orbax's words for a tree or shape that differs from the target's."""
-    words = ("shape", "structure", "mismatch", "does not match", "not match", "missing key",
-             "unexpected key", "keys")
-    return any(w in reason.lower() for w in words)

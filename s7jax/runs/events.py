@@ -20,8 +20,7 @@ TAGS = {"train_loss": "loss/train", "test_loss": "loss/test", "train_acc": "accu
 
 @contextlib.contextmanager
 def epoch_events(workdir: Path, log: Callable[[str], None] = print):
-    """``write(row, steps)``: one epoch's metrics to TensorBoard; the file is made
-    at the first write, so a run that ends before an epoch leaves none."""
+    """``write(row, steps)``; a run that ends before an epoch leaves no file."""
     try:
         from tensorboardX.event_file_writer import EventsWriter
         from tensorboardX.proto.event_pb2 import Event

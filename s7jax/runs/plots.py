@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from s7jax.config import TARGET
 
 
-def _save(fig, path) -> Path:
+def save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -34,10 +34,11 @@ def curves(history: Sequence[dict[str, Any]], path, title: str = "") -> Path:
     ax_acc.axhline(TARGET, color="grey", ls="--", lw=1)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
-def _test_accuracy(runs: dict[Any, Sequence[dict[str, Any]]], path, ylim, title="") -> Path:
+def accuracy_lines(runs: dict[Any, Sequence[dict[str, Any]]], path, ylim, title="") -> Path:
+    """Test accuracy per epoch, one line per run, with the target's."""
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
     for label, history in runs.items():
@@ -50,41 +51,12 @@ def _test_accuracy(runs: dict[Any, Sequence[dict[str, Any]]], path, ylim, title=
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def seeds(runs: dict[int, Sequence[dict[str, Any]]], path, title: str = "") -> Path:
     """Test accuracy per epoch, one line per seed, with the 99.4% line."""
-    return _test_accuracy({f"seed {s}": h for s, h in sorted(runs.items())}, path, (98.8, 99.8), title)
-
-
-def last_epochs(last3: dict[int, Sequence[float]], path, mean: float, ci95: float | None,
-                title: str = "") -> Path:
-    """Each seed's last test accuracies against the target, with the mean and its
-    95% interval."""
-    fig = Figure(figsize=(max(6, 0.35 * len(last3) + 2), 4))
-    ax = fig.subplots()
-    seeds = sorted(last3)
-    for seed in seeds:
-        accs = last3[seed]
-        held = min(accs) >= TARGET
-        ax.plot([seed] * len(accs), accs, "o", ms=4, color="tab:blue" if held else "tab:red")
-    ax.axhline(TARGET, color="black", ls="--", lw=1, label=f"{TARGET}%")
-    ax.axhline(mean, color="tab:green", lw=1, label=f"mean of the seeds' means {mean:.3f}%")
-    if ci95:
-        ax.axhspan(mean - ci95, mean + ci95, color="tab:green", alpha=0.15, label="its 95% interval")
-    ax.set_xticks(seeds)
-    ax.set_xlabel("seed (red: misses the target in an epoch)")
-    ax.set_ylabel("test accuracy (%), last epochs")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(title)
-    return _save(fig, path)
-
-
-def models(runs: dict[str, Sequence[dict[str, Any]]], path) -> Path:
-    """Test accuracy per epoch of several models on one axis."""
-    return _test_accuracy(runs, path, (98.0, 99.8), "test accuracy per epoch")
+    return accuracy_lines({f"seed {s}": h for s, h in sorted(runs.items())}, path, (98.8, 99.8), title)
 
 
 def digit_grid(images: np.ndarray, titles: Sequence[str], path, columns: int,
@@ -100,4 +72,4 @@ def digit_grid(images: np.ndarray, titles: Sequence[str], path, columns: int,
         ax.set_title(title, fontsize=7)
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
-    return _save(fig, path)
+    return save(fig, path)

@@ -20,20 +20,16 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
-
 # A run's folder under results/<model>/ names how it was trained: s7jax's
 # default recipe, the study's original recipe, or the PyTorch referee.
 RUN_PREFIXES = {"default": "seed", "original": "original-seed", "referee": "torch-seed"}
 
 
 def run_dir(results_dir: str | Path, model: str, seed: int, kind: str = "default") -> Path:
-    """``results/<model>/<prefix>-<seed>`` for ``kind`` (a key of RUN_PREFIXES)."""
     return Path(results_dir) / model / f"{RUN_PREFIXES[kind]}-{seed}"
 
 
 def run_summary(run: Path) -> dict[str, Any]:
-    """One run's figures: the last three epochs' test accuracies, their min
-    and mean, the best epoch, the median epoch time, where it ran."""
     history = runfiles.read_metrics(run)
     config = runfiles.read_record(run)
     last = [r["test_acc"] for r in history[-LAST:]]
@@ -71,8 +67,7 @@ def over_seeds(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def runs_of(results_dir: str | Path, model: str, kind: str = "default") -> dict[str, Any] | None:
-    """:func:`over_seeds` of ``model``'s runs of ``kind`` that have metrics,
-    or None when there are none."""
+    """:func:`over_seeds` of ``model``'s runs of ``kind`` (None: no run)."""
     prefix = RUN_PREFIXES[kind] + "-"
     found = [p for p in (Path(results_dir) / model).glob(prefix + "*")
              if p.name[len(prefix):].isdigit() and runfiles.read_metrics(p)]
@@ -90,61 +85,6 @@ def all_models(results_dir: str | Path) -> dict[str, Any]:
         if runs is not None:
             models[model_dir.name] = runs
     return {"target": TARGET, "last_epochs": LAST, "models": models}
-
-
-TRIALS = "recipe-trials"  # results/recipe-trials/<trial>/<model>/seed-<s>/: candidate recipes
-BASELINE = "previous"  # the trial that holds the recipe the others were measured against
-
-
-def flat(config) -> dict[str, Any]:
-    """A Config's settings in one level (``augment.degrees``, ...), the cycle
-    as the epochs it spans."""
-    settings = {**config.to_json(), "cycle_epochs": config.cycle_span}
-    augment = settings.pop("augment")
-    return {**settings, **{f"augment.{k}": v for k, v in augment.items()}}
-
-
-def settings(run: Path) -> dict[str, Any]:
-    """A run's recorded config, :func:`flat`, with the settings added since it
-    was recorded at the value it ran with."""
-    return flat(runfiles.read_config(run))
-
-
-def recipe_trials(results_dir: str | Path, model: str = "model6") -> list[dict[str, Any]]:
-    """Every trial under ``results/recipe-trials/``, baseline first: its
-    settings, its ``changes`` against the baseline, :func:`over_seeds` of its
-    runs, and the paired mean and standard error of its last-3 mean against the
-    trial it builds on (the one whose changes it contains, with fewest others)."""
-    root = Path(results_dir) / TRIALS
-    found = {p.name: runs_of(p, model) for p in sorted(root.iterdir()) if p.is_dir()} if (
-        root.is_dir()) else {}
-    if found.get(BASELINE) is None:
-        return []
-    base = found.pop(BASELINE)
-    base_settings = settings(run_dir(root / BASELINE, model, int(next(iter(base["seeds"])))))
-    trials = [{"name": BASELINE, "settings": base_settings, "changes": {}, "runs": base,
-               "builds_on": None, "paired_difference": None, "paired_seeds": 0,
-               "paired_se": None}]
-    for name, runs in found.items():
-        if runs is not None:
-            trial_settings = settings(run_dir(root / name, model, int(next(iter(runs["seeds"])))))
-            trials.append({"name": name, "runs": runs, "settings": trial_settings, "changes": {
-                k: (base_settings.get(k), v) for k, v in trial_settings.items()
-                if k != "seed" and base_settings.get(k) != v}})
-    for t in trials[1:]:
-        below = [o for o in trials if len(o["changes"]) < len(t["changes"])
-                 and o["changes"].items() <= t["changes"].items()]
-        parent = max(below, key=lambda o: len(o["changes"]))
-        paired = [seed["mean"] - parent["runs"]["seeds"][s]["mean"]
-                  for s, seed in t["runs"]["seeds"].items() if s in parent["runs"]["seeds"]]
-        t.update(builds_on=parent["name"], paired_seeds=len(paired),
-                 paired_difference=statistics.fmean(paired) if paired else None,
-                 # The standard error of that mean, from the spread of the
-                 # per-seed differences themselves (runs on one seed share
-                 # their start, so they are not independent draws).
-                 paired_se=(statistics.stdev(paired) / len(paired) ** 0.5
-                            if len(paired) > 1 else None))
-    return trials
 
 
 def write_summary(results_dir: str | Path) -> dict[str, Any]:

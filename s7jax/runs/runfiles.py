@@ -22,37 +22,26 @@ from s7jax.config import Config
 from s7jax.errors import ConfigError, WriteError
 
 METRIC_KEYS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
-
-
 CONFIG, METRICS, CURVES, WEIGHTS = "config.json", "metrics.jsonl", "curves.png", "weights.msgpack"
 CHECKPOINTS, TENSORBOARD = "checkpoints", "tensorboard"
 RUN_FILES = (CONFIG, METRICS, CURVES, WEIGHTS)
 RUN_FOLDERS = (CHECKPOINTS, TENSORBOARD)
 
 
-def config_path(workdir: Path) -> Path:
-    return Path(workdir) / CONFIG
+def _in_run(name: str):
+    def path(workdir: Path) -> Path:
+        return Path(workdir) / name
+
+    return path
 
 
-def metrics_path(workdir: Path) -> Path:
-    return Path(workdir) / METRICS
-
-
-def curves_path(workdir: Path) -> Path:
-    return Path(workdir) / CURVES
-
-
-def weights_path(workdir: Path) -> Path:
-    return Path(workdir) / WEIGHTS
-
-
-def checkpoint_dir(workdir: Path) -> Path:
-    return Path(workdir) / CHECKPOINTS
+config_path, metrics_path, curves_path, weights_path, checkpoint_dir = map(
+    _in_run, (CONFIG, METRICS, CURVES, WEIGHTS, CHECKPOINTS))
 
 
 def unique_dir(parent: Path, stem: str) -> Path:
-    """A new folder ``parent/stem-<timestamp>``, created here: a launch in the
-    same second as another gets ``-2``, ``-3``, ... (``mkdir`` is atomic)."""
+    """A new folder ``parent/stem-<timestamp>``; a launch in the same second
+    gets ``-2``, ``-3``, ... (``mkdir`` is atomic)."""
     parent.mkdir(parents=True, exist_ok=True)
     base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     for n in range(1, 1000):
@@ -85,7 +74,7 @@ def cpu_identity() -> dict[str, Any] | None:
 
 
 def package_versions(*names: str) -> dict[str, str | None]:
-    """Installed versions from package metadata (None if absent): imports nothing."""
+    """Installed versions (None if absent), from metadata: imports nothing."""
     from importlib.metadata import PackageNotFoundError, version
 
     found: dict[str, str | None] = {}
@@ -98,8 +87,8 @@ def package_versions(*names: str) -> dict[str, str | None]:
 
 
 def environment(with_jax: bool = True, **extras: Any) -> dict[str, Any]:
-    """Versions, devices and the host, recorded with every run: JAX's unless
-    ``with_jax`` is False (the referee, a benchmark's parent process)."""
+    """Versions, devices and the host, recorded with every run (without JAX:
+    the referee, a benchmark's parent process)."""
     record: dict[str, Any] = {"python": platform.python_version(), "cpu_count": os.cpu_count(),
                               "cpu": cpu_identity()}
     if with_jax:
@@ -107,21 +96,16 @@ def environment(with_jax: bool = True, **extras: Any) -> dict[str, Any]:
         import jax
         import optax
 
-        record.update({
-            "jax": jax.__version__,
-            "flax": flax.__version__,
-            "optax": optax.__version__,
-            "tensorflow_datasets": package_versions("tensorflow-datasets")["tensorflow-datasets"],
-            "backend": jax.default_backend(),
-            "devices": [str(d.device_kind) for d in jax.devices()],
-            "device_count": jax.device_count(),
-        })
+        record.update(
+            jax=jax.__version__, flax=flax.__version__, optax=optax.__version__,
+            tensorflow_datasets=package_versions("tensorflow-datasets")["tensorflow-datasets"],
+            backend=jax.default_backend(), devices=[str(d.device_kind) for d in jax.devices()],
+            device_count=jax.device_count())
     return {**record, **extras}
 
 
 def writes_files() -> bool:
-    """Whether this process writes the run's files: the first process of a
-    multi-host run (``--distributed``), or the only one."""
+    """Only the first process of a multi-host run writes the run's files."""
     import jax
 
     return jax.process_index() == 0
@@ -129,7 +113,6 @@ def writes_files() -> bool:
 
 @contextlib.contextmanager
 def _writing(path: Path):
-    """OSError while writing ``path`` -> one-line WriteError naming it."""
     try:
         yield
     except OSError as e:
@@ -141,8 +124,8 @@ def write_config(workdir: Path, config: Config) -> None:
 
 
 def write_record(workdir: Path, record: dict[str, Any]) -> None:
-    """Write ``config.json``: ``{"config": ..., "environment": ...}`` (an s7jax
-    run's, or the PyTorch referee's, which records its own settings)."""
+    """``config.json``: ``{"config": ..., "environment": ...}`` (the referee
+    records its own settings)."""
     if not writes_files():
         return
     with _writing(config_path(workdir)):
@@ -150,8 +133,6 @@ def write_record(workdir: Path, record: dict[str, Any]) -> None:
 
 
 def read_record(workdir: Path) -> dict[str, Any]:
-    """The run's ``config.json`` as recorded: ``{"config": ..., "environment":
-    ...}``; ConfigError when it is missing or unreadable."""
     path = config_path(workdir)
     try:
         record = json.loads(path.read_text())
@@ -164,7 +145,6 @@ def read_record(workdir: Path) -> dict[str, Any]:
 
 
 def read_config(workdir: Path) -> Config:
-    """The run's Config, or a ConfigError naming the file, checked as the flags are."""
     record = read_record(workdir)
     try:
         return Config.from_json(record["config"])
@@ -176,7 +156,7 @@ def read_config(workdir: Path) -> Config:
 
 
 def write_metrics(workdir: Path, rows: list[dict[str, Any]]) -> None:
-    """Rewrite ``metrics.jsonl`` with ``rows`` (used when a run resumes)."""
+    """Rewrite ``metrics.jsonl``: empty for a new run, a resumed run's checkpointed epochs."""
     if not writes_files():
         return
     with _writing(metrics_path(workdir)), open(metrics_path(workdir), "w") as f:
@@ -205,8 +185,8 @@ TIMING_KEYS = ("seconds",)
 
 
 def metric_differences(expected: list[dict[str, Any]], actual: list[dict[str, Any]]) -> list[str]:
-    """Every way ``actual`` differs from ``expected`` (a run's metrics rows),
-    timings aside, as one line each; empty when the run repeated exactly."""
+    """Every difference of ``actual`` from ``expected`` rows but the timings,
+    one line each; empty when the run repeated exactly."""
     lines = []
     if len(expected) != len(actual):
         lines.append(f"{len(actual)} epochs, expected {len(expected)}")

@@ -1,9 +1,6 @@
-"""A run folder belongs to one run, written by one process at a time.
-
-:func:`claim` creates the folder, takes an ``flock`` on ``<workdir>/.lock``
-(the kernel drops it however the process exits, so a crashed run's lock is
-never in the way; the holder's pid inside names a live one) and refuses a
-folder holding another run unless resumed or overwritten."""
+"""A run folder belongs to one run, written by one process at a time: an
+``flock`` on ``<workdir>/.lock``, which the kernel drops however the process
+exits, so a crashed run's lock is never in the way."""
 
 from __future__ import annotations
 
@@ -22,8 +19,8 @@ LOCK_NAME = ".lock"
 
 
 def holds_a_run(workdir: Path) -> list[str]:
-    """What in ``workdir`` belongs to a run: nothing for a run killed before it
-    saved a checkpoint or an epoch's row, whose folder is free again."""
+    """What in ``workdir`` belongs to a run (nothing from a run killed before
+    its first checkpoint or epoch: that folder is free again)."""
     if not _saved_anything(workdir):
         return []
     found = [path.name for path in (runfiles.config_path(workdir), runfiles.metrics_path(workdir))
@@ -35,8 +32,7 @@ def holds_a_run(workdir: Path) -> list[str]:
 
 
 def _lock(workdir: Path):
-    """The open, locked ``.lock`` file of ``workdir``, or ConfigError naming
-    the process that holds it."""
+    """The locked ``.lock`` file's descriptor, or ConfigError naming its holder."""
     path = workdir / LOCK_NAME
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -70,10 +66,9 @@ def _lock(workdir: Path):
 @contextlib.contextmanager
 def claim(workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
           advice: str | None = None):
-    """Hold ``workdir`` for one run for the ``with`` block: create it, check it
-    is writable, lock it, and unless ``resume`` refuse a folder that holds a run
-    (or, with ``overwrite``, delete that run's files). A folder made for this run
-    is removed again if the block fails before anything was saved."""
+    """Hold ``workdir`` for one run for the ``with`` block: create and lock
+    it, and unless ``resume`` refuse a folder that holds a run (``overwrite``:
+    delete that run's files)."""
     workdir = Path(workdir)
     if workdir.is_symlink() and not workdir.exists():
         raise ConfigError(f"workdir {workdir} is a symlink to {os.readlink(workdir)}, which does "
@@ -81,8 +76,8 @@ def claim(workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool =
     if not runfiles.writes_files():  # another host of a multi-host run: the first one claims
         yield workdir
         return
-    # A folder made for this run (absent, or empty as :func:`unique_dir` leaves it)
-    # is removed again if the run fails before its first epoch is recorded.
+    # A folder made for this run (absent, or empty as unique_dir leaves it) is
+    # removed again if the run fails before it saved anything.
     created = not workdir.exists() or (workdir.is_dir() and not any(workdir.iterdir()))
     try:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -107,17 +102,16 @@ def claim(workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool =
             shutil.rmtree(workdir, ignore_errors=True)
         raise
     finally:
-        # Removed while still locked, so the folder is left as it was found
-        # (a refused --resume touches nothing); :func:`_lock` checks that the
-        # file it locked is still the one at the path. Closing releases the
-        # lock. A killed process leaves the file, which the next run locks.
+        # Removed while still locked, so a refused --resume leaves the folder
+        # as it was (_lock checks that the file it locked is still there).
+        # Closing releases the lock; a killed process leaves the file.
         with contextlib.suppress(OSError):
             (workdir / LOCK_NAME).unlink()
         os.close(fd)
 
 
 def _saved_anything(workdir: Path) -> bool:
-    """A checkpoint, or a recorded epoch: what a failed run must not lose."""
+    """A checkpoint or a recorded epoch: what a failed run must not lose."""
     ckpts = runfiles.checkpoint_dir(workdir)
     if ckpts.is_dir() and any(ckpts.iterdir()):
         return True
@@ -128,7 +122,7 @@ def _saved_anything(workdir: Path) -> bool:
 
 
 def _clear(workdir: Path) -> None:
-    """Delete a previous run's files (``--overwrite``), nothing else."""
+    """``--overwrite``: delete a previous run's files, nothing else."""
     try:
         for name in runfiles.RUN_FILES:
             (workdir / name).unlink(missing_ok=True)

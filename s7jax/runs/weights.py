@@ -2,11 +2,7 @@
 ``flax.serialization``'s msgpack of a dict with ``format``, ``model``,
 ``epoch``, ``test_acc``, ``arrays_sha256`` and float32 ``params`` and
 ``batch_stats`` keyed by layer name. :func:`load` refuses arrays that do not
-match the checksum (a file without one has names and shapes checked only)::
-
-    model, variables = load_trained("model6", seed=0)
-    log_probs = model.apply(variables, images, train=False)
-"""
+match the checksum (a file without one has names and shapes checked only)."""
 
 from __future__ import annotations
 
@@ -20,6 +16,7 @@ from flax import serialization
 
 from s7jax.runs import runfiles
 from s7jax.runs.checksum import arrays_sha256
+from s7jax.runs.results import run_dir
 from s7jax.errors import CheckpointError, ConfigError
 from s7jax.models import get_model, init_variables
 
@@ -27,8 +24,7 @@ FORMAT = "s7jax-weights-1"
 
 
 def save(path: str | os.PathLike, model: str, variables: dict[str, Any], **info: Any) -> Path:
-    """Write ``variables`` (``params`` and ``batch_stats``) of ``model`` to
-    ``path``, with ``info`` (plain numbers and strings) beside them."""
+    """Write ``model``'s ``params`` and ``batch_stats``, ``info`` beside them."""
     get_model(model)  # a known model, or ConfigError
     arrays = {"params": jax.tree_util.tree_map(np.asarray, _plain(variables["params"])),
               "batch_stats": jax.tree_util.tree_map(np.asarray,
@@ -43,8 +39,7 @@ def save(path: str | os.PathLike, model: str, variables: dict[str, Any], **info:
 
 
 def load(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """``(model name, {"params", "batch_stats"}, info)`` from a weights file;
-    CheckpointError if it does not fit the model's parameter tree."""
+    """``(model name, {"params", "batch_stats"}, info)`` from a weights file."""
     path = Path(path)
     try:
         tree = serialization.msgpack_restore(path.read_bytes())
@@ -73,29 +68,22 @@ def load(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, Any]]:
 
 
 def _plain(tree) -> dict:
-    """Nested plain dicts (a FrozenDict or Flax's dicts alike), so that the
-    checksum is taken over the tree :func:`load` gets back from msgpack."""
+    """Plain nested dicts: the checksum is of the tree :func:`load` gets back."""
     return {k: _plain(v) if hasattr(v, "items") else v for k, v in tree.items()}
-
-
-def trained_path(model: str, seed: int = 0, results_dir: str | os.PathLike = "results") -> Path:
-    from s7jax.runs.results import run_dir
-
-    return runfiles.weights_path(run_dir(results_dir, model, seed))
 
 
 def load_trained(model: str, seed: int = 0, results_dir: str | os.PathLike = "results"):
     """``(flax module, variables)`` of a committed run's final weights."""
-    name, variables, _ = load(trained_path(model, seed, results_dir))
+    path = runfiles.weights_path(run_dir(results_dir, model, seed))
+    name, variables, _ = load(path)
     if name != model:
-        raise CheckpointError(f"{trained_path(model, seed, results_dir)} holds {name}, not {model}")
+        raise CheckpointError(f"{path} holds {name}, not {model}")
     return get_model(name), variables
 
 
 def export_state(workdir: str | os.PathLike, config, state, history: list[dict[str, Any]]) -> Path:
-    """Write the weights a finished run evaluates (its moving average, if kept)
-    to ``workdir/weights.msgpack`` with the run's last epoch, step, test
-    accuracy and seed, from this process's copy (replicated over processes)."""
+    """Write the weights a finished run evaluates (its moving average, if
+    kept) to ``weights.msgpack``, from this process's replica."""
     def local(x):
         return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x
 
@@ -108,8 +96,7 @@ def export_state(workdir: str | os.PathLike, config, state, history: list[dict[s
 
 
 def as_state(model, variables: dict[str, Any]):
-    """A TrainState holding ``variables`` (no optimiser to speak of), for
-    ``s7jax.training.steps.eval_step`` and the evaluation helpers."""
+    """A TrainState holding ``variables``, for ``eval_step``."""
     import optax
 
     from s7jax.training.steps import TrainState

@@ -16,8 +16,7 @@ def default_dir() -> Path:
 
 
 def enable(directory: str | os.PathLike | None = None) -> Path | None:
-    """Use the persistent cache in ``directory`` (default :func:`default_dir`);
-    None, and no cache, when ``S7JAX_NO_COMPILE_CACHE`` is set."""
+    """The cache's folder, now in use (None: turned off)."""
     if os.environ.get("S7JAX_NO_COMPILE_CACHE", "").lower() not in ("", "0", "false", "no"):
         return None
     import jax

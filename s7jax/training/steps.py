@@ -28,9 +28,8 @@ Metrics = dict[str, jax.Array]
 
 class TrainState(train_state.TrainState):
     """Flax's TrainState plus BatchNorm statistics, label smoothing and a
-    weight average. The two settings are static, and ``ema_params`` is None
-    unless ``ema_decay`` is set, so a state without them has the leaves (and
-    checkpoints) of one that never had them."""
+    weight average; without the last two it has the leaves (and checkpoints)
+    of a state that never had them."""
 
     batch_stats: Any
     label_smoothing: float = struct.field(pytree_node=False, default=0.0)
@@ -38,8 +37,7 @@ class TrainState(train_state.TrainState):
     ema_params: Any = None
 
     def eval_params(self) -> Any:
-        """The weights that are evaluated: their moving average, if kept."""
-        return self.ema_params if self.ema_decay else self.params
+            return self.ema_params if self.ema_decay else self.params
 
 
 def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
@@ -101,8 +99,7 @@ def metric_sums(log_probs: jax.Array, labels: jax.Array, mask: jax.Array | None 
 
 
 def check_batch(batch: Batch, *, masked: bool = False) -> None:
-    """Fail, naming the argument, on a batch that is not MNIST's shapes and
-    dtypes; checked at trace time, so free per step."""
+    """Fail on a batch not of MNIST's shapes and dtypes (at trace time: free)."""
     chex.assert_shape(batch["image"], (None, *INPUT_SHAPE), custom_message='batch["image"]')
     chex.assert_type(batch["image"], float, custom_message='batch["image"]')
     n = batch["image"].shape[0]
@@ -113,8 +110,7 @@ def check_batch(batch: Batch, *, masked: bool = False) -> None:
 
 
 def training_loss(log_probs: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """The mean cross-entropy against targets ``(1 - e) one-hot + e uniform``
-    (``e = label_smoothing``; 0: the NLL of the labels)."""
+    """Mean cross-entropy against ``(1 - e) one-hot + e uniform`` targets."""
     nll = jnp.mean(-jnp.take_along_axis(log_probs, labels[:, None], axis=1))
     if not label_smoothing:
         return nll
@@ -157,7 +153,6 @@ def train_steps(state: TrainState, batches: tuple[Batch, ...], key: jax.Array
 
 
 def eval_step(state: TrainState, batch: Batch) -> Metrics:
-    """Metric sums over the unmasked examples, with the running BN statistics."""
     check_batch(batch, masked=True)
     log_probs = state.apply_fn({"params": state.eval_params(), "batch_stats": state.batch_stats},
                                batch["image"], train=False)
@@ -182,7 +177,6 @@ def zero_totals() -> dict[str, np.ndarray]:
 
 
 def mean_loss_and_accuracy(totals: dict[str, Any]) -> tuple[float, float]:
-    """(mean loss, accuracy in percent) from metric sums."""
     count = max(int(totals["count"]), 1)
     return float(totals["loss"]) / count, 100.0 * int(totals["correct"]) / count
 
@@ -228,7 +222,6 @@ def precise_batch_stats(stats_fn: Callable, state: TrainState, images: jax.Array
 
 
 def evaluate_stacked(state: TrainState, batches: Batch) -> Metrics:
-    """Metric sums of ``eval_step`` over stacked batches ``(n, B, ...)``."""
     def body(totals, batch):
         return combine_metrics(totals, eval_step(state, batch)), None
 
@@ -253,9 +246,8 @@ def train_epoch(state: TrainState, source, key: jax.Array, epoch: jax.Array, *,
 
 
 def epoch_program(stats_fn: Callable | None, chunk: int, batch_sharding=None) -> Callable:
-    """``run(state, source, key, epoch, calibration, test, first=0) -> (state,
-    train sums, test sums)``: training, BN re-estimation (unless ``stats_fn``
-    is None) and evaluation as one program: one dispatch per epoch."""
+    """Training, BN re-estimation (unless ``stats_fn`` is None) and evaluation
+    as one program: one dispatch per epoch."""
     def run(state, source, key, epoch, calibration, test, first=0):
         state, train_totals = train_epoch(state, source, key, epoch, first=first,
                                           batch_sharding=batch_sharding)

@@ -95,9 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.tuned_torch = not args.quick
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
-    for name in ("epochs_measured", "steps"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    p.check_positive(args, "epochs_measured", "steps")
     return args
 
 

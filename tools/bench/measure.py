@@ -13,8 +13,8 @@
 * :func:`write_result`: a result as JSON, to ``results/<name>-<backend>.json``
   unless told otherwise.
 * :func:`maxrss` and :func:`log`: peak memory, and a line on stderr.
-* :func:`command`: a benchmark's ``main``: its flags, then its run, with
-  s7jax's one-line errors.
+* :func:`parser` and :func:`command`: a benchmark's flags (``--out`` in
+  every one), then its run, with s7jax's one-line errors.
 """
 
 from __future__ import annotations
@@ -31,6 +31,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+
+def parser(doc: str, name: str):
+    """A benchmark's flags: its docstring's first paragraph, and ``--out``."""
+    from s7jax.cli import OneLineErrorParser  # imports JAX: not in a worker before its clock
+
+    p = OneLineErrorParser(description=doc.split("\n\n")[0])
+    p.add_argument("--out", help=f"result JSON (default results/{name}-<backend>.json)")
+    return p
 
 
 def command(parse_args: Callable[[list[str]], Any],

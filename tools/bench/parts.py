@@ -38,20 +38,17 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from s7jax.cli import OneLineErrorParser
-from tools.bench.measure import command, environment, log, timed, write_result
+from tools.bench.measure import command, environment, log, parser, timed, write_result
 from tools.bench.tables import parts_table
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, "parts")
     p.add_argument("--model", default="model6", help="model1 .. model6")
     p.add_argument("--batch-size", type=int, default=128, help="training batch size")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per part (median)")
-    p.add_argument("--out", help="result JSON (default results/parts-<backend>.json)")
     args = p.parse_args(argv)
-    if args.repeats < 1 or args.batch_size < 1:
-        p.error("--repeats and --batch-size must be >= 1")
+    p.check_positive(args, "batch_size", "repeats")
     return args
 
 

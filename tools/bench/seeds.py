@@ -23,16 +23,15 @@ import datetime
 import sys
 from typing import Any
 
-from s7jax.cli import OneLineErrorParser
-from tools.bench.measure import command, compile_timed, environment, timed, write_result
+from tools.bench.measure import (command, compile_timed, environment, parser, timed,
+                                 write_result)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, "seeds")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 4, 8], help="the Ns to time")
     p.add_argument("--train-images", type=int, default=6400, help="training images per epoch")
     p.add_argument("--epochs", type=int, default=2, help="timed epochs per N (median reported)")
-    p.add_argument("--out", help="result JSON (default results/seeds-<backend>.json)")
     args = p.parse_args(argv)
     if min(args.seeds) < 1 or args.epochs < 1 or args.train_images < 128:
         p.error("--seeds and --epochs must be >= 1, --train-images >= 128")

@@ -22,8 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from s7jax.cli import OneLineErrorParser, exit_on_known_errors
-from tools.bench.measure import environment, run_timed, write_result
+from s7jax.cli import exit_on_known_errors
+from tools.bench.measure import environment, parser, run_timed, write_result
 
 ROOT = Path(__file__).resolve().parents[3]  # the checkout: scripts/ and results/
 
@@ -45,8 +45,7 @@ def timed_run(workdir: Path, env: dict[str, str]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", help="result JSON (default results/startup-<backend>.json)")
+    p = parser(__doc__, "startup")
     args = p.parse_args(argv)
     with exit_on_known_errors():
         env = environment()

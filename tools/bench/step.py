@@ -47,8 +47,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from s7jax.cli import OneLineErrorParser
-from tools.bench.measure import command, clock, compile_timed, environment, log, write_result
+from tools.bench.measure import (clock, command, compile_timed, environment, log, parser,
+                                 write_result)
 from tools.bench.tables import step_table
 
 BATCH_SIZE = 128
@@ -56,15 +56,13 @@ STEPS_PER_CALL = 4
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, "step")
     p.add_argument("--steps", type=int, default=24, help="steps timed per variant and round")
     p.add_argument("--rounds", type=int, default=3, help="rounds over all variants")
-    p.add_argument("--out", help="result JSON (default results/step-<backend>.json)")
     args = p.parse_args(argv)
     if args.steps < STEPS_PER_CALL or args.steps % STEPS_PER_CALL:
         p.error(f"--steps must be a positive multiple of {STEPS_PER_CALL}, got {args.steps}")
-    if args.rounds < 1:
-        p.error(f"--rounds must be >= 1, got {args.rounds}")
+    p.check_positive(args, "rounds")
     return args
 
 

@@ -7,6 +7,7 @@ Nothing here is typed by hand; :mod:`.pages` (``scripts/report.py``) rewrites
 each block between its markers, or checks that every one is current. The
 parts: :mod:`.results` (the models, the seeds, reproducibility),
 :mod:`.original` (against the study and the PyTorch referee), :mod:`.study`
-(each model's step of the study), :mod:`.performance`; :mod:`.before_fix`
-marks the runs trained before the max-pool gradient fix.
+(each model's step of the study), :mod:`.trials` (the recipe trials),
+:mod:`.performance`, :mod:`.figures`; :mod:`.before_fix` marks the runs
+trained before the max-pool gradient fix.
 """

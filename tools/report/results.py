@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tools.report import trials
 from tools.report.before_fix import footnote, mark, seed_runs
 from tools.report.original import against_original, headline_against_original
 from tools.report.study import device, model_sections
@@ -41,10 +42,10 @@ def results_section(results_dir: Path, write_plots: bool = True, root: str = "..
     lines += recipe_trials(results_dir)
     if models:
         if write_plots:
-            from s7jax.runs import plots
             from s7jax.models import MODELS
+            from tools.report import figures
 
-            plots.models({n: first_runs[n][2] for n in MODELS if n in models},
+            figures.models({n: first_runs[n][2] for n in MODELS if n in models},
                          results_dir / "models.png")
         lines += ["", f"![test accuracy per epoch, every model]({root}results/models.png)"]
     against, table = against_original(results_dir)
@@ -109,9 +110,9 @@ def model6_over_seeds(m: dict[str, Any], target: float, results_dir: Path,
     worst = m["seeds"][m["worst_seed"]]
     interval = f" (95% interval +/- {m['ci95']:.3f})" if m.get("ci95") else ""
     if write_plots:
-        from s7jax.runs import plots
+        from tools.report import figures
 
-        plots.last_epochs({int(s): v["last3"] for s, v in m["seeds"].items()},
+        figures.last_epochs({int(s): v["last3"] for s, v in m["seeds"].items()},
                           results_dir / "model6" / "last3.png", m["mean"], m.get("ci95"),
                           title=f"model6: the last three epochs of {m['n_seeds']} seeds")
     marked = mark(results_dir, seed_runs(results_dir, "model6", m))
@@ -134,24 +135,23 @@ def recipe_trials(results_dir: Path, model: str = "model6") -> list[str]:
     each changed, on how many seeds, and what it did against the recipe
     before them on the same seeds; each with the command that trains it
     today (the flags in which it differs from today's default)."""
-    from s7jax.runs import results
     from s7jax.config import default_config
 
-    trials = results.recipe_trials(results_dir, model)
-    if not trials:
+    found = trials.recipe_trials(results_dir, model)
+    if not found:
         return []
-    today = results.flat(default_config(model))
-    base = trials[0]["runs"]
+    today = trials.flat(default_config(model))
+    base = found[0]["runs"]
     head = ["", f"**Improving {model}'s recipe.** Each candidate below trained {model} on a few "
-             f"seeds, changing the earlier recipe (`{results.BASELINE}`, {base['n_seeds']} "
+             f"seeds, changing the earlier recipe (`{trials.BASELINE}`, {base['n_seeds']} "
              "seeds) as the second column says; the last column sets its last-3 mean against "
              "the trial it builds on (the earlier recipe, or the trial whose changes it makes "
              "plus one), on the same seeds. The files are under "
-             f"`results/{results.TRIALS}/<trial>/`.", "",
+             f"`results/{trials.TRIALS}/<trial>/`.", "",
              "| trial | change | seeds | seeds holding | last-3 mean | against what it builds on, "
              "same seeds | command |", "|---|---|---:|---:|---:|---|---|"]
     lines = []
-    for t in trials:
+    for t in found:
         runs = t["runs"]
         settings = t["settings"]
         flags = " ".join(_flag(k, v) for k, v in settings.items()
@@ -167,12 +167,12 @@ def recipe_trials(results_dir: Path, model: str = "model6") -> list[str]:
                   + f" against {t['builds_on']} "
                   f"({t['paired_seeds']} seed{'s' if t['paired_seeds'] > 1 else ''})")
         command = (f"`python scripts/sweep.py --model {model} --seeds {runs['n_seeds']} {flags} "
-                   f"--results results/{results.TRIALS}/{t['name']}`").replace("  ", " ")
+                   f"--results results/{trials.TRIALS}/{t['name']}`").replace("  ", " ")
         marked = mark(results_dir, seed_runs(results_dir, model, runs,
-                                             under=results_dir / results.TRIALS / t["name"]))
+                                             under=results_dir / trials.TRIALS / t["name"]))
         lines.append(f"| {t['name']}{marked} | {change} | {runs['n_seeds']} | "
                      f"{runs['seeds_holding_target']} | {runs['mean']:.3f} | {versus} | {command} |")
-    return head + footnote(lines) + trial_noise(trials)
+    return head + footnote(lines) + trial_noise(found)
 
 
 def trial_noise(trials: list[dict[str, Any]]) -> list[str]:
