@@ -3,8 +3,7 @@
 The packages, in the order the data flows through a run:
 
 * ``config``     every setting of a run and each model's default recipe
-* ``data``       MNIST: the official files, TFDS, the tf.data and on-device
-                 pipelines, and the augmentation they apply
+* ``data``       MNIST, its pipelines (TFDS/tf.data, on the device), augmentation
 * ``models``     the six Flax Linen models and the layers written for XLA:CPU
 * ``training``   the pure, jit-compiled steps, the epoch loops, a run, many seeds
 * ``runs``       what a run writes: metrics, checkpoints, weights, events, plots

@@ -10,7 +10,7 @@
 * :func:`conv`: XLA:CPU runs a convolution fast in its canonical form, and
   rewrites the gradients into it in a single step but not inside
   ``lax.scan`` (``--pipeline scan``), where the step took several times as
-  long; here both gradients are canonical convolutions (bit for bit the same).
+  long; here both gradients are canonical convolutions.
 """
 
 from __future__ import annotations

@@ -1,25 +1,16 @@
-"""The referee: a model trained the way the original study trained it, in PyTorch.
+"""The referee: the PyTorch build of a model trained with the study's own recipe.
 
-The parity test shows that s7jax's modules compute what the PyTorch build
-(:mod:`s7jax.reference.torch_reference`) computes, not that training behaves as
-the original's did. The referee trains that build with the original recipe on
-the same MNIST files, byte for byte, into a folder of s7jax's layout::
+The parity test shows that the modules compute what the PyTorch build
+computes; the referee shows how training behaves, on the same MNIST files::
 
     python scripts/referee.py --model model2 --seed 0   # -> results/model2/torch-seed-0/
 
-The original recipe (the study's notebooks): PyTorch's default initialisation
-after ``torch.manual_seed(seed)``; SGD, learning rate 0.01, momentum 0.9, no
-schedule or weight decay; batch 128, the last short batch kept; the NLL loss;
-for models 5 and 6, per image on PIL images with torchvision:
-``RandomRotation(7, fill=0)`` and ``ColorJitter(brightness=b, contrast=b)``
-(b = 0.1, 0.2), then ``ToTensor`` and ``Normalize(0.1307, 0.3081)``; each
-epoch's order from a generator seeded with ``seed``, what
-``DataLoader(shuffle=True, generator=g)`` draws; per epoch the mean loss and
-accuracy of the training batches (train mode) and of the test set (eval mode).
-
-On a CPU with the same thread count a run repeats exactly; on a GPU, cuDNN
-may pick non-deterministic kernels.
-"""
+The recipe, as in the study's notebooks: PyTorch's default initialisation
+after ``torch.manual_seed(seed)``; SGD 0.01, momentum 0.9; batch 128, the
+last short batch kept; for models 5 and 6 torchvision's
+``RandomRotation(7, fill=0)`` and ``ColorJitter(b, b)`` (b = 0.1, 0.2) per
+PIL image; each epoch's order what ``DataLoader(shuffle=True, generator=g)``
+draws. Repeats exactly on a CPU with the same thread count."""
 
 from __future__ import annotations
 

@@ -1,14 +1,9 @@
-"""What a run writes when an epoch ends: every run's epoch loop
-(``s7jax.training.loops.record_epochs``) ends each epoch in a :class:`Recorder`.
+"""What a run writes when an epoch ends.
 
-Where the epoch's state is saved, its checkpoint comes first, then the rows in
-``metrics.jsonl``: a row never names an epoch whose state was not saved, since
-a resume rewrites the rows from the checkpoint (the referee keeps no
-checkpoints and writes each row at once).
-
-Ctrl-C and SIGTERM become a flag (:func:`interrupt_flag`) that the loops
-check between steps, so a donated state is never left half-updated.
-"""
+The checkpoint comes before the rows in ``metrics.jsonl``: a row never names
+an epoch whose state was not saved. Ctrl-C and SIGTERM become a flag
+(:func:`interrupt_flag`) that the loops check between steps, so a donated
+state is never left half-updated."""
 
 from __future__ import annotations
 

@@ -1,17 +1,11 @@
 """The epoch loop of every run, and the two ways of training an epoch.
 
 :func:`record_epochs` is the loop of every run (one seed, seeds together, the
-PyTorch referee). Its ``run_epoch(state, epoch, first, partial, bar)`` trains
-the epoch's steps from ``first`` on (``partial``: the metric sums of the steps
-before, on a resume), re-estimates BN and evaluates, returning ``(state,
-[(train, test), ...])``, a (mean loss, accuracy %) pair of each per record.
-Two classes implement it over one :class:`RunContext`:
-
-* :class:`StepByStep` (``--pipeline tfds``, ``device``): one compiled call per
-  ``--steps-per-call`` steps; Ctrl-C saves a checkpoint at the step it came.
-* :class:`EpochPerCall` (``--pipeline scan``, seeds together): the epoch program
-  (``steps.epoch_program``) as one call, vmapped over seeds when together.
-"""
+PyTorch referee). Its ``run_epoch(state, epoch, first, partial, bar)``
+returns ``(state, [(train, test), ...])``, a (mean loss, accuracy %) pair of
+each per record; :class:`StepByStep` (``--pipeline tfds``, ``device``: a
+compiled call per step) and :class:`EpochPerCall` (``--pipeline scan``, seeds
+together: one per epoch) implement it."""
 
 from __future__ import annotations
 

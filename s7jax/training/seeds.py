@@ -1,17 +1,9 @@
-"""Many seeds in one program: ``jax.vmap`` over whole training runs.
-
-``train_seeds`` trains N seeds of one config together: the epoch program of
-``--pipeline scan`` (``loops.EpochPerCall``) vmapped over a leading seed axis
-of the train state, the dropout and data keys (whose draws stay those of the
-seed's own run under vmap, ``s7jax.models.seedwise``) and the BN calibration
-images, each made as the seed's own run makes it; the training and test
-images are shared. So seed ``s`` trains what ``scripts/train.py --pipeline
-scan --seed s`` trains, up to the float rounding of a batched program
-(tested), and writes the same files into its own folder.
-
-On several devices the seed axis stays whole on each, and each seed's batch
-is split over the mesh's ``data`` axis, as in a single run.
-"""
+"""Many seeds in one program: the epoch program of ``--pipeline scan``
+(``loops.EpochPerCall``) vmapped over a leading seed axis of the state, the
+keys and the BN calibration images, each made as the seed's own run makes it
+(random draws stay the seed's own under vmap: ``s7jax.models.seedwise``).
+Seed ``s`` trains what ``--pipeline scan --seed s`` trains, up to the float
+rounding of a batched program, into its own folder."""
 
 from __future__ import annotations
 
@@ -89,14 +81,9 @@ def train_seeds(
     checkpoint_every: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict[int, list[dict[str, Any]]]:
-    """Train ``config`` for every seed in ``seeds`` as one vectorised program,
-    seed ``seeds[i]`` into ``workdirs[i]`` (folders claimed as a single run
-    claims its own); return each seed's per-epoch metrics.
-
-    Each seed's checkpoint and metrics rows are written every
-    ``checkpoint_every`` epochs, after the last and on Ctrl-C: on an
-    accelerator, writing many seeds' checkpoints can take longer than
-    training. A resume starts from the last one written."""
+    """Train seed ``seeds[i]`` into ``workdirs[i]``, all as one program; each
+    seed's rows. Checkpoints every ``checkpoint_every`` epochs, the last and on
+    Ctrl-C (on an accelerator, writing them can take longer than training)."""
     if len(seeds) != len(workdirs) or not seeds:
         raise ConfigError("give one workdir per seed, and at least one seed")
     if checkpoint_every < 1:

@@ -1,16 +1,9 @@
 """A training run: its settings resolved, its folder claimed, its epochs.
 
-``train_and_evaluate`` claims the run's folder (``s7jax.runs.runlock``), starts
-fresh or from the latest checkpoint, and trains through one of the two ways
-of ``s7jax.training.loops``, chosen by ``Config.pipeline`` (``auto``: by the
-backend): step by step (``tfds``, ``device``: the CPU default, as fast there
-as an epoch per call; every run under ``results/`` was trained this way, bit
-for bit repeatable) or an epoch per call (``scan``: the GPU and TPU default,
-where Python's dispatch per step would set the pace).
-
-The set-up pieces here (:func:`checked_mesh`, :func:`model_and_schedule`,
-:func:`write_start`) also set up each seed of ``s7jax.training.seeds``.
-"""
+Step by step (``tfds``, ``device``: the CPU default, as fast there as an
+epoch per call) or an epoch per call (``scan``: the GPU and TPU default,
+where Python's dispatch per step would set the pace). The set-up pieces here
+also set up each seed of ``s7jax.training.seeds``."""
 
 from __future__ import annotations
 
@@ -110,15 +103,11 @@ def train_and_evaluate(
     on_start: Callable[[], None] | None = None,
     refusal_advice: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Train ``config.model`` and evaluate it after every epoch; return the
-    per-epoch metrics (also appended to ``<workdir>/metrics.jsonl``).
+    """Train and evaluate after every epoch; the rows of ``metrics.jsonl``.
 
-    What needs no data is checked first, so that its errors come at once: the
-    batch against the devices, the folder (``runlock.claim``: one that holds
-    another run is refused, unless ``resume`` or ``overwrite``;
-    ``refusal_advice`` says what to do instead in the caller's terms), then
-    with ``resume`` the checkpoint. Only then ``on_start()`` (the scripts'
-    banner), the ``auto`` settings (:func:`resolve`) and the data.
+    What needs no data is checked first, so that its errors come at once (the
+    batch against the devices, the folder, a resume's checkpoint); only then
+    ``on_start()`` (the scripts' banner), the ``auto`` settings and the data.
     """
     mesh = checked_mesh(config, mesh)  # before the folder is touched
     model, schedule = model_and_schedule(config)
