@@ -77,6 +77,34 @@ def xla_optimized(monkeypatch):
     jax.config.update("jax_disable_most_optimizations", True)
 
 
+@pytest.fixture
+def in_process(capsys, monkeypatch):
+    """``in_process(command, *args) -> CompletedProcess``: ``scripts/<command>.py``'s
+    ``main`` run in this process, for refusals that come before any data or
+    program (a fresh interpreter costs ~2 s; the tests that need one, for
+    what the process writes to its file descriptors, start one)."""
+    import importlib
+    import signal
+    import subprocess
+
+    def run(command, *args, cwd=None):
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        main = importlib.import_module(f"s7jax.cli.{command}").main
+        sigterm = signal.getsignal(signal.SIGTERM)
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:
+            signal.signal(signal.SIGTERM, sigterm)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess([command, *args], code or 0, out, err)
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
     """A TFDS data_dir with MNIST prepared offline from the repository's files.

@@ -89,11 +89,18 @@ def test_two_processes_form_one_mesh_over_both_devices(runs):
 
 def test_two_processes_train_what_one_process_trains(runs):
     """The same global program, split over processes instead of devices: the
-    figures are equal, not merely close."""
+    same learning rates and accuracies, the same losses up to float rounding
+    (a test loss has been seen 2 ulp apart: the two layouts are compiled and
+    scheduled apart, and their reductions may round differently)."""
     tmp, _ = runs
     two, one = (runfiles.read_metrics(tmp / name) for name in ("two-processes", "one-process"))
     assert [r["epoch"] for r in two] == [1, 2]  # not [1, 1, 2, 2]: one process wrote them
-    assert strip_seconds(two) == strip_seconds(one)
+    losses = ("train_loss", "test_loss")
+    exact = lambda rows: [{k: v for k, v in r.items() if k not in losses} for r in strip_seconds(rows)]  # noqa: E731
+    assert exact(two) == exact(one)
+    for a, b in zip(two, one):
+        for key in losses:
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=0), (a["epoch"], key)
 
 
 def test_only_process_0_writes_the_run_files(runs):

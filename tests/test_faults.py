@@ -39,6 +39,12 @@ def script(name, *args, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+def last_line(result, code):
+    """The last line on stderr of an ``in_process`` command that ended with ``code``."""
+    assert result.returncode == code and "Traceback" not in result.stderr, result.stderr[-2000:]
+    return [line for line in result.stderr.splitlines() if line.strip()][-1]
+
+
 def one_line_error(proc, code):
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == code, err[-2000:]
@@ -115,12 +121,12 @@ def test_two_launches_into_one_folder_one_is_refused(tfds_dir, tmp_path):
     assert checkpoint.all_steps(runfiles.checkpoint_dir(workdir)) == [4, 8]
 
 
-def test_a_run_that_fails_before_its_first_epoch_leaves_no_folder(tmp_path):
+def test_a_run_that_fails_before_its_first_epoch_leaves_no_folder(in_process, tmp_path):
     empty = tmp_path / "no-mnist"
     empty.mkdir()
     workdir = tmp_path / "run"
-    line = one_line_error(script("train.py", *TINY_FLAGS, "--workdir", workdir, "--manual-dir",
-                                 empty, "--data-source", "idx"), 2)
+    line = last_line(in_process("train", *TINY_FLAGS, "--workdir", workdir, "--manual-dir",
+                                empty, "--data-source", "idx"), 2)
     assert "missing" in line and not workdir.exists()
 
 
@@ -163,18 +169,19 @@ def test_no_intact_checkpoint_is_one_line(finished, tfds_dir, tmp_path):
     assert strip(runfiles.read_metrics(workdir)) == strip(finished[1])  # nothing rewritten
 
 
-def test_a_checkpoint_of_another_model_is_one_line_from_evaluate(finished, tfds_dir, tmp_path):
+def test_a_checkpoint_of_another_model_is_one_line_from_evaluate(in_process, finished, tfds_dir,
+                                                                 tmp_path):
     workdir = copy_run(finished, tmp_path)
     recorded = json.loads((workdir / "config.json").read_text())
     recorded["config"]["model"] = "model5"
     (workdir / "config.json").write_text(json.dumps(recorded))
-    line = one_line_error(script("evaluate.py", "--checkpoint", workdir, "--data-dir", tfds_dir), 2)
+    line = last_line(in_process("evaluate", "--checkpoint", workdir, "--data-dir", tfds_dir), 2)
     assert "does not fit the model and optimiser" in line and "step 8" in line
 
 
-def test_evaluate_without_checkpoints_says_so(tmp_path):
+def test_evaluate_without_checkpoints_says_so(in_process, tmp_path):
     runfiles.write_config(tmp_path, default_config("model6"))
-    line = one_line_error(script("evaluate.py", "--checkpoint", tmp_path), 2)
+    line = last_line(in_process("evaluate", "--checkpoint", tmp_path), 2)
     assert line == f"error: no checkpoint in {tmp_path / 'checkpoints'}"
 
 
@@ -281,8 +288,9 @@ def test_a_damaged_tfds_cache_is_rebuilt_from_the_files(tfds_dir, tmp_path, capf
     (["--train-subset", "70000"], r"--train-subset must be in 1\.\.60000, got 70000"),
     (["--batch-size", "70000"], r"--batch-size 70000 exceeds the 60,000 training images"),
 ])
-def test_settings_are_checked_before_anything_is_loaded_or_written(flags, pattern, tmp_path):
-    line = one_line_error(script("train.py", *flags, "--workdir", tmp_path / "run"), 2)
+def test_settings_are_checked_before_anything_is_loaded_or_written(in_process, flags, pattern,
+                                                                   tmp_path):
+    line = last_line(in_process("train", *flags, "--workdir", tmp_path / "run"), 2)
     assert re.search(pattern, line), line
     assert not (tmp_path / "run").exists()  # refused before the folder was made
 
@@ -293,6 +301,7 @@ def test_the_non_finite_message_says_what_is_kept():
         "the last good checkpoint, step 16, is kept")
 
 
+@pytest.mark.slow
 @pytest.mark.tfds  # --data-source tfds
 def test_a_data_error_is_exactly_one_line_without_a_needless_hint(tmp_path):
     """With --manual-dir given, the message does not suggest passing it; and
@@ -307,7 +316,7 @@ def test_a_data_error_is_exactly_one_line_without_a_needless_hint(tmp_path):
     assert not (tmp_path / "tfds").exists() and not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("source", ["auto", "idx"])
+@pytest.mark.parametrize("source", [pytest.param("auto", marks=pytest.mark.slow), "idx"])
 def test_a_data_error_is_the_only_line_on_stderr(tmp_path, source):
     """Nothing else (TensorFlow's start-up log lines included) comes before it:
     the files are checked before TensorFlow loads."""
@@ -464,7 +473,8 @@ def test_resume_passes_over_a_damaged_checkpoint_for_the_one_before(finished, tf
 
 
 @pytest.mark.parametrize("how,reason", [
-    ("flipped", EITHER), ("truncated", UNREADABLE), ("swapped", MISMATCH)])
+    ("flipped", EITHER), *(pytest.param(*case, marks=pytest.mark.slow)  # ~8 s each
+                           for case in (("truncated", UNREADABLE), ("swapped", MISMATCH)))])
 def test_no_intact_checkpoint_is_the_only_line_on_stderr(finished, tmp_path, how, reason):
     """Orbax's tracebacks of a failed read (never-retrieved futures, callbacks
     into a closed event loop) stay off stderr; the run folder is untouched."""

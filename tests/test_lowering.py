@@ -91,7 +91,7 @@ def programs(model: str):
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
-@pytest.mark.parametrize("model", ["model6", "model1"])
+@pytest.mark.parametrize("model", ["model6", pytest.param("model1", marks=pytest.mark.slow)])
 def test_every_training_program_lowers_without_platform_specific_calls(model, platform,
                                                                        monkeypatch):
     """model6 has every kind of layer (BatchNorm, dropout, the bias-free

@@ -93,22 +93,23 @@ def test_evaluate_reproduces_the_last_metrics(cli_run, tfds_dir, tmp_path):
     (["--frobnicate"], r"unrecognized arguments: --frobnicate"),
     (["--epochs", "two"], r"invalid int value: 'two'"),
 ])
-def test_bad_flags_give_one_line_and_exit_2(args, pattern):
-    assert_clean_error(run("train.py", *args), 2, pattern)
+def test_bad_flags_give_one_line_and_exit_2(in_process, args, pattern):
+    assert_clean_error(in_process("train", *args), 2, pattern)
 
 
-def test_unwritable_workdir(tmp_path):
+def test_unwritable_workdir(in_process, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    assert_clean_error(run("train.py", "--workdir", blocker / "run"), 2, r"workdir .* is not writable")
+    assert_clean_error(in_process("train", "--workdir", blocker / "run"), 2,
+                       r"workdir .* is not writable")
 
 
-def test_missing_data_file(tmp_path):
+def test_missing_data_file(in_process, tmp_path):
     manual = tmp_path / "mnist"
     shutil.copytree(data.default_manual_dir(), manual)
     (manual / "t10k-images-idx3-ubyte.gz").unlink()
-    result = run("train.py", "--workdir", tmp_path / "run", "--data-dir", tmp_path / "tfds",
-                 "--manual-dir", manual)
+    result = in_process("train", "--workdir", tmp_path / "run", "--data-dir", tmp_path / "tfds",
+                        "--manual-dir", manual)
     assert_clean_error(result, 2, r"missing MNIST file .*t10k-images-idx3-ubyte.gz")
 
 
@@ -119,12 +120,12 @@ def test_nan_loss_exits_3_naming_epoch_and_step(tfds_dir, tmp_path):
     assert_clean_error(result, 3, r"non-finite loss in epoch 1 at step \d+")
 
 
-def test_resume_needs_a_run_directory(tmp_path):
-    assert_clean_error(run("train.py", "--resume", tmp_path), 2, r"no config.json there")
+def test_resume_needs_a_run_directory(in_process, tmp_path):
+    assert_clean_error(in_process("train", "--resume", tmp_path), 2, r"no config.json there")
 
 
-def test_evaluate_without_a_run(tmp_path):
-    assert_clean_error(run("evaluate.py", "--checkpoint", tmp_path), 2, r"no run's config.json")
+def test_evaluate_without_a_run(in_process, tmp_path):
+    assert_clean_error(in_process("evaluate", "--checkpoint", tmp_path), 2, r"no run's config.json")
 
 
 def test_readme_and_docs_tables_are_generated_from_results():
@@ -173,8 +174,8 @@ def test_metric_differences_name_every_changed_figure_but_seconds():
     assert runfiles.metric_differences(rows, rows[:1]) == ["1 epochs, expected 2"]
 
 
-def test_reproduce_needs_a_recorded_run(tmp_path):
-    assert_clean_error(run("reproduce.py", tmp_path), 2, r"no config.json there")
+def test_reproduce_needs_a_recorded_run(in_process, tmp_path):
+    assert_clean_error(in_process("reproduce", tmp_path), 2, r"no config.json there")
 
 
 @pytest.mark.slow
@@ -245,8 +246,8 @@ def test_report_compares_runs_of_different_lengths_at_a_shared_epoch():
 
 
 @pytest.mark.parametrize("model,lr", [(None, "0.1"), ("model3", "0.05")])
-def test_help_shows_the_recipe_of_the_model_given(model, lr):
-    result = run("train.py", *(["--model", model] if model else []), "--help")
+def test_help_shows_the_recipe_of_the_model_given(in_process, model, lr):
+    result = in_process("train", *(["--model", model] if model else []), "--help")
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     name = model or "model6"
@@ -254,8 +255,8 @@ def test_help_shows_the_recipe_of_the_model_given(model, lr):
     assert "(default: None)" not in text
 
 
-def test_print_config_prints_the_resolved_config_and_writes_nothing(tmp_path):
-    result = run("train.py", "--print-config", "--model", "model5", "--lr", "0.2", cwd=tmp_path)
+def test_print_config_prints_the_resolved_config_and_writes_nothing(in_process, tmp_path):
+    result = in_process("train", "--print-config", "--model", "model5", "--lr", "0.2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     config = json.loads(result.stdout)
     assert (config["model"], config["lr"], config["schedule"]) == ("model5", 0.2, "onecycle")

@@ -95,6 +95,7 @@ def test_a_second_sweep_skips_the_finished_seeds(swept, tfds_dir):
     assert "seed 0: complete, skipped" in proc.stdout and "seed 1: complete, skipped" in proc.stdout
 
 
+@pytest.mark.slow  # the first check of a sweep of model1 together: ~8 s
 def test_seeds_that_would_not_fit_in_memory_are_refused_in_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(seeds, "memory_limit", lambda: 2**30)
     config = default_config("model1")

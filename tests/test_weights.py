@@ -109,7 +109,7 @@ def flip_bytes(path, count=64):
     path.write_bytes(bytes(raw))
 
 
-def test_flipped_bytes_in_the_arrays_are_refused_not_evaluated(tmp_path):
+def test_flipped_bytes_in_the_arrays_are_refused_not_evaluated(in_process, tmp_path):
     """The checksum saved with the arrays catches damage that keeps the file
     readable; a file written before checksums still loads (its shapes checked)."""
     variables = init_variables(get_model("model6"), jax.random.key(1, impl="rbg"))
@@ -118,8 +118,7 @@ def test_flipped_bytes_in_the_arrays_are_refused_not_evaluated(tmp_path):
     flip_bytes(path)
     with pytest.raises(CheckpointError, match="is damaged: its arrays do not match the checksum"):
         weights.load(path)
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--weights", path],
-                            capture_output=True, text=True, timeout=300)
+    result = in_process("evaluate", "--weights", path)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"error: {path} is damaged: its arrays do not match "
                                           "the checksum saved with them"]
