@@ -50,8 +50,7 @@ class Interrupted(RunError):
         what = "terminated (SIGTERM)" if signum == 15 else "interrupted"
         super().__init__(f"{what} at step {step}; checkpoint saved, "
                          + (how or f"continue with --resume {workdir}"))
-        self.step = step
-        self.exit_code = 128 + signum
+        self.step, self.exit_code = step, 128 + signum
 
 
 class Terminated(BaseException):

@@ -21,9 +21,10 @@ import jax
 import pytest
 
 from s7jax import data
-from s7jax.runs import checkpoint, runfiles, runlock
+from s7jax.runs import checkpoint, runfiles, runlock, weights
 from s7jax.config import default_config
-from s7jax.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, WriteError
+from s7jax.errors import (CheckpointError, ConfigError, DataError, NonFiniteLossError, Terminated,
+                          WriteError)
 from s7jax.training.train import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,6 +194,65 @@ def test_resume_refuses_config_flags_rather_than_ignore_them(finished, tmp_path)
 
 
 # --------------------------------------------------------------------------
+# A run is complete only when the files it promises are there and whole
+# --------------------------------------------------------------------------
+
+
+def killed_before_its_weights(finished, workdir):
+    """The run as a SIGKILL after its last checkpoint leaves it: no weights,
+    its last row perhaps not yet written."""
+    shutil.copytree(finished[0], workdir)
+    runfiles.weights_path(workdir).unlink()
+    runfiles.write_metrics(workdir, finished[1][:-1])
+    return workdir
+
+
+def test_resume_of_a_run_killed_before_its_weights_writes_them(in_process, finished, tfds_dir,
+                                                               tmp_path):
+    workdir = killed_before_its_weights(finished, tmp_path / "run")
+    result = in_process("train", "--resume", workdir, "--data-dir", tfds_dir, "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert runfiles.weights_path(workdir).read_bytes() == runfiles.weights_path(
+        finished[0]).read_bytes()
+    assert strip(runfiles.read_metrics(workdir)) == strip(finished[1])
+
+
+def test_the_sweep_does_not_skip_a_seed_killed_before_its_weights(in_process, finished, tfds_dir,
+                                                                  tmp_path):
+    results = tmp_path / "results"
+    workdir = killed_before_its_weights(finished, results / "model6" / "seed-0")
+    result = in_process("sweep", *TINY_FLAGS, "--seeds", "1", "--results", results,
+                        "--data-dir", tfds_dir)
+    assert result.returncode == 0 and "skipped" not in result.stdout, result.stderr[-2000:]
+    assert weights.verified(runfiles.weights_path(workdir))
+
+
+@pytest.mark.parametrize("fault,code,pattern", [
+    (Terminated(), 143, r"error: terminated \(SIGTERM\) at step 8; checkpoint saved, continue "
+                        r"with --resume .*run"),
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), 2,
+     r"error: could not write .*run/weights\.msgpack: No space left on device"),
+], ids=["sigterm", "full-disk"])
+def test_a_fault_while_the_weights_are_written_leaves_a_run_to_resume(
+        in_process, finished, tfds_dir, tmp_path, monkeypatch, fault, code, pattern):
+    workdir = killed_before_its_weights(finished, tmp_path / "run")
+    replace = Path.replace
+
+    def replace_or_fail(self, target):  # the .tmp file written, not yet renamed
+        if self.name.endswith(".tmp"):
+            raise fault
+        return replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", replace_or_fail)
+    args = ("train", "--resume", workdir, "--data-dir", tfds_dir, "--no-progress")
+    assert re.fullmatch(pattern, last_line(in_process(*args), code))
+    assert [p.name for p in workdir.iterdir() if "weights" in p.name] == []
+    monkeypatch.setattr(Path, "replace", replace)
+    assert in_process(*args).returncode == 0
+    assert weights.verified(runfiles.weights_path(workdir))
+
+
+# --------------------------------------------------------------------------
 # Write failures
 # --------------------------------------------------------------------------
 
@@ -272,10 +332,11 @@ def test_damaged_idx_files_are_caught_before_tensorflow_loads(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.tfds
-def test_a_damaged_tfds_cache_is_rebuilt_from_the_files(tfds_dir, tmp_path, capfd):
+@pytest.mark.parametrize("damaged", ["*test.tfrecord*", "dataset_info.json"])
+def test_a_damaged_tfds_cache_is_rebuilt_from_the_files(tfds_dir, tmp_path, capfd, damaged):
     copy = tmp_path / "tfds"
     shutil.copytree(tfds_dir, copy)
-    (record,) = sorted((copy / "mnist").rglob("*test.tfrecord*"))[:1]
+    (record,) = sorted((copy / "mnist").rglob(damaged))[:1]
     record.write_bytes(record.read_bytes()[: record.stat().st_size // 3])
     splits = data.load_mnist(data_dir=copy)
     assert (len(splits["train"]), len(splits["test"])) == (60_000, 10_000)
@@ -293,6 +354,21 @@ def test_settings_are_checked_before_anything_is_loaded_or_written(in_process, f
     line = last_line(in_process("train", *flags, "--workdir", tmp_path / "run"), 2)
     assert re.search(pattern, line), line
     assert not (tmp_path / "run").exists()  # refused before the folder was made
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_jax_platforms_naming_an_absent_device_is_one_line(in_process, tmp_path, monkeypatch,
+                                                           command):
+    def no_gpu(*args, **kwargs):
+        raise AssertionError  # what JAX raises where CUDA finds no GPU
+
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    monkeypatch.setattr(jax, "devices", no_gpu)
+    args = {"train": [*TINY_FLAGS, "--workdir", tmp_path / "run"],
+            "evaluate": ["--weights", ROOT / "results" / "model6" / "seed-0" / "weights.msgpack"]}
+    line = last_line(in_process(command, *args[command]), 2)
+    assert line == "error: JAX_PLATFORMS=cuda but no cuda device: none found"
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_non_finite_message_says_what_is_kept():
@@ -445,6 +521,14 @@ def swap_arrays(workdir, step, other):
     a.with_name("swap").rename(b)
 
 
+def edit_record(workdir, step):
+    """One digit of epoch 1's test_acc changed in checkpoint ``step``'s record."""
+    path = runfiles.checkpoint_dir(workdir) / str(step) / "record" / "metadata"
+    record = json.loads(path.read_text())
+    record["history"][0]["test_acc"] += 1
+    path.write_text(json.dumps(record))
+
+
 UNREADABLE = "its array files cannot be read"
 MISMATCH = "its arrays do not match the checksum saved with them"
 # Where 64 flipped bytes land decides which check sees them: inside an array's
@@ -457,7 +541,8 @@ EITHER = f"({UNREADABLE}|{MISMATCH})"
     (lambda workdir: damage(workdir, 8), UNREADABLE),
     (lambda workdir: flip_largest_array_file(workdir, 8), EITHER),  # same size
     (lambda workdir: copy_arrays(workdir, 8, 4), MISMATCH),  # intact, not step 8's
-], ids=["truncated", "flipped", "swapped"])
+    (lambda workdir: edit_record(workdir, 8), "its record does not match the checksum saved with it"),
+], ids=["truncated", "flipped", "swapped", "edited-record"])
 def test_resume_passes_over_a_damaged_checkpoint_for_the_one_before(finished, tfds_dir, tmp_path,
                                                                     spoil, reason):
     workdir = copy_run(finished, tmp_path)
@@ -470,6 +555,39 @@ def test_resume_passes_over_a_damaged_checkpoint_for_the_one_before(finished, tf
     assert any(re.fullmatch(expected, s) for s in said), said
     assert strip(history) == strip(finished[1])  # epoch 2 trained again, the same
     assert strip(runfiles.read_metrics(workdir)) == strip(finished[1])
+
+
+@pytest.mark.parametrize("edit", [{"train_subset": 512}, {"lr": 0.05}, {"seed": 1}],
+                         ids=["train_subset", "lr", "another-seeds-checkpoints"])
+def test_resume_refuses_a_checkpoint_of_another_config(in_process, finished, tmp_path, edit):
+    workdir = copy_run(finished, tmp_path)
+    record = json.loads(runfiles.config_path(workdir).read_text())
+    record["config"].update(edit)
+    runfiles.config_path(workdir).write_text(json.dumps(record))
+    before = snapshot(workdir)
+    line = last_line(in_process("train", "--resume", workdir, "--no-progress"), 2)
+    (key, value), = edit.items()
+    assert re.fullmatch(rf"error: --resume {re.escape(str(workdir))}: its checkpoint step 8 was "
+                        rf"made with another config: {key} \S+ \(config.json: {value}\); the run "
+                        "is left as it was", line), line
+    assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("command", ["reproduce", "sweep", "train"])
+def test_a_flipped_byte_in_metrics_jsonl_is_one_line_naming_it(in_process, finished, tmp_path,
+                                                              command):
+    results = tmp_path / "results"
+    workdir = results / "model6" / "seed-0"
+    shutil.copytree(finished[0], workdir)
+    shutil.rmtree(runfiles.checkpoint_dir(workdir))  # as a run under results/ keeps it
+    path = runfiles.metrics_path(workdir)
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(b"\n") + 1] ^= 0x20  # line 2's "{"
+    path.write_bytes(bytes(raw))
+    args = {"reproduce": [workdir], "train": ["--resume", workdir],
+            "sweep": [*TINY_FLAGS, "--seeds", "1", "--results", results]}[command]
+    line = last_line(in_process(command, *args), 2)
+    assert line == f"error: {path}, line 2: not a JSON object (a damaged file)"
 
 
 @pytest.mark.parametrize("how,reason", [

@@ -22,6 +22,7 @@ from s7jax.errors import ConfigError
 from s7jax.models import get_model
 from s7jax.runs import checkpoint, runfiles, weights
 from s7jax.training.loops import device_eval_batches, evaluate
+from s7jax.training.parallel import all_devices
 from s7jax.training.steps import eval_step, initial_state, learning_rate_schedule
 
 
@@ -48,6 +49,7 @@ def locate(path: Path) -> tuple[Path, int | None]:
 
 
 def run(args: argparse.Namespace) -> None:
+    all_devices()  # a JAX_PLATFORMS without its device: one line
     # The weights or the checkpoint first: their faults need no data, and
     # come before TensorFlow loads.
     if args.weights:

@@ -53,16 +53,13 @@ def run(args: argparse.Namespace) -> int:
     recorded_cpu = recorded["environment"].get("cpu")
     verdict = {
         "command": "python scripts/reproduce.py " + shlex.join(args.argv),
-        "date": time.strftime("%Y-%m-%d"),
-        "reproduced": not differences,
+        "date": time.strftime("%Y-%m-%d"), "reproduced": not differences,
         "epochs_compared": min(len(expected), len(actual)),
         "compared": [k for k in runfiles.METRIC_KEYS if k not in runfiles.TIMING_KEYS],
-        "differences": differences,
-        "recorded_environment": recorded["environment"],
+        "differences": differences, "recorded_environment": recorded["environment"],
         "repeat_environment": here,
         # None: the recorded run predates the CPU record (config.json).
-        "same_cpu": None if recorded_cpu is None else recorded_cpu == here["cpu"],
-    }
+        "same_cpu": None if recorded_cpu is None else recorded_cpu == here["cpu"]}
     (run / "reproduce.json").write_text(json.dumps(verdict, indent=2) + "\n")
     if differences:
         print(f"NOT reproduced: {len(differences)} differences, first: {differences[0]}")

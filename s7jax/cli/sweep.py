@@ -17,15 +17,14 @@ from pathlib import Path
 from s7jax.cli import (OneLineErrorParser, add_config_flags, add_progress_flag, command,
                        config_from_args)
 from s7jax.errors import Interrupted
-from s7jax.runs import checkpoint, results, runfiles
-from s7jax.training.seeds import train_seeds
+from s7jax.runs import checkpoint, results, runfiles, weights
+from s7jax.training.seeds import AGAIN, train_seeds
 from s7jax.training.train import resolve, train_and_evaluate
 
 
 # sweep.py has no --resume: it resumes a seed's run of the same config by itself.
 REFUSAL_ADVICE = ("it is a run of another config; pass --overwrite to replace it, or "
                   "--results to sweep into another folder")
-AGAIN = "run the same sweep again: it resumes each seed's folder"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,7 +53,8 @@ def run(args: argparse.Namespace) -> None:
         workdir = results.run_dir(results_dir, config.model, seed, args.recipe or "default")
         same = (runfiles.config_path(workdir).is_file()
                 and resolve(runfiles.read_config(workdir)) == resolve(config))
-        if same and len(runfiles.read_metrics(workdir)) >= config.epochs:
+        if (same and len(runfiles.read_metrics(workdir)) >= config.epochs
+                and weights.verified(runfiles.weights_path(workdir))):
             print(f"seed {seed}: complete, skipped")
             continue
         resume = same and checkpoint.latest_step(runfiles.checkpoint_dir(workdir)) is not None

@@ -14,17 +14,12 @@ import numpy as np
 
 from s7jax.errors import DataError
 
-MNIST_FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
 # Split -> (images file, labels file, examples).
 IDX_SPLITS = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60_000),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 10_000),
 }
+MNIST_FILES = tuple(name for split in IDX_SPLITS.values() for name in split[:2])
 IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801  # IDX: uint8 data, 3 or 1 dimensions
 
 

@@ -84,14 +84,19 @@ def prepare_mnist(data_dir=None, manual_dir=None, rebuild: bool = False):
     manual_dir = Path(manual_dir) if manual_dir is not None else default_manual_dir()
     if rebuild or not (_tfds_prepared_dir(data_dir) / "dataset_info.json").is_file():
         read_idx(manual_dir)  # every check, in a fraction of a second, without TensorFlow
-    builder = _mnist_builder(data_dir)
+    try:
+        builder = _mnist_builder(data_dir)
+        if builder.is_prepared() and not rebuild:
+            return builder
+    except Exception as e:  # noqa: BLE001  (a damaged dataset_info.json: protobuf's ParseError)
+        _rebuilding(_tfds_prepared_dir(data_dir), e)
+        read_idx(manual_dir)
+        rebuild = True
     import tensorflow_datasets as tfds
 
-    if builder.is_prepared() and not rebuild:
-        return builder
     with _preparing(data_dir):
         if rebuild:
-            shutil.rmtree(builder.data_dir, ignore_errors=True)
+            shutil.rmtree(_tfds_prepared_dir(data_dir), ignore_errors=True)
         builder = _mnist_builder(data_dir)  # afresh: another process may have prepared it
         if not builder.is_prepared():
             print(f"preparing TFDS mnist in {builder.data_dir} from {manual_dir} (once)",
@@ -116,6 +121,12 @@ def _read_tfds(builder) -> dict[str, "Split"]:
     return splits
 
 
+def _rebuilding(folder, e: Exception) -> None:
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    print(f"the prepared TFDS mnist in {folder} cannot be read ({reason}); "
+          "rebuilding it from the official files", file=sys.stderr)
+
+
 def load_tfds(data_dir=None, manual_dir=None) -> dict[str, Split]:
     """``{"train": Split, "test": Split}`` through TFDS; a prepared folder
     that cannot be read is rebuilt once, and the run says so."""
@@ -123,9 +134,7 @@ def load_tfds(data_dir=None, manual_dir=None) -> dict[str, Split]:
     try:
         return _read_tfds(builder)
     except Exception as e:  # noqa: BLE001  (tf.errors.DataLossError and kin, or a short split)
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        print(f"the prepared TFDS mnist in {builder.data_dir} cannot be read ({reason}); "
-              "rebuilding it from the official files", file=sys.stderr)
+        _rebuilding(builder.data_dir, e)
     builder = prepare_mnist(data_dir, manual_dir, rebuild=True)
     try:
         return _read_tfds(builder)

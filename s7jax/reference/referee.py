@@ -150,7 +150,7 @@ def train_referee(config: RefereeConfig, workdir: str | os.PathLike, *, manual_d
 
         history: list[dict[str, Any]] = []
         log = functools.partial(print, flush=True)
-        with recorder.recording(workdir, history, log, checkpoints=False) as record:
+        with recorder.recording(workdir, history, log) as record:
             loops.record_epochs([record], run_epoch, None, epochs=config.epochs, steps=steps,
                                 lr=lambda step: config.lr, show_progress=show_progress)
     return history

@@ -22,48 +22,25 @@ _C, _P = "conv", "pool"
 
 
 def _spec(name: str) -> list[tuple]:
-    if name in ("model1", "model2"):
-        # Seven convs, ReLU after 1-6, pools after 2 and 4, no BN, no dropout.
-        c = (32, 64, 128, 256, 512, 1024) if name == "model1" else (8, 16, 24, 28, 24, 16)
+    if name in ("model1", "model2", "model3", "model4", "model5"):
+        # Seven convs, ReLU after 1-6, pools after 2 and 4. Models 1 and 2: no BN,
+        # no dropout; 3 to 5: convs 1-5 conv-BN-ReLU; model 4 adds drop(0.3)
+        # right after each pool, model 5 drop(0.2) after the ReLU of convs 1-5.
+        c = {"model1": (32, 64, 128, 256, 512, 1024), "model2": (8, 16, 24, 28, 24, 16),
+             "model3": (8, 16, 20, 24, 20, 16), "model4": (8, 16, 20, 16, 20, 16),
+             "model5": (8, 16, 12, 16, 20, 16)}[name]
+        bn, q = name not in ("model1", "model2"), 0.3 if name == "model4" else 0.0
+        d = 0.2 if name == "model5" else 0.0
         return [
-            (_C, 1, 1, c[0], 1, True, False, True, 0.0),
-            (_C, 2, c[0], c[1], 1, True, False, True, 0.0),
-            (_P, 1, 0.0),
-            (_C, 3, c[1], c[2], 1, True, False, True, 0.0),
-            (_C, 4, c[2], c[3], 1, True, False, True, 0.0),
-            (_P, 2, 0.0),
-            (_C, 5, c[3], c[4], 0, True, False, True, 0.0),
-            (_C, 6, c[4], c[5], 0, True, False, True, 0.0),
-            (_C, 7, c[5], 10, 0, True, False, False, 0.0),
-        ]
-    if name in ("model3", "model4"):
-        # Convs 1-5 conv-BN-ReLU, conv 6 conv-ReLU, conv 7 bare; model 4 adds
-        # drop(0.3) right after each pool.
-        c = (8, 16, 20, 24, 20, 16) if name == "model3" else (8, 16, 20, 16, 20, 16)
-        q = 0.0 if name == "model3" else 0.3
-        return [
-            (_C, 1, 1, c[0], 1, True, True, True, 0.0),
-            (_C, 2, c[0], c[1], 1, True, True, True, 0.0),
+            (_C, 1, 1, c[0], 1, True, bn, True, d),
+            (_C, 2, c[0], c[1], 1, True, bn, True, d),
             (_P, 1, q),
-            (_C, 3, c[1], c[2], 1, True, True, True, 0.0),
-            (_C, 4, c[2], c[3], 1, True, True, True, 0.0),
+            (_C, 3, c[1], c[2], 1, True, bn, True, d),
+            (_C, 4, c[2], c[3], 1, True, bn, True, d),
             (_P, 2, q),
-            (_C, 5, c[3], c[4], 0, True, True, True, 0.0),
+            (_C, 5, c[3], c[4], 0, True, bn, True, d),
             (_C, 6, c[4], c[5], 0, True, False, True, 0.0),
             (_C, 7, c[5], 10, 0, True, False, False, 0.0),
-        ]
-    if name == "model5":
-        # drop(0.2) after the ReLU of every BN conv (1-5).
-        return [
-            (_C, 1, 1, 8, 1, True, True, True, 0.2),
-            (_C, 2, 8, 16, 1, True, True, True, 0.2),
-            (_P, 1, 0.0),
-            (_C, 3, 16, 12, 1, True, True, True, 0.2),
-            (_C, 4, 12, 16, 1, True, True, True, 0.2),
-            (_P, 2, 0.0),
-            (_C, 5, 16, 20, 0, True, True, True, 0.2),
-            (_C, 6, 20, 16, 0, True, False, True, 0.0),
-            (_C, 7, 16, 10, 0, True, False, False, 0.0),
         ]
     if name == "model6":
         # Convs 1-5 without bias, then BN-ReLU; drop(0.1) after convs 1-4;
@@ -100,8 +77,7 @@ def _torch():
 
 def build(name: str) -> Any:
     """Model ``name``: NCHW input, (B, 10) log-probabilities, PyTorch's init."""
-    torch = _torch()
-    nn = torch.nn
+    nn = _torch().nn
     layers: list[tuple[str, Any]] = []
     for stage in _spec(name):
         if stage[0] == _P:
@@ -118,8 +94,8 @@ def build(name: str) -> Any:
             layers.append((f"relu{i}", nn.ReLU()))
         if q:
             layers.append((f"drop{i}", nn.Dropout(q)))
-    layers.append(("flatten", nn.Flatten()))  # (B, 10, 1, 1) -> (B, 10)
-    layers.append(("log_softmax", nn.LogSoftmax(dim=1)))
+    layers += [("flatten", nn.Flatten()),  # (B, 10, 1, 1) -> (B, 10)
+               ("log_softmax", nn.LogSoftmax(dim=1))]
     return nn.Sequential(OrderedDict(layers))
 
 
@@ -170,8 +146,7 @@ def load_flax_variables(net, variables: Mapping[str, Any]):
     """Copy Flax variables into ``net`` (from :func:`build`), strictly: a
     missing or extra layer, or a shape mismatch, raises. Returns ``net``."""
     torch = _torch()
-    params = variables["params"]
-    stats = variables.get("batch_stats", {}) or {}
+    params, stats = variables["params"], variables.get("batch_stats", {}) or {}
     state: OrderedDict[str, Any] = OrderedDict()
 
     def tensor(x):  # a writable copy: arrays loaded from a weights file are read-only
@@ -203,9 +178,8 @@ def from_flax(name: str, variables: Mapping[str, Any]):
 def log_probs(net, images_nhwc: np.ndarray) -> np.ndarray:
     """Eval-mode log-probabilities of NHWC float images, as numpy."""
     torch = _torch()
-    x = np.asarray(images_nhwc, np.float32).transpose(0, 3, 1, 2)
-    x = torch.from_numpy(np.ascontiguousarray(x))
-    x = x.to(next(net.parameters()).device)
+    x = np.ascontiguousarray(np.asarray(images_nhwc, np.float32).transpose(0, 3, 1, 2))
+    x = torch.from_numpy(x).to(next(net.parameters()).device)
     was_training = net.training
     net.eval()
     try:

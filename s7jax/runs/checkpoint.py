@@ -18,13 +18,14 @@ from typing import Any, Callable
 
 import orbax.checkpoint as ocp
 
-from s7jax.runs.checksum import arrays_sha256
+from s7jax.runs.checksum import arrays_sha256, record_sha256
 from s7jax.errors import CheckpointError, WriteError
 
 # What Python says of an asyncio coroutine collected before it ran.
 _UNAWAITED = r"coroutine '.*' was never awaited"
 KEEP = 2  # the last completed epoch's state and the one before it
-CHECKSUM_KEY = "arrays_sha256"  # in the record; checked on restore where present
+# In the record, checked on restore where present (older checkpoints lack the second).
+CHECKSUM_KEY, RECORD_KEY = "arrays_sha256", "record_sha256"
 # Orbax's words for a tree or shape that differs from the target's.
 _MISMATCH = ("shape", "structure", "mismatch", "not match", "missing key", "unexpected key", "keys")
 
@@ -128,10 +129,11 @@ def _remove_partial(directory: Path) -> None:
 
 
 def save(directory: str | Path, step: int, state: Any, record: dict[str, Any]) -> None:
-    """Checkpoint ``step`` (replacing one there), the record with the checksum
-    of the state's arrays."""
+    """Checkpoint ``step`` (replacing one there), the record with checksums
+    of the state's arrays and of itself."""
     directory = Path(directory)
     record = {**record, CHECKSUM_KEY: arrays_sha256(state)}
+    record[RECORD_KEY] = record_sha256(record)
     try:
         with _leftovers_silenced(), _manager(directory) as manager:
             if step in manager.all_steps():
@@ -152,8 +154,7 @@ def all_steps(directory: str | Path) -> list[int]:
 
 
 def latest_step(directory: str | Path) -> int | None:
-    steps = all_steps(directory)
-    return steps[-1] if steps else None
+    return (all_steps(directory) or [None])[-1]
 
 
 def restore(directory: str | Path, abstract_state: Any, step: int | None = None,
@@ -182,7 +183,11 @@ def restore(directory: str | Path, abstract_state: Any, step: int | None = None,
                     f"optimiser its run's config.json names ({reason})") from None
             damaged.append((candidate, reason))
             continue
-        saved_sum = record.pop(CHECKSUM_KEY, None)  # absent in checkpoints older than it
+        saved_sum = record.pop(RECORD_KEY, None)
+        if saved_sum is not None and record_sha256(record) != saved_sum:
+            damaged.append((candidate, "its record does not match the checksum saved with it"))
+            continue
+        saved_sum = record.pop(CHECKSUM_KEY, None)
         if saved_sum is not None and arrays_sha256(state) != saved_sum:
             damaged.append((candidate, "its arrays do not match the checksum saved with them"))
             continue

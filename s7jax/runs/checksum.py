@@ -1,10 +1,10 @@
-"""A checksum of a tree of arrays, saved with them and checked before use: a
-flipped byte keeps sizes and shapes, and loads as a model that predicts at
-random."""
+"""Checksums saved with what they cover and checked before use: a flipped
+byte keeps sizes and shapes, and loads as a model that predicts at random."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import jax
@@ -19,7 +19,11 @@ def arrays_sha256(tree: Any) -> str:
         array = np.asarray(leaf)
         if array.dtype.kind in "iu":
             array = array.astype(np.int64)
-        array = np.ascontiguousarray(array)
         digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype.str}|{array.shape}|".encode())
-        digest.update(array.tobytes())
+        digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+def record_sha256(record: dict) -> str:
+    """The hex SHA-256 of a JSON record (Python's floats survive JSON exactly)."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()

@@ -27,8 +27,7 @@ def curves(history: Sequence[dict[str, Any]], path, title: str = "") -> Path:
     for ax, key, label in ((ax_loss, "loss", "loss (NLL)"), (ax_acc, "acc", "accuracy (%)")):
         ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
         ax.plot(epochs, [r[f"test_{key}"] for r in history], "s-", label="test")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
+        ax.set(xlabel="epoch", ylabel=label)
         ax.grid(alpha=0.3)
         ax.legend()
     ax_acc.axhline(TARGET, color="grey", ls="--", lw=1)
@@ -45,12 +44,9 @@ def accuracy_lines(runs: dict[Any, Sequence[dict[str, Any]]], path, ylim, title=
         ax.plot([r["epoch"] for r in history], [r["test_acc"] for r in history], "o-", ms=3,
                 label=label)
     ax.axhline(TARGET, color="black", ls="--", lw=1, label=f"{TARGET}%")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(*ylim)
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", ylim=ylim, title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(title)
     return save(fig, path)
 
 

@@ -27,25 +27,22 @@ def metrics_row(epoch: int, lr: float, train: tuple[float, float], test: tuple[f
             "test_loss": test[0], "test_acc": test[1], "seconds": seconds}
 
 
-def checkpoint_record(epoch: int, history: list, partial: dict | None) -> dict:
-    """``partial``: the metric sums of the epoch under way (None at its end)."""
+def checkpoint_record(epoch: int, history: list, partial: dict | None, config) -> dict:
+    """``partial``: the metric sums of the epoch under way (None at its end);
+    ``config``: the run's, which a resume checks ``config.json`` against."""
     partial = None if partial is None else {k: np.asarray(v).item() for k, v in partial.items()}
-    return {"epoch": epoch, "history": history, "partial": partial}
+    return {"epoch": epoch, "history": history, "partial": partial, "config": config.to_json()}
 
 
 class Recorder:
     """One run's rows, checkpoints, TensorBoard points and table lines."""
 
     def __init__(self, workdir: Path, history: list[dict[str, Any]], log: Callable[[str], None],
-                 write_events: Callable[[dict[str, Any], int], None], *, prefix: str,
-                 checkpoints: bool):
+                 write_events: Callable[[dict[str, Any], int], None], *, prefix: str, config):
         self.workdir, self.history, self.log = Path(workdir), history, log
-        self._write_events, self._prefix, self._checkpoints = write_events, prefix, checkpoints
+        self._write_events, self._prefix, self._config = write_events, prefix, config
         self._written = len(history)  # rows already in metrics.jsonl
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return runfiles.checkpoint_dir(self.workdir)
+        self.checkpoint_dir = runfiles.checkpoint_dir(self.workdir)
 
     def end_epoch(self, row: dict[str, Any], steps: int, *, state: Any = None,
                   step: int | None = None) -> None:
@@ -55,8 +52,8 @@ class Recorder:
         self.history.append(row)
         if state is not None:
             checkpoint.save(self.checkpoint_dir, step, state,
-                            checkpoint_record(row["epoch"], self.history, None))
-        if state is not None or not self._checkpoints:
+                            checkpoint_record(row["epoch"], self.history, None, self._config))
+        if state is not None or self._config is None:
             self._write_rows()
         if runfiles.writes_files():
             self._write_events(row, steps)
@@ -66,7 +63,7 @@ class Recorder:
         """A checkpoint in the middle of epoch ``epoch`` (0-based), with the
         metric sums of its steps so far."""
         checkpoint.save(self.checkpoint_dir, step, state,
-                        checkpoint_record(epoch, self.history, partial))
+                        checkpoint_record(epoch, self.history, partial, self._config))
 
     def _write_rows(self) -> None:
         for row in self.history[self._written:]:
@@ -76,11 +73,12 @@ class Recorder:
 
 @contextlib.contextmanager
 def recording(workdir: Path, history: list[dict[str, Any]], log: Callable[[str], None], *,
-              prefix: str = "", checkpoints: bool = True) -> Iterator[Recorder]:
-    """A :class:`Recorder` for the run in ``workdir`` whose ``metrics.jsonl``
-    holds ``history`` so far; ``prefix`` starts each table line (a seed's column)."""
+              prefix: str = "", config=None) -> Iterator[Recorder]:
+    """A :class:`Recorder` for the run in ``workdir`` whose ``metrics.jsonl`` holds ``history``;
+    ``prefix`` starts each table line (a seed's column); ``config``: the run's,
+    saved in its checkpoints (None: it keeps none)."""
     with events.epoch_events(workdir, log) as write_events:
-        yield Recorder(workdir, history, log, write_events, prefix=prefix, checkpoints=checkpoints)
+        yield Recorder(workdir, history, log, write_events, prefix=prefix, config=config)
 
 
 def unset_flag() -> dict[str, Any]:

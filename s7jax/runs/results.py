@@ -33,16 +33,11 @@ def run_summary(run: Path) -> dict[str, Any]:
     history = runfiles.read_metrics(run)
     config = runfiles.read_record(run)
     last = [r["test_acc"] for r in history[-LAST:]]
-    return {
-        "epochs": len(history),
-        "last3": last,
-        "min": min(last),
-        "mean": statistics.fmean(last),
-        "best": max(r["test_acc"] for r in history),
-        "seconds_per_epoch": statistics.median(r["seconds"] for r in history),
-        "device": config["environment"]["devices"][0],
-        "backend": config["environment"]["backend"],
-    }
+    return {"epochs": len(history), "last3": last, "min": min(last), "mean": statistics.fmean(last),
+            "best": max(r["test_acc"] for r in history),
+            "seconds_per_epoch": statistics.median(r["seconds"] for r in history),
+            "device": config["environment"]["devices"][0],
+            "backend": config["environment"]["backend"]}
 
 
 def over_seeds(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -52,18 +47,12 @@ def over_seeds(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     n = len(means)
     t = T975[n - 2] if 2 <= n <= len(T975) + 1 else 1.96
     worst = min(runs, key=lambda seed: (runs[seed]["min"], runs[seed]["mean"]))
-    return {
-        "seeds": runs,
-        "n_seeds": n,
-        "mean": statistics.fmean(means),
-        "std": std,
-        # 95% interval of the mean of the seeds' last-3 means (Student's t).
-        "ci95": t * std / n ** 0.5 if n > 1 else None,
-        "min": min(s["min"] for s in runs.values()),
-        "best": max(s["best"] for s in runs.values()),
-        "worst_seed": worst,
-        "seeds_holding_target": sum(s["min"] >= TARGET for s in runs.values()),
-    }
+    return {"seeds": runs, "n_seeds": n, "mean": statistics.fmean(means), "std": std,
+            # 95% interval of the mean of the seeds' last-3 means (Student's t).
+            "ci95": t * std / n ** 0.5 if n > 1 else None,
+            "min": min(s["min"] for s in runs.values()),
+            "best": max(s["best"] for s in runs.values()), "worst_seed": worst,
+            "seeds_holding_target": sum(s["min"] >= TARGET for s in runs.values())}
 
 
 def runs_of(results_dir: str | Path, model: str, kind: str = "default") -> dict[str, Any] | None:
@@ -79,11 +68,8 @@ def runs_of(results_dir: str | Path, model: str, kind: str = "default") -> dict[
 
 def all_models(results_dir: str | Path) -> dict[str, Any]:
     results_dir = Path(results_dir)
-    models: dict[str, Any] = {}
-    for model_dir in sorted(p for p in results_dir.iterdir() if p.is_dir()):
-        runs = runs_of(results_dir, model_dir.name)
-        if runs is not None:
-            models[model_dir.name] = runs
+    models = {p.name: runs for p in sorted(results_dir.iterdir())
+              if p.is_dir() and (runs := runs_of(results_dir, p.name)) is not None}
     return {"target": TARGET, "last_epochs": LAST, "models": models}
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from s7jax.config import Config
-from s7jax.errors import ConfigError, WriteError
+from s7jax.errors import ConfigError, DataError, WriteError
 
 METRIC_KEYS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
 CONFIG, METRICS, CURVES, WEIGHTS = "config.json", "metrics.jsonl", "curves.png", "weights.msgpack"
@@ -29,10 +29,7 @@ RUN_FOLDERS = (CHECKPOINTS, TENSORBOARD)
 
 
 def _in_run(name: str):
-    def path(workdir: Path) -> Path:
-        return Path(workdir) / name
-
-    return path
+    return lambda workdir: Path(workdir) / name
 
 
 config_path, metrics_path, curves_path, weights_path, checkpoint_dir = map(
@@ -77,12 +74,10 @@ def package_versions(*names: str) -> dict[str, str | None]:
     """Installed versions (None if absent), from metadata: imports nothing."""
     from importlib.metadata import PackageNotFoundError, version
 
-    found: dict[str, str | None] = {}
+    found: dict[str, str | None] = dict.fromkeys(names)
     for name in names:
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = None
     return found
 
 
@@ -177,7 +172,13 @@ def read_metrics(workdir: Path) -> list[dict[str, Any]]:
     path = metrics_path(workdir)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(path.read_bytes().splitlines(), 1):
+        with contextlib.suppress(ValueError):  # a flipped byte: not JSON, or not UTF-8
+            rows.append(json.loads(line) if line.strip() else {})
+        if len(rows) < n or not isinstance(rows[-1], dict):
+            raise DataError(f"{path}, line {n}: not a JSON object (a damaged file)")
+    return [row for row in rows if row]
 
 
 # Wall-clock seconds vary from run to run; every other figure must repeat.

@@ -17,7 +17,7 @@ from flax import serialization
 from s7jax.runs import runfiles
 from s7jax.runs.checksum import arrays_sha256
 from s7jax.runs.results import run_dir
-from s7jax.errors import CheckpointError, ConfigError
+from s7jax.errors import CheckpointError, ConfigError, RunError, WriteError
 from s7jax.models import get_model, init_variables
 
 FORMAT = "s7jax-weights-1"
@@ -33,9 +33,23 @@ def save(path: str | os.PathLike, model: str, variables: dict[str, Any], **info:
             **arrays}
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(serialization.msgpack_serialize(tree))
-    tmp.replace(path)  # never a half-written file under the real name
+    try:
+        tmp.write_bytes(serialization.msgpack_serialize(tree))
+        tmp.replace(path)  # never a half-written file under the real name
+    except BaseException as e:  # a full disk, a signal: nothing half-written left
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise WriteError(f"could not write {path}: {e.strerror or e}") from None
+        raise
     return path
+
+
+def verified(path: Path) -> bool:
+    """Whether ``path`` holds weights that load and match their checksum."""
+    try:
+        return bool(load(path))
+    except RunError:
+        return False
 
 
 def load(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, Any]]:

@@ -9,15 +9,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 # (key, header, width, format)
-COLUMNS = (
-    ("epoch", "epoch", 5, "{:>5d}"),
-    ("lr", "lr", 9, "{:>9.2e}"),
-    ("train_loss", "train loss", 10, "{:>10.4f}"),
-    ("train_acc", "train acc", 9, "{:>9.2f}"),
-    ("test_loss", "test loss", 9, "{:>9.4f}"),
-    ("test_acc", "test acc", 8, "{:>8.2f}"),
-    ("seconds", "seconds", 7, "{:>7.1f}"),
-)
+COLUMNS = (("epoch", "epoch", 5, "{:>5d}"), ("lr", "lr", 9, "{:>9.2e}"),
+           ("train_loss", "train loss", 10, "{:>10.4f}"), ("train_acc", "train acc", 9, "{:>9.2f}"),
+           ("test_loss", "test loss", 9, "{:>9.4f}"), ("test_acc", "test acc", 8, "{:>8.2f}"),
+           ("seconds", "seconds", 7, "{:>7.1f}"))
 
 
 def table_header() -> str:
@@ -34,8 +29,7 @@ def progress_bar(epoch: int, epochs: int, steps: int, initial: int, enabled: boo
 
 
 def final_line(history: list[dict[str, Any]], total_seconds: float) -> str:
-    best = max(history, key=lambda r: r["test_acc"])
-    last = history[-1]
+    best, last = max(history, key=lambda r: r["test_acc"]), history[-1]
     return (f"best test acc {best['test_acc']:.2f}% (epoch {best['epoch']}), "
             f"last {last['test_acc']:.2f}% (epoch {last['epoch']}), "
             f"total {total_seconds:.1f} s")

@@ -4,6 +4,8 @@ the global batch, so N devices train the same model as one."""
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -13,9 +15,19 @@ from s7jax.errors import ConfigError
 DATA_AXIS = "data"
 
 
+def all_devices() -> list:
+    """``jax.devices()``, or one line where ``JAX_PLATFORMS`` names an absent platform."""
+    try:
+        return jax.devices()
+    except (RuntimeError, AssertionError) as e:  # JAX asserts where CUDA finds no GPU
+        wanted = os.environ.get("JAX_PLATFORMS", "")
+        raise ConfigError(f"JAX_PLATFORMS={wanted} but no {wanted} device: "
+                          f"{(str(e).splitlines() or ['none found'])[0]}") from None
+
+
 def make_mesh(devices=None) -> Mesh:
     """A 1-D mesh over ``devices`` (default: every device JAX sees)."""
-    devices = jax.devices() if devices is None else devices
+    devices = all_devices() if devices is None else devices
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 

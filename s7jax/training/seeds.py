@@ -23,16 +23,17 @@ from s7jax import data
 from s7jax.config import Config
 from s7jax.errors import ConfigError
 from s7jax.models import INPUT_SHAPE, count_params, init_variables
-from s7jax.runs import recorder, runfiles, runlock, weights
+from s7jax.runs import recorder, runlock
 from s7jax.training import loops, parallel
 from s7jax.training.loops import stack, unstack
 from s7jax.training.steps import initial_state
-from s7jax.training.train import (checked_mesh, matmul_precision, model_and_schedule, resolve,
-                                  write_start)
+from s7jax.training.train import (checked_mesh, export_weights, matmul_precision,
+                                  model_and_schedule, resolve, write_start)
 
 # Only a share of the memory JAX may use goes to the seeds' copies: XLA needs
 # room for its temporaries.
 MEMORY_SHARE = 0.5
+AGAIN = "run the same sweep again: it resumes each seed's folder"
 
 
 def bytes_per_seed(config: Config, model: nn.Module) -> int:
@@ -110,15 +111,15 @@ def train_seeds(
         histories: list[list[dict[str, Any]]] = [[] for _ in configs]
         run_start = time.perf_counter()
         with contextlib.ExitStack() as held:
-            records = [held.enter_context(recorder.recording(w, h, log, prefix=f"{c.seed:>4}  "))
+            records = [held.enter_context(recorder.recording(w, h, log, prefix=f"{c.seed:>4}  ",
+                                                             config=c))
                        for c, w, h in zip(configs, workdirs, histories)]
             state = loops.record_epochs(
                 records, run_epoch, state, epochs=config.epochs, steps=run_data.steps,
                 lr=schedule, show_progress=show_progress, stacked=True,
                 checkpoint_every=checkpoint_every, interrupted=recorder.unset_flag(),
-                how="run the same sweep again: it resumes each seed's folder")
-        if runfiles.writes_files():
-            for i, (c, workdir) in enumerate(zip(configs, workdirs)):
-                weights.export_state(workdir, c, unstack(state, i), histories[i])
+                how=AGAIN)
+        for i, (c, workdir) in enumerate(zip(configs, workdirs)):
+            export_weights(workdir, c, unstack(state, i), histories[i], AGAIN)
     log(f"{len(configs)} seeds, {config.epochs} epochs in {time.perf_counter() - run_start:.1f} s")
     return {c.seed: h for c, h in zip(configs, histories)}

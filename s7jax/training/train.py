@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +20,7 @@ import optax
 
 from s7jax import data
 from s7jax.config import TRAIN_IMAGES, Config
-from s7jax.errors import CheckpointError, ConfigError
+from s7jax.errors import CheckpointError, ConfigError, Interrupted, Terminated
 from s7jax.models import get_model
 from s7jax.runs import checkpoint, recorder, runfiles, runlock, weights
 from s7jax.training import console, loops, parallel
@@ -27,12 +28,10 @@ from s7jax.training.steps import initial_state, learning_rate_schedule
 
 
 def resolve(config: Config, backend: str | None = None) -> Config:
-    """``config`` with its ``auto`` settings decided for this machine, as the
-    run records them in ``config.json`` (so that a repeat takes the same path).
-
-    The pipeline: ``scan`` on an accelerator, ``device`` on a CPU. The data
-    source: TFDS for the tf.data pipeline, else the IDX files, read with numpy
-    without TensorFlow's ~750 MB runtime in the process."""
+    """``config`` with its ``auto`` settings decided for this machine, as the run records them
+    in ``config.json`` (so that a repeat takes the same path). The pipeline: ``scan`` on an
+    accelerator, ``device`` on a CPU. The data source: TFDS for the tf.data pipeline, else
+    the IDX files, read with numpy without TensorFlow's ~750 MB runtime in the process."""
     backend = backend or jax.default_backend()
     pipeline = config.pipeline
     if pipeline == "auto":
@@ -103,12 +102,10 @@ def train_and_evaluate(
     on_start: Callable[[], None] | None = None,
     refusal_advice: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Train and evaluate after every epoch; the rows of ``metrics.jsonl``.
-
-    What needs no data is checked first, so that its errors come at once (the
-    batch against the devices, the folder, a resume's checkpoint); only then
-    ``on_start()`` (the scripts' banner), the ``auto`` settings and the data.
-    """
+    """Train and evaluate after every epoch; the rows of ``metrics.jsonl``. What needs no
+    data is checked first, so that its errors come at once (the batch against the devices,
+    the folder, a resume's checkpoint and its config); only then ``on_start()`` (the
+    scripts' banner), the ``auto`` settings and the data."""
     mesh = checked_mesh(config, mesh)  # before the folder is touched
     model, schedule = model_and_schedule(config)
     with runlock.claim(workdir, resume=resume, overwrite=overwrite,
@@ -125,6 +122,7 @@ def train_and_evaluate(
         start_step = int(state.step)
         if start_step >= config.epochs * run_data.steps:
             log("run already complete")
+            export_weights(workdir, config, state, history)  # a kill may have come before it
             return history
         state = jax.device_put(state, parallel.replicated(mesh))
         ctx = loops.RunContext.create(config, mesh, run_data, model, dropout_key)
@@ -135,7 +133,7 @@ def train_and_evaluate(
             f"batches {'made on the device' if config.pipeline == 'device' else 'from tf.data'}"))
         run_start = time.perf_counter()
         interrupted = recorder.unset_flag()
-        with recorder.recording(workdir, history, log) as record:
+        with recorder.recording(workdir, history, log, config=config) as record:
             # Made (and, for scan, compiled) before signals are caught: until the
             # first step, Ctrl-C stops the run at once.
             run_epoch = (loops.EpochPerCall(ctx, state, log) if config.pipeline == "scan"
@@ -144,10 +142,19 @@ def train_and_evaluate(
                 [record], run_epoch, state, epochs=config.epochs, steps=run_data.steps,
                 lr=schedule, show_progress=show_progress, start_step=start_step,
                 partial=partial, interrupted=interrupted)
-        if runfiles.writes_files():
-            weights.export_state(workdir, config, state, history)
+        export_weights(workdir, config, state, history)
         log(console.final_line(history, time.perf_counter() - run_start))
         return history
+
+
+def export_weights(workdir: Path, config: Config, state, history: list, how=None) -> None:
+    """``weights.msgpack`` of the last checkpoint's state (a resume exports it again)."""
+    try:
+        if runfiles.writes_files():
+            weights.export_state(workdir, config, state, history)
+    except (KeyboardInterrupt, Terminated) as e:
+        raise Interrupted(int(state.step), workdir, how,
+                          signum=15 if isinstance(e, Terminated) else 2) from None
 
 
 def _starting_point(config: Config, model: nn.Module, schedule, workdir: Path, resume: bool,
@@ -169,5 +176,16 @@ def _starting_point(config: Config, model: nn.Module, schedule, workdir: Path, r
     if not restoring:  # a new run, or one that saved nothing yet: from the start
         return state, dropout_key, [], None
     state, record = checkpoint.restore(ckpt_dir, state, log=log)
+    _check_config(record.get("config"), workdir, int(state.step))
     log(f"resumed from step {int(state.step)} (epoch {record['epoch'] + 1})")
     return state, dropout_key, record["history"], record["partial"]
+
+
+def _check_config(saved: dict | None, workdir: Path, step: int) -> None:
+    """Refuse a checkpoint of another config (an older one, without a record of it, is trusted)."""
+    now = json.loads(json.dumps(runfiles.read_config(workdir).to_json()))  # tuples as saved
+    changed = [f"{k} {v!r} (config.json: {now.get(k)!r})" for k, v in sorted((saved or {}).items())
+               if now.get(k) != v]
+    if changed:
+        raise CheckpointError(f"--resume {workdir}: its checkpoint step {step} was made with "
+                              f"another config: {', '.join(changed)}; the run is left as it was")
