@@ -1,3 +1,2 @@
-"""Training: the pure steps (``steps``), the epoch loops (``loops``), a run
-(``train``), many seeds as one program (``seeds``), devices (``parallel``),
-and what a run prints (``console``)."""
+"""Training: the pure steps (``steps``), the epoch loops (``loops``), a run (``train``),
+many seeds as one program (``seeds``), devices (``parallel``), what a run prints (``console``)."""

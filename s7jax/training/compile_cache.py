@@ -1,6 +1,5 @@
-"""A persistent compilation cache: a second identical run loads the same
-executables instead of compiling them (``$S7JAX_COMPILE_CACHE``, default
-``~/.cache/s7jax/jax``; ``S7JAX_NO_COMPILE_CACHE=1`` turns it off)."""
+"""A persistent compilation cache (``$S7JAX_COMPILE_CACHE``, default ``~/.cache/s7jax/jax``;
+``S7JAX_NO_COMPILE_CACHE=1`` turns it off): a second identical run loads its executables."""
 
 from __future__ import annotations
 
