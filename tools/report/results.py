@@ -11,11 +11,12 @@ again (``reproduce.json``). Runs trained before the max-pool gradient fix carry
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
 from tools.report import trials
-from tools.report.before_fix import footnote, mark, seed_runs
+from tools.report.before_fix import MARK, before_fix, footnote, mark, seed_runs
 from tools.report.original import against_original, headline_against_original
 from tools.report.study import device, model_sections
 
@@ -121,9 +122,35 @@ def model6_over_seeds(m: dict[str, Any], target: float, results_dir: Path,
         f"{m['n_seeds']} hold >= {target}% in each of the last three "
         f"epochs. The mean of their last-3 means is {m['mean']:.3f}%{interval}, "
         f"std {m['std']:.3f} over seeds. The worst seed, {m['worst_seed']}: "
-        f"{' / '.join(f'{a:.2f}' for a in worst['last3'])}."]),
+        f"{' / '.join(f'{a:.2f}' for a in worst['last3'])}."
+        + before_the_fix(results_dir, m)]),
         "", f"![model6, the last three epochs of every seed]({root}results/model6/last3.png)",
         "", f"![model6 test accuracy per seed]({root}results/model6/seeds.png)"]
+
+
+def before_the_fix(results_dir: Path, m: dict[str, Any], model: str = "model6") -> str:
+    """The recipe trial that trained today's recipe before the max-pool fix,
+    set against these seeds: the paired difference and its standard error."""
+    from s7jax.config import default_config
+
+    today = trials.flat(default_config(model))
+    for t in trials.recipe_trials(results_dir, model):
+        ours = {str(s): v for s, v in m["seeds"].items()}
+        theirs = {str(s): v for s, v in t["runs"]["seeds"].items()}
+        same = [s for s in ours if s in theirs]
+        seed = next(iter(theirs))
+        numeric = lambda d: {k: v for k, v in d.items() if k != "seed"  # noqa: E731
+                             and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if (len(same) < 2 or numeric(t["settings"]) != numeric(today) or not before_fix(
+                    results_dir, results_dir / trials.TRIALS / t["name"] / model / f"seed-{seed}")):
+            continue
+        diffs = [ours[s]["mean"] - theirs[s]["mean"] for s in same]
+        return (f" Before the max-pool gradient fix, the same recipe on the same {len(same)} "
+                f"seeds (the trial {t['name']}{MARK}) averaged "
+                f"{statistics.fmean(theirs[s]['mean'] for s in same):.3f}%; after "
+                f"minus before, seed by seed: {statistics.fmean(diffs):+.3f} (standard error "
+                f"{statistics.stdev(diffs) / len(diffs) ** 0.5:.3f}).")
+    return ""
 
 
 def _flag(setting: str, value: Any) -> str:
