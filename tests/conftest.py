@@ -100,6 +100,9 @@ def in_process(capsys, monkeypatch):
         finally:
             signal.signal(signal.SIGTERM, sigterm)
             signal.signal(signal.SIGINT, sigint)
+            from s7jax.errors import SIGNALLED
+
+            SIGNALLED["set"] = False  # a signal of this command does not stop the next test's run
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess([command, *args], code or 0, out, err)
 
