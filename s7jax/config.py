@@ -182,8 +182,8 @@ def validate(config: Config) -> Config:
     validate_model(c.model)
     if not 1 <= c.epochs <= MAX_EPOCHS and not (c.allow_long and c.epochs >= 1):
         raise ConfigError(
-            f"--epochs must be in 1..{MAX_EPOCHS} (the study's rule), got {c.epochs}; "
-            "pass --allow-long to train longer")
+            f"--epochs must be in 1..{MAX_EPOCHS} (the study's rule), got {c.epochs}"
+            + ("; pass --allow-long to train longer" if c.epochs > MAX_EPOCHS else ""))
     train_images = c.train_subset or TRAIN_IMAGES
     checks = [
         (0 <= c.seed < 2**31, f"--seed must be in 0..{2**31 - 1}, got {c.seed}"),

@@ -3,6 +3,8 @@ one line that says what went wrong and what to do."""
 
 from __future__ import annotations
 
+import signal
+
 
 class RunError(Exception):
     exit_code = 1
@@ -43,8 +45,7 @@ class NonFiniteLossError(RunError):
 
 
 class Interrupted(RunError):
-    """Ctrl-C or SIGTERM: a checkpoint was saved. Exit 128 + the signal's
-    number, as the shell reports death by it."""
+    """Ctrl-C or SIGTERM, a checkpoint saved: exit 128 + the signal, as the shell says."""
 
     def __init__(self, step: int, workdir, how: str | None = None, signum: int = 2):
         what = "terminated (SIGTERM)" if signum == 15 else "interrupted"
@@ -58,3 +59,13 @@ class Terminated(BaseException):
     BaseException, like KeyboardInterrupt, so no ``except Exception`` takes it."""
 
     exit_code = 143
+
+
+# Set by the commands' handler: the exception it raises inside a gc callback or
+# a __del__ (JAX runs one at nearly every collection) Python only reports.
+SIGNALLED = {"set": False, "signum": signal.SIGINT}
+
+
+def raise_for_signal(signum, frame):
+    SIGNALLED.update(set=True, signum=signum)  # the training loop's flag starts from it
+    raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()

@@ -91,7 +91,7 @@ def in_process(capsys, monkeypatch):
         if cwd is not None:
             monkeypatch.chdir(cwd)
         main = importlib.import_module(f"s7jax.cli.{command}").main
-        sigterm = signal.getsignal(signal.SIGTERM)
+        sigterm, sigint = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
         capsys.readouterr()
         try:
             code = main([str(a) for a in args])
@@ -99,6 +99,10 @@ def in_process(capsys, monkeypatch):
             code = e.code if isinstance(e.code, int) else 1
         finally:
             signal.signal(signal.SIGTERM, sigterm)
+            signal.signal(signal.SIGINT, sigint)
+            from s7jax.errors import SIGNALLED
+
+            SIGNALLED["set"] = False  # a signal of this command does not stop the next test's run
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess([command, *args], code or 0, out, err)
 

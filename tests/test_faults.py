@@ -348,6 +348,8 @@ def test_a_damaged_tfds_cache_is_rebuilt_from_the_files(tfds_dir, tmp_path, capf
     (["--degrees", "400"], r"--degrees must be in 0\.\.180, got 400"),
     (["--train-subset", "70000"], r"--train-subset must be in 1\.\.60000, got 70000"),
     (["--batch-size", "70000"], r"--batch-size 70000 exceeds the 60,000 training images"),
+    (["--epochs", "0", "--allow-long"], r"--epochs must be in 1\.\.15 \(the study's rule\), got 0$"),
+    (["--epochs", "16"], r"got 16; pass --allow-long to train longer$"),
 ])
 def test_settings_are_checked_before_anything_is_loaded_or_written(in_process, flags, pattern,
                                                                    tmp_path):
@@ -636,11 +638,24 @@ def test_a_dangling_symlink_is_named_as_such(tmp_path):
             pass
 
 
-def test_a_folder_whose_run_saved_nothing_takes_the_same_launch_again(tmp_path):
+def test_a_symlink_loop_is_named_as_such(tmp_path):
+    link = tmp_path / "run"
+    link.symlink_to(link)
+    with pytest.raises(ConfigError, match=r"run is a symlink loop; remove it or choose another"):
+        with runlock.claim(link):
+            pass
+
+
+@pytest.mark.parametrize("killed_in_first_checkpoint", [False, True])
+def test_a_folder_whose_run_saved_nothing_takes_the_same_launch_again(tmp_path,
+                                                                      killed_in_first_checkpoint):
     """A run killed (SIGKILL) before its first epoch ended leaves config.json
-    and an empty metrics.jsonl: nothing to lose, so no refusal."""
+    and an empty metrics.jsonl, or during its first checkpoint Orbax's
+    temporary folder too: nothing to lose, so no refusal."""
     runfiles.write_config(tmp_path, default_config("model6"))
     runfiles.write_metrics(tmp_path, [])
+    if killed_in_first_checkpoint:
+        (tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-1700000000" / "state").mkdir(parents=True)
     with runlock.claim(tmp_path):
         pass
     assert not (tmp_path / runlock.LOCK_NAME).exists()  # a run that ends removes its lock file
@@ -717,3 +732,71 @@ def test_a_full_disk_under_the_train_script_is_one_line(full_disk, tfds_dir):
                             "--data-dir", tfds_dir), 2)
     assert re.fullmatch(r"error: could not save checkpoint step 4 in .*: "
                         r"(No space left on device|.*ENOSPC.*)", line), line
+
+
+def test_a_weights_file_of_an_unknown_model_is_one_line_naming_it(in_process, tmp_path):
+    from flax import serialization
+
+    path = tmp_path / "w.msgpack"
+    path.write_bytes(serialization.msgpack_serialize({"format": weights.FORMAT, "model": "model9"}))
+    line = last_line(in_process("evaluate", "--weights", path), 2)
+    assert line == f"error: {path} holds an unknown model 'model9'"
+
+
+def test_a_figure_is_written_whole_under_the_name_said(tmp_path, monkeypatch):
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from s7jax.runs import plots
+
+    written = plots.digit_grid(np.zeros((2, 28, 28)), ["a", "b"], tmp_path / "digits", columns=2)
+    assert written == tmp_path / "digits.png" and written.stat().st_size > 0  # matplotlib's name
+
+    def full_disk(self, fname, **kwargs):
+        Path(fname).write_bytes(b"")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    with pytest.raises(WriteError, match=r"could not write .*curves\.png: No space left on device"):
+        plots.curves([], tmp_path / "curves.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.png"]  # no empty or .tmp file
+
+
+@pytest.mark.parametrize("flag", ["--data-source", "--pipeline"])
+def test_tfds_without_tensorflow_is_refused_before_the_banner(in_process, tmp_path, monkeypatch,
+                                                              flag):
+    for name in ("tensorflow", "tensorflow_datasets"):
+        monkeypatch.setitem(sys.modules, name, None)  # as tests/no_tensorflow makes it
+    result = in_process("train", *TINY_FLAGS, flag, "tfds", "--workdir", tmp_path / "run")
+    assert re.fullmatch(rf"error: {flag} tfds needs tensorflow and tensorflow-datasets, .*",
+                        last_line(result, 2))
+    assert result.stdout == "" and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("signum,code", [(2, 130), (15, 143)])
+def test_a_signal_whose_exception_python_drops_still_stops_the_run(in_process, tmp_path,
+                                                                    monkeypatch, signum, code):
+    """A signal handled while JAX's gc callback runs (as during compilation):
+    Python only reports the exception raised there, so the run must stop on
+    its own record of the signal, with a checkpoint to resume."""
+    from s7jax.training import loops
+
+    create = loops.RunContext.create
+
+    def signal_inside_a_gc_callback(*args, **kwargs):
+        def callback(phase, info):
+            if phase == "start":
+                gc.callbacks.remove(callback)
+                os.kill(os.getpid(), signum)
+                sum(range(100))  # Python runs the handler here
+        gc.callbacks.append(callback)
+        gc.collect()
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(loops.RunContext, "create", signal_inside_a_gc_callback)
+    result = in_process("train", *TINY_FLAGS, "--data-source", "idx", "--workdir", tmp_path / "run")
+    line = last_line(result, code)
+    assert re.fullmatch(r"error: (interrupted|terminated \(SIGTERM\)) at step 1; checkpoint saved, "
+                        r"continue with --resume .*run", line), line

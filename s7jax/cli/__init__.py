@@ -7,13 +7,14 @@ clock starts."""
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import dataclasses
 import signal
 import sys
 from typing import Callable
 
-from s7jax.errors import RunError, Terminated
+from s7jax.errors import SIGNALLED, RunError, Terminated, raise_for_signal
 from s7jax.training import compile_cache as xla_cache
 
 
@@ -29,16 +30,21 @@ class OneLineErrorParser(argparse.ArgumentParser):
                 self.error(f"{_flag(name)} must be >= 1, got {getattr(args, name)}")
 
 
-def _terminate(signum, frame):
-    raise Terminated()
+def _quiet_exit():  # a second Ctrl-C must not break JAX's own atexit clean-up into a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
 def exit_on_known_errors():
     """Known errors as one line and their exit codes; SIGTERM raises
     :class:`Terminated`, to be cleaned up after as Ctrl-C is."""
+    SIGNALLED["set"] = False
     with contextlib.suppress(ValueError):  # ValueError: not the main thread
-        signal.signal(signal.SIGTERM, _terminate)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not one ignoring it
+            signal.signal(signal.SIGINT, raise_for_signal)
+        signal.signal(signal.SIGTERM, raise_for_signal)
+        atexit.unregister(_quiet_exit)
+        atexit.register(_quiet_exit)  # after JAX's: it runs before them
     try:
         yield
     except RunError as e:

@@ -88,10 +88,10 @@ def run(args: argparse.Namespace) -> None:
         ])[:len(test)]
         wrong = np.flatnonzero(predictions != test.labels)
         shown = wrong[:args.max_digits]
-        plots.digit_grid(test.images[shown], [f"{test.labels[i]} -> {predictions[i]}" for i in shown],
+        written = plots.digit_grid(test.images[shown], [f"{test.labels[i]} -> {predictions[i]}" for i in shown],
                          args.misclassified, columns=12,
                          suptitle=f"{len(wrong)} misclassified of {len(test):,} (true -> predicted)")
-        print(f"wrote {args.misclassified} ({len(shown)} of {len(wrong)} misclassified digits)")
+        print(f"wrote {written} ({len(shown)} of {len(wrong)} misclassified digits)")
 
 
 main = command(parse_args, run, compile_cache=True)

@@ -12,7 +12,8 @@ from s7jax.data.device import DeviceTrainData
 from s7jax.data.files import Split, default_manual_dir, read_idx, verify_mnist_files
 from s7jax.data.host import (MEAN, STD, as_numpy, eval_batches, normalize, steps_per_epoch,
                              train_dataset)
-from s7jax.data.tfds import check_files, load_tfds, prepare_mnist, tfds_available
+from s7jax.data.tfds import (check_files, load_tfds, prepare_mnist, tfds_available,
+                             tfds_installed)
 from s7jax.errors import ConfigError
 
 
@@ -27,8 +28,7 @@ def resolve_source(source: str) -> str:
 
 
 def load_mnist(data_dir=None, manual_dir=None, source: str = "auto") -> dict[str, Split]:
-    """``{"train": Split, "test": Split}`` in host memory (55 MB: an epoch's
-    shuffle is then a cheap index permutation)."""
+    """``{"train", "test"}`` Splits in host memory (55 MB: a shuffle is an index permutation)."""
     if resolve_source(source) == "idx":
         return read_idx(manual_dir)
     return load_tfds(data_dir, manual_dir)

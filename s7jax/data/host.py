@@ -33,18 +33,9 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return steps
 
 
-def train_dataset(
-    split: Split,
-    *,
-    batch_size: int,
-    seed: int,
-    augment: AugmentConfig,
-    epochs: int,
-    start_step: int = 0,
-    clean_epochs: int = 0,
-):
-    """tf.data batches of ``epochs`` epochs from global step ``start_step``;
-    the last ``clean_epochs`` are not augmented."""
+def train_dataset(split: Split, *, batch_size: int, seed: int, augment: AugmentConfig,
+                  epochs: int, start_step: int = 0, clean_epochs: int = 0):
+    """tf.data batches from global step ``start_step``, the last ``clean_epochs`` clean."""
     tf = tensorflow()
     steps = steps_per_epoch(len(split), batch_size)
     images = tf.constant(split.images)
@@ -77,8 +68,7 @@ def train_dataset(
 
 
 def eval_batches(split: Split, *, batch_size: int) -> dict[str, np.ndarray]:
-    """The split as stacked batches, the last one padded and masked, so that
-    the eval step compiles once."""
+    """Stacked batches, the last padded and masked: the eval step compiles once."""
     n = len(split)
     batches = -(-n // batch_size)
     pad = batches * batch_size - n

@@ -21,7 +21,13 @@ from s7jax.data.tf_cpu import tensorflow
 TFDS_MNIST_VERSION = "3.0.1"
 
 
+def tfds_installed() -> bool:  # without importing them: TensorFlow takes seconds to start
+    return all(importlib.util.find_spec(m) for m in ("tensorflow", "tensorflow_datasets"))
+
+
 def tfds_available() -> bool:
+    if not tfds_installed():
+        return False
     try:
         tensorflow()
         import tensorflow_datasets  # noqa: F401
@@ -40,9 +46,8 @@ def check_files(source: str = "auto", data_dir=None, manual_dir=None) -> None:
     """Check the official files before anything loads TensorFlow, where TFDS
     still has to prepare them, so that a data error is one line and comes at
     once (the ``idx`` source checks them as it reads them)."""
-    tfds_installed = importlib.util.find_spec("tensorflow_datasets") is not None
     prepared = (_tfds_prepared_dir(data_dir) / "dataset_info.json").is_file()
-    if source != "idx" and tfds_installed and not prepared:
+    if source != "idx" and tfds_installed() and not prepared:
         read_idx(manual_dir)
 
 

@@ -74,8 +74,7 @@ def is_referee_run(workdir: Path) -> bool:
 
 
 def _environment(torch, device) -> dict[str, Any]:
-    """The run's record of its environment: the host's, as an s7jax run's,
-    with PyTorch in place of JAX."""
+    """The host, as an s7jax run records it, with PyTorch in place of JAX."""
     return runfiles.environment(
         with_jax=False, framework="pytorch", torch=torch.__version__,
         torchvision=runfiles.package_versions("torchvision")["torchvision"],
@@ -86,8 +85,7 @@ def _environment(torch, device) -> dict[str, Any]:
 
 def train_referee(config: RefereeConfig, workdir: str | os.PathLike, *, manual_dir=None,
                   overwrite: bool = False, show_progress: bool = True) -> list[dict[str, Any]]:
-    """Train ``config`` with PyTorch into ``workdir``, on the GPU where there
-    is one, else the CPU; the epochs' rows."""
+    """Train ``config`` with PyTorch into ``workdir`` (a GPU where there is one); the rows."""
     from s7jax.reference import torch_reference
 
     torch = torch_reference._torch()

@@ -129,11 +129,11 @@ def _remove_partial(directory: Path) -> None:
 
 
 def save(directory: str | Path, step: int, state: Any, record: dict[str, Any]) -> None:
-    """Checkpoint ``step`` (replacing one there), the record with checksums
-    of the state's arrays and of itself."""
+    """Checkpoint ``step`` (replacing one there); the record checksums the arrays and itself."""
     directory = Path(directory)
     record = {**record, CHECKSUM_KEY: arrays_sha256(state)}
     record[RECORD_KEY] = record_sha256(record)
+    _remove_partial(directory)  # a save killed before its rename: never to be read
     try:
         with _leftovers_silenced(), _manager(directory) as manager:
             if step in manager.all_steps():
@@ -159,8 +159,7 @@ def latest_step(directory: str | Path) -> int | None:
 
 def restore(directory: str | Path, abstract_state: Any, step: int | None = None,
             log: Callable[[str], None] | None = None):
-    """``(state, record)`` of checkpoint ``step``, or of the latest intact one
-    (``log`` names a damaged one passed over)."""
+    """``(state, record)`` of checkpoint ``step``, else the latest intact (``log``: one passed over)."""
     directory = Path(directory)
     try:
         steps = all_steps(directory) if step is None else [step]

@@ -10,12 +10,16 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from s7jax.config import TARGET
+from s7jax.runs import runfiles
 
 
 def save(fig, path) -> Path:
+    """The file written (``.png`` added as matplotlib would), whole or not at all."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    path = path if path.suffix else path.with_name(path.name.rstrip(".") + ".png")
+    with runfiles.written_whole(path) as tmp:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, format=path.suffix[1:].lower(), dpi=110, bbox_inches="tight")
     return path
 
 

@@ -16,13 +16,12 @@ import numpy as np
 
 from s7jax.runs import checkpoint, events, runfiles
 from s7jax.training import console
-from s7jax.errors import Interrupted
+from s7jax.errors import SIGNALLED, Interrupted
 
 
 def metrics_row(epoch: int, lr: float, train: tuple[float, float], test: tuple[float, float],
                 seconds: float) -> dict[str, Any]:
-    """One epoch's row of ``metrics.jsonl``; ``train`` and ``test`` are
-    (mean loss, accuracy in percent)."""
+    """A row of ``metrics.jsonl``; ``train``, ``test``: (mean loss, accuracy in percent)."""
     return {"epoch": epoch, "lr": lr, "train_loss": train[0], "train_acc": train[1],
             "test_loss": test[0], "test_acc": test[1], "seconds": seconds}
 
@@ -60,8 +59,7 @@ class Recorder:
         self.log(self._prefix + console.table_row(row))
 
     def save_within_epoch(self, state: Any, step: int, epoch: int, partial: dict) -> None:
-        """A checkpoint in the middle of epoch ``epoch`` (0-based), with the
-        metric sums of its steps so far."""
+        """A checkpoint within epoch ``epoch`` (0-based), its steps' metric sums so far."""
         checkpoint.save(self.checkpoint_dir, step, state,
                         checkpoint_record(epoch, self.history, partial, self._config))
 
@@ -91,6 +89,8 @@ def interrupt_flag(flag: dict[str, Any] | None = None) -> Iterator[dict[str, Any
     runtime sends), set ``flag["set"]`` and ``flag["signum"]`` (``flag``: from
     :func:`unset_flag`, for what holds it before the signals are caught)."""
     flag = unset_flag() if flag is None else flag
+    if SIGNALLED["set"]:  # one whose exception was lost: the run stops at its first chance
+        flag.update(SIGNALLED)
 
     def handler(signum, frame):
         flag["set"], flag["signum"] = True, signum
@@ -110,6 +110,6 @@ def interrupt_flag(flag: dict[str, Any] | None = None) -> Iterator[dict[str, Any
 
 def stop_if_interrupted(flag: dict[str, Any], epochs_done: int, epochs: int, step: int,
                         workdir: Path, how: str | None = None) -> None:
-    """After an epoch whose checkpoint is saved (after the last, the run is done anyway)."""
+    # After an epoch whose checkpoint is saved (after the last, the run is done anyway).
     if flag["set"] and epochs_done < epochs:
         raise Interrupted(step, workdir, how=how, signum=flag["signum"])

@@ -82,8 +82,7 @@ def package_versions(*names: str) -> dict[str, str | None]:
 
 
 def environment(with_jax: bool = True, **extras: Any) -> dict[str, Any]:
-    """Versions, devices and the host, recorded with every run (without JAX:
-    the referee, a benchmark's parent process)."""
+    """Versions, devices and the host, for every run (without JAX: the referee, a benchmark)."""
     record: dict[str, Any] = {"python": platform.python_version(), "cpu_count": os.cpu_count(),
                               "cpu": cpu_identity()}
     if with_jax:
@@ -114,13 +113,24 @@ def _writing(path: Path):
         raise WriteError(f"could not write {path}: {e.strerror or e}") from None
 
 
+@contextlib.contextmanager
+def written_whole(path: Path):
+    """A name to write ``path`` under, renamed once whole (a full disk, a signal leave none)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with _writing(path):
+            yield tmp
+            tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_config(workdir: Path, config: Config) -> None:
     write_record(workdir, {"config": config.to_json(), "environment": environment()})
 
 
 def write_record(workdir: Path, record: dict[str, Any]) -> None:
-    """``config.json``: ``{"config": ..., "environment": ...}`` (the referee
-    records its own settings)."""
+    """``config.json``: ``{"config", "environment"}`` (the referee records its own settings)."""
     if not writes_files():
         return
     with _writing(config_path(workdir)):

@@ -5,6 +5,7 @@ exits, so a crashed run's lock is never in the way."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -25,10 +26,7 @@ def holds_a_run(workdir: Path) -> list[str]:
         return []
     found = [path.name for path in (runfiles.config_path(workdir), runfiles.metrics_path(workdir))
              if path.is_file()]
-    ckpts = runfiles.checkpoint_dir(workdir)
-    if ckpts.is_dir() and any(ckpts.iterdir()):
-        found.append(f"{ckpts.name}/")
-    return found
+    return found + [f"{runfiles.CHECKPOINTS}/"] * bool(_checkpoints(workdir))
 
 
 def _lock(workdir: Path):
@@ -71,8 +69,12 @@ def claim(workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool =
     delete that run's files)."""
     workdir = Path(workdir)
     if workdir.is_symlink() and not workdir.exists():
-        raise ConfigError(f"workdir {workdir} is a symlink to {os.readlink(workdir)}, which does "
-                          "not exist; create its target or choose another --workdir")
+        try:
+            what = f"a symlink to {os.readlink(workdir)}, which does not exist; create its target"
+            os.stat(workdir)
+        except OSError as e:
+            what = "a symlink loop; remove it" if e.errno == errno.ELOOP else what
+        raise ConfigError(f"workdir {workdir} is {what} or choose another --workdir")
     if not runfiles.writes_files():  # another host of a multi-host run: the first one claims
         yield workdir
         return
@@ -112,13 +114,18 @@ def claim(workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool =
 
 def _saved_anything(workdir: Path) -> bool:
     """A checkpoint or a recorded epoch: what a failed run must not lose."""
-    ckpts = runfiles.checkpoint_dir(workdir)
-    if ckpts.is_dir() and any(ckpts.iterdir()):
+    if _checkpoints(workdir):
         return True
     try:
         return bool(runfiles.metrics_path(workdir).read_text().strip())
     except OSError:
         return False
+
+
+def _checkpoints(workdir: Path) -> list[Path]:
+    """Orbax's temporary folders left out: a save killed before its rename saved nothing."""
+    ckpts = runfiles.checkpoint_dir(workdir)
+    return [p for p in ckpts.iterdir() if ".orbax-checkpoint-tmp" not in p.name] if ckpts.is_dir() else []
 
 
 def _clear(workdir: Path) -> None:

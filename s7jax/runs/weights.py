@@ -17,8 +17,8 @@ from flax import serialization
 from s7jax.runs import runfiles
 from s7jax.runs.checksum import arrays_sha256
 from s7jax.runs.results import run_dir
-from s7jax.errors import CheckpointError, ConfigError, RunError, WriteError
-from s7jax.models import get_model, init_variables
+from s7jax.errors import CheckpointError, ConfigError, RunError
+from s7jax.models import MODELS, get_model, init_variables
 
 FORMAT = "s7jax-weights-1"
 
@@ -32,15 +32,8 @@ def save(path: str | os.PathLike, model: str, variables: dict[str, Any], **info:
     tree = {"format": FORMAT, "model": model, **info, "arrays_sha256": arrays_sha256(arrays),
             **arrays}
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
+    with runfiles.written_whole(path) as tmp:
         tmp.write_bytes(serialization.msgpack_serialize(tree))
-        tmp.replace(path)  # never a half-written file under the real name
-    except BaseException as e:  # a full disk, a signal: nothing half-written left
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise WriteError(f"could not write {path}: {e.strerror or e}") from None
-        raise
     return path
 
 
@@ -63,7 +56,9 @@ def load(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, Any]]:
         raise CheckpointError(f"{path} is not a readable weights file ({type(e).__name__})") from None
     if not isinstance(tree, dict) or tree.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an s7jax weights file (format {FORMAT})")
-    name = tree["model"]
+    name = tree.get("model")
+    if name not in MODELS:
+        raise CheckpointError(f"{path} holds an unknown model {name!r}")
     model = get_model(name)
     expected = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
     variables = {"params": tree["params"], "batch_stats": tree.get("batch_stats", {})}

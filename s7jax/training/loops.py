@@ -86,8 +86,7 @@ def unstack(tree: Any, i: int) -> Any:
 
 
 def calibration_images(split: data.Split, n: int, seed: int) -> np.ndarray:
-    """``n`` clean, normalised training images (a fixed random subset) for
-    re-estimating the BN statistics."""
+    """``n`` clean, normalised training images (a fixed random subset) for BN's statistics."""
     pick = np.sort(np.random.default_rng(seed).permutation(len(split))[:n])
     return data.normalize(split.images[pick], np.float64)
 

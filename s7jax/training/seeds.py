@@ -49,8 +49,7 @@ def bytes_per_seed(config: Config, model: nn.Module) -> int:
 
 
 def memory_limit() -> int:
-    """Bytes JAX may use on the first device (its reported limit on an
-    accelerator; physical memory on a CPU)."""
+    """Bytes JAX may use on the first device (its limit; a CPU's physical memory)."""
     stats = jax.devices()[0].memory_stats() or {}
     if stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
@@ -69,17 +68,9 @@ def check_memory(config: Config, model: nn.Module, n: int) -> None:
 
 
 def train_seeds(
-    config: Config,
-    seeds: Sequence[int],
-    workdirs: Sequence[str | Path],
-    *,
-    mesh=None,
-    data_dir: str | None = None,
-    manual_dir: str | None = None,
-    overwrite: bool = False,
-    refusal_advice: str | None = None,
-    show_progress: bool = True,
-    checkpoint_every: int = 1,
+    config: Config, seeds: Sequence[int], workdirs: Sequence[str | Path], *, mesh=None,
+    data_dir: str | None = None, manual_dir: str | None = None, overwrite: bool = False,
+    refusal_advice: str | None = None, show_progress: bool = True, checkpoint_every: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict[int, list[dict[str, Any]]]:
     """Train seed ``seeds[i]`` into ``workdirs[i]``, all as one program; each

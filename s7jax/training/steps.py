@@ -47,12 +47,9 @@ def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedu
     # After transition_steps optax holds the final value: the epochs past
     # --cycle-epochs train at the cycle's last, smallest rate.
     return optax.cosine_onecycle_schedule(
-        transition_steps=config.cycle_span * steps_per_epoch,
-        peak_value=config.lr,
-        pct_start=config.warmup_fraction,
-        div_factor=div_factor,
-        final_div_factor=1.0 / (div_factor * config.final_lr_fraction),
-    )
+        transition_steps=config.cycle_span * steps_per_epoch, peak_value=config.lr,
+        pct_start=config.warmup_fraction, div_factor=div_factor,
+        final_div_factor=1.0 / (div_factor * config.final_lr_fraction))
 
 
 def make_optimizer(config: Config, schedule: optax.Schedule) -> optax.GradientTransformation:
@@ -91,11 +88,8 @@ def metric_sums(log_probs: jax.Array, labels: jax.Array, mask: jax.Array | None 
     nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
     correct = jnp.argmax(log_probs, axis=-1) == labels
     weight = jnp.ones_like(nll) if mask is None else mask.astype(nll.dtype)
-    return {
-        "loss": jnp.sum(nll * weight),
-        "correct": jnp.sum(correct * weight).astype(jnp.int32),
-        "count": jnp.sum(weight).astype(jnp.int32),
-    }
+    return {"loss": jnp.sum(nll * weight), "count": jnp.sum(weight).astype(jnp.int32),
+            "correct": jnp.sum(correct * weight).astype(jnp.int32)}
 
 
 def check_batch(batch: Batch, *, masked: bool = False) -> None:
@@ -246,8 +240,7 @@ def train_epoch(state: TrainState, source, key: jax.Array, epoch: jax.Array, *,
 
 
 def epoch_program(stats_fn: Callable | None, chunk: int, batch_sharding=None) -> Callable:
-    """Training, BN re-estimation (unless ``stats_fn`` is None) and evaluation
-    as one program: one dispatch per epoch."""
+    """Training, BN re-estimation (``stats_fn``) and evaluation: one dispatch per epoch."""
     def run(state, source, key, epoch, calibration, test, first=0):
         state, train_totals = train_epoch(state, source, key, epoch, first=first,
                                           batch_sharding=batch_sharding)

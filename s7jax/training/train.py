@@ -50,8 +50,7 @@ def resolve(config: Config, backend: str | None = None) -> Config:
 
 
 def matmul_precision(config: Config):
-    """A context for tracing with ``Config.matmul_precision`` (``default``:
-    JAX's per-backend default, left alone)."""
+    """Tracing with ``Config.matmul_precision`` (``default``: JAX's per-backend one)."""
     if config.matmul_precision == "default":
         return contextlib.nullcontext()
     return jax.default_matmul_precision(config.matmul_precision)
@@ -72,8 +71,7 @@ def model_and_schedule(config: Config) -> tuple[nn.Module, optax.Schedule]:
 
 
 def write_start(workdir: Path, config: Config, state, history: list) -> None:
-    """A new run's ``config.json`` and empty ``metrics.jsonl``; a resumed
-    run's ``metrics.jsonl`` as its checkpoint's rows."""
+    """A new run's config.json and empty metrics.jsonl; a resumed run's checkpointed rows."""
     if history or int(state.step):
         runfiles.write_metrics(workdir, history)
     else:
@@ -89,18 +87,10 @@ def _describe_source(config: Config, data_dir, manual_dir) -> str:
 
 
 def train_and_evaluate(
-    config: Config,
-    workdir: str | Path,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    mesh=None,
-    data_dir: str | None = None,
-    manual_dir: str | None = None,
-    show_progress: bool = True,
-    log: Callable[[str], None] = print,
-    on_start: Callable[[], None] | None = None,
-    refusal_advice: str | None = None,
+    config: Config, workdir: str | Path, *, resume: bool = False, overwrite: bool = False,
+    mesh=None, data_dir: str | None = None, manual_dir: str | None = None,
+    show_progress: bool = True, log: Callable[[str], None] = print,
+    on_start: Callable[[], None] | None = None, refusal_advice: str | None = None,
 ) -> list[dict[str, Any]]:
     """Train and evaluate after every epoch; the rows of ``metrics.jsonl``. What needs no
     data is checked first, so that its errors come at once (the batch against the devices,
@@ -108,6 +98,8 @@ def train_and_evaluate(
     scripts' banner), the ``auto`` settings and the data."""
     mesh = checked_mesh(config, mesh)  # before the folder is touched
     model, schedule = model_and_schedule(config)
+    if "tfds" in (config.pipeline, config.data_source) and not data.tfds_installed():
+        resolve(config)  # its refusal, before the folder, the banner and a TensorFlow start
     with runlock.claim(workdir, resume=resume, overwrite=overwrite,
                        advice=refusal_advice) as workdir, matmul_precision(config):
         state, dropout_key, history, partial = _starting_point(config, model, schedule, workdir,
