@@ -1,5 +1,4 @@
-"""What a training run prints: per-epoch progress bars and one aligned table
-row per epoch."""
+"""What a training run prints: per-epoch progress bars, one aligned table row per epoch."""
 
 from __future__ import annotations
 

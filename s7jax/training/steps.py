@@ -88,8 +88,9 @@ def metric_sums(log_probs: jax.Array, labels: jax.Array, mask: jax.Array | None 
     nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
     correct = jnp.argmax(log_probs, axis=-1) == labels
     weight = jnp.ones_like(nll) if mask is None else mask.astype(nll.dtype)
-    return {"loss": jnp.sum(nll * weight), "count": jnp.sum(weight).astype(jnp.int32),
-            "correct": jnp.sum(correct * weight).astype(jnp.int32)}
+    return {"loss": jnp.sum(nll * weight),  # traced in the recorded runs' order
+            "correct": jnp.sum(correct * weight).astype(jnp.int32),
+            "count": jnp.sum(weight).astype(jnp.int32)}
 
 
 def check_batch(batch: Batch, *, masked: bool = False) -> None:
