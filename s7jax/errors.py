@@ -55,8 +55,7 @@ class Interrupted(RunError):
 
 
 class Terminated(BaseException):
-    """SIGTERM outside the training loop, cleaned up after as Ctrl-C is; a
-    BaseException, like KeyboardInterrupt, so no ``except Exception`` takes it."""
+    """SIGTERM, cleaned up after as Ctrl-C is: no ``except Exception`` takes it."""
 
     exit_code = 143
 

@@ -86,10 +86,12 @@ def in_process(capsys, monkeypatch):
     import importlib
     import signal
     import subprocess
+    import sys
 
     def run(command, *args, cwd=None):
         if cwd is not None:
             monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # put back afterwards
         main = importlib.import_module(f"s7jax.cli.{command}").main
         sigterm, sigint = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
         capsys.readouterr()

@@ -36,9 +36,10 @@ def _quiet_exit():  # a second Ctrl-C must not break JAX's own atexit clean-up i
 
 @contextlib.contextmanager
 def exit_on_known_errors():
-    """Known errors as one line and their exit codes; SIGTERM raises
-    :class:`Terminated`, to be cleaned up after as Ctrl-C is."""
+    """Known errors as one line and their exit codes; SIGTERM raises :class:`Terminated`."""
     SIGNALLED["set"] = False
+    hook = sys.unraisablehook  # not a report of what SIGNALLED keeps: one line says it
+    sys.unraisablehook = lambda u: isinstance(u.exc_value, (KeyboardInterrupt, Terminated)) or hook(u)
     with contextlib.suppress(ValueError):  # ValueError: not the main thread
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not one ignoring it
             signal.signal(signal.SIGINT, raise_for_signal)
