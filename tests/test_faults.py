@@ -394,7 +394,8 @@ def test_a_data_error_is_exactly_one_line_without_a_needless_hint(tmp_path):
     assert not (tmp_path / "tfds").exists() and not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("source", [pytest.param("auto", marks=pytest.mark.slow), "idx"])
+@pytest.mark.slow  # ~7 s each; the quick part checks such refusals in-process
+@pytest.mark.parametrize("source", ["auto", "idx"])
 def test_a_data_error_is_the_only_line_on_stderr(tmp_path, source):
     """Nothing else (TensorFlow's start-up log lines included) comes before it:
     the files are checked before TensorFlow loads."""
@@ -541,8 +542,10 @@ EITHER = f"({UNREADABLE}|{MISMATCH})"
 
 @pytest.mark.parametrize("spoil,reason", [
     (lambda workdir: damage(workdir, 8), UNREADABLE),
-    (lambda workdir: flip_largest_array_file(workdir, 8), EITHER),  # same size
-    (lambda workdir: copy_arrays(workdir, 8, 4), MISMATCH),  # intact, not step 8's
+    pytest.param(lambda workdir: flip_largest_array_file(workdir, 8), EITHER,  # same size
+                 marks=pytest.mark.slow),
+    pytest.param(lambda workdir: copy_arrays(workdir, 8, 4), MISMATCH,  # intact, not step 8's
+                 marks=pytest.mark.slow),
     (lambda workdir: edit_record(workdir, 8), "its record does not match the checksum saved with it"),
 ], ids=["truncated", "flipped", "swapped", "edited-record"])
 def test_resume_passes_over_a_damaged_checkpoint_for_the_one_before(finished, tfds_dir, tmp_path,
@@ -593,8 +596,8 @@ def test_a_flipped_byte_in_metrics_jsonl_is_one_line_naming_it(in_process, finis
 
 
 @pytest.mark.parametrize("how,reason", [
-    ("flipped", EITHER), *(pytest.param(*case, marks=pytest.mark.slow)  # ~8 s each
-                           for case in (("truncated", UNREADABLE), ("swapped", MISMATCH)))])
+    ("flipped", EITHER), ("truncated", UNREADABLE), ("swapped", MISMATCH)])
+@pytest.mark.slow  # ~8 s each; the quick part checks the same lines in-process
 def test_no_intact_checkpoint_is_the_only_line_on_stderr(finished, tmp_path, how, reason):
     """Orbax's tracebacks of a failed read (never-retrieved futures, callbacks
     into a closed event loop) stay off stderr; the run folder is untouched."""
