@@ -58,16 +58,16 @@ def run(args: argparse.Namespace) -> int:
         "compared": [k for k in runfiles.METRIC_KEYS if k not in runfiles.TIMING_KEYS],
         "differences": differences, "recorded_environment": recorded["environment"],
         "repeat_environment": here,
-        # None: the recorded run predates the CPU record (config.json).
-        "same_cpu": None if recorded_cpu is None else recorded_cpu == here["cpu"]}
+        "same_cpu": None if recorded_cpu is None else all(  # the fields it recorded
+            (here["cpu"] or {}).get(k) == v for k, v in recorded_cpu.items())}
     (run / "reproduce.json").write_text(json.dumps(verdict, indent=2) + "\n")
     if differences:
         print(f"NOT reproduced: {len(differences)} differences, first: {differences[0]}")
         if not verdict["same_cpu"]:
             print("note: the recorded run's CPU "
                   + ("is not recorded" if recorded_cpu is None else f"was {recorded_cpu}")
-                  + f"; this one is {here['cpu']}. XLA's CPU kernels may sum in another order "
-                    "on another CPU model, which changes the last bits from the first step on")
+                  + f"; this one is {here['cpu']}. XLA's CPU kernels may sum in another order on "
+                    "another CPU model or core count: the last bits change from the first step")
         print(f"wrote {run / 'reproduce.json'}")
         return 1
     print(f"reproduced: all {verdict['epochs_compared']} epochs of {run} repeat exactly "

@@ -37,8 +37,7 @@ config_path, metrics_path, curves_path, weights_path, checkpoint_dir = map(
 
 
 def unique_dir(parent: Path, stem: str) -> Path:
-    """A new folder ``parent/stem-<timestamp>``; a launch in the same second
-    gets ``-2``, ``-3``, ... (``mkdir`` is atomic)."""
+    """A new folder ``parent/stem-<timestamp>`` (``-2``, ``-3``, ... within a second)."""
     parent.mkdir(parents=True, exist_ok=True)
     base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     for n in range(1, 1000):
@@ -52,8 +51,8 @@ def unique_dir(parent: Path, stem: str) -> Path:
 
 
 def cpu_identity() -> dict[str, Any] | None:
-    """The host CPU's model (Linux; None elsewhere): XLA's CPU kernels may sum
-    in another order on another model, so a CPU run repeats only on its own."""
+    """The host CPU's model and the cores XLA may use (their count sets its threads, hence
+    the order of its sums): a CPU run repeats only on its own. Linux; None elsewhere."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -67,7 +66,8 @@ def cpu_identity() -> dict[str, Any] | None:
     flags = set(fields.get("flags", "").split())
     return {"vendor": fields.get("vendor_id"), "model_name": fields.get("model name"),
             "family": fields.get("cpu family"), "model": fields.get("model"),
-            "avx512f": "avx512f" in flags, "avx2": "avx2" in flags}
+            "avx512f": "avx512f" in flags, "avx2": "avx2" in flags,
+            "cores_usable": len(os.sched_getaffinity(0))}
 
 
 def package_versions(*names: str) -> dict[str, str | None]:
