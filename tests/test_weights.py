@@ -14,6 +14,7 @@ import pytest
 
 from s7jax import data
 from s7jax.runs import runfiles, weights
+from s7jax.runs.checksum import arrays_match, arrays_sha256
 from s7jax.errors import CheckpointError
 from s7jax.models import get_model, init_variables
 from s7jax.training.steps import eval_step
@@ -130,3 +131,14 @@ def test_flipped_bytes_in_the_arrays_are_refused_not_evaluated(in_process, tmp_p
     del tree["arrays_sha256"]  # as the files under results/ were written, before checksums
     (tmp_path / "old.msgpack").write_bytes(serialization.msgpack_serialize(tree))
     assert weights.load(tmp_path / "old.msgpack")[0] == "model6"
+
+
+def test_the_arrays_checksum_keeps_the_format_checkpoints_were_written_in():
+    """A changed digest would call every saved checkpoint damaged: the value
+    below is what the first checksummed checkpoints recorded for this tree."""
+    tree = {"step": np.int32(331), "params": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3) / 7}}
+    first = "606e47110df5e6eeb30cdd242d0901a1a4fc084e51abf4a27162b36423a2fc59"
+    assert arrays_sha256(tree) == first
+    assert arrays_sha256({**tree, "step": np.int64(331)}) == first  # as Orbax may restore it
+    assert arrays_match(tree, arrays_sha256(tree, scalars_as_vectors=False))  # a few were written so
+    assert not arrays_match({**tree, "step": np.int32(332)}, first)

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import orbax.checkpoint as ocp
 
-from s7jax.runs.checksum import arrays_sha256, record_sha256
+from s7jax.runs.checksum import arrays_match, arrays_sha256, record_sha256
 from s7jax.errors import CheckpointError, WriteError
 
 # What Python says of an asyncio coroutine collected before it ran.
@@ -187,7 +187,7 @@ def restore(directory: str | Path, abstract_state: Any, step: int | None = None,
             damaged.append((candidate, "its record does not match the checksum saved with it"))
             continue
         saved_sum = record.pop(CHECKSUM_KEY, None)
-        if saved_sum is not None and arrays_sha256(state) != saved_sum:
+        if saved_sum is not None and not arrays_match(state, saved_sum):
             damaged.append((candidate, "its arrays do not match the checksum saved with them"))
             continue
         if damaged and log is not None:

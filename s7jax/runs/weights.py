@@ -15,7 +15,7 @@ import numpy as np
 from flax import serialization
 
 from s7jax.runs import runfiles
-from s7jax.runs.checksum import arrays_sha256
+from s7jax.runs.checksum import arrays_match, arrays_sha256
 from s7jax.runs.results import run_dir
 from s7jax.errors import CheckpointError, ConfigError, RunError
 from s7jax.models import MODELS, get_model, init_variables
@@ -69,7 +69,7 @@ def load(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, Any]]:
         raise CheckpointError(f"{path}: its arrays do not fit {name}'s parameters and "
                               "BatchNorm statistics")
     saved_sum = tree.get("arrays_sha256")
-    if saved_sum is not None and arrays_sha256(variables) != saved_sum:
+    if saved_sum is not None and not arrays_match(variables, saved_sum):
         raise CheckpointError(f"{path} is damaged: its arrays do not match the checksum saved "
                               "with them")
     info = {k: v for k, v in tree.items() if k not in ("params", "batch_stats")}
