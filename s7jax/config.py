@@ -10,7 +10,7 @@ from typing import Any
 
 from s7jax.data.augment import NO_AUGMENT, AugmentConfig
 from s7jax.errors import ConfigError
-from s7jax.models import MODELS
+from s7jax.models import BEYOND, MODELS
 
 MAX_EPOCHS = 15  # the study's rule: every result within 15 epochs
 TARGET = 99.4  # test accuracy (%) model6 must hold in each of the last epochs
@@ -28,7 +28,8 @@ def _flag(default: Any, help: str, group: str = "", **argparse_kwargs: Any) -> A
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    model: str = _flag("model6", "model1 .. model6", choices=tuple(MODELS))
+    model: str = _flag("model6", "model1 .. model6 (the study), model7 (beyond it)",
+                       choices=tuple(MODELS))
     epochs: int = _flag(MAX_EPOCHS, f"epochs to train (1..{MAX_EPOCHS} unless --allow-long)")
     batch_size: int = _flag(128, "training batch size (global, over all devices)")
     seed: int = _flag(0, "seed of init, shuffling, augmentation, dropout")
@@ -146,13 +147,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "model6": dict(_ONECYCLE, lr=0.1, weight_decay=1e-3, cycle_epochs=13,
                    augment=AugmentConfig(7.0, 0.2, 0.2), clean_epochs=3, precise_bn=10_000),
 }
+# model7 and its trial designs start from model6's recipe (docs/results.md).
+DEFAULTS.update({m: DEFAULTS["model6"] for m in BEYOND})
 
 
 # The original study's recipe: augmentation for models 5 and 6 only.
 ORIGINAL: dict[str, dict[str, Any]] = {
     **{m: dict(_ORIGINAL, augment=NO_AUGMENT) for m in MODELS},
     "model5": dict(_ORIGINAL, augment=AugmentConfig(7.0, 0.1, 0.1)),
-    "model6": dict(_ORIGINAL, augment=AugmentConfig(7.0, 0.2, 0.2)),
+    **{m: dict(_ORIGINAL, augment=AugmentConfig(7.0, 0.2, 0.2)) for m in ("model6", *BEYOND)},
 }
 RECIPES = {"default": DEFAULTS, "original": ORIGINAL}
 
@@ -207,7 +210,7 @@ def validate(config: Config) -> Config:
         (0 <= c.clean_epochs <= c.epochs,
          f"--clean-epochs must be in 0..{c.epochs}, got {c.clean_epochs}"),
         (c.precise_bn >= 0, f"--precise-bn must be >= 0, got {c.precise_bn}"),
-        (not c.precise_bn or hasattr(MODELS[c.model], "bn_momentum"),
+        (not c.precise_bn or hasattr(MODELS[c.model](), "bn_momentum"),
          f"--precise-bn re-estimates BatchNorm statistics, and {c.model} has no BatchNorm"),
         (c.train_subset is None or 0 < c.train_subset <= TRAIN_IMAGES,
          f"--train-subset must be in 1..{TRAIN_IMAGES}, got {c.train_subset}"),

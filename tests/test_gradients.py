@@ -27,7 +27,7 @@ import optax
 import pytest
 
 from s7jax.config import default_config
-from s7jax.models import MODELS, ops, study
+from s7jax.models import STUDY, ops, study
 from s7jax.training import steps
 from s7jax.training.loops import stack
 
@@ -87,7 +87,7 @@ def stock_step(state, batch, key):
         return jax.jit(lambda *args: steps.train_step(*args))(state, batch, key)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", [*STUDY, pytest.param("model7", marks=pytest.mark.slow)])
 def test_the_jitted_train_step_follows_the_gradient(name):
     state, batch = first_step_state(name), a_batch(8 if name == "model1" else 32)
     key = jax.random.key(1, impl=steps.PRNG_IMPL)
@@ -109,7 +109,7 @@ def test_the_jitted_train_step_follows_the_gradient_op_by_op():
 # the slow part runs all six.
 @pytest.mark.parametrize("name", [name if name in ("model3", "model6")
                                   else pytest.param(name, marks=pytest.mark.slow)
-                                  for name in MODELS])
+                                  for name in [*STUDY, "model7"]])
 def test_scanned_and_vmapped_steps_follow_the_gradient(name):
     """The programs of ``--pipeline scan`` (steps inside ``lax.scan``) and of
     seeds trained together (that, vmapped over seeds), seed by seed."""

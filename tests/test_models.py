@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from s7jax.models import MODELS, count_params, get_model, init_variables
+from s7jax.models import BEYOND, MODELS, STUDY, count_params, get_model, init_variables
 from s7jax.models.summary import layer_rows
 
 EXPECTED_PARAMS = {
@@ -62,10 +62,19 @@ def test_model6_has_under_8000_parameters():
     assert count_params(variables_for("model6")) < 8_000
 
 
+@pytest.mark.parametrize("name", list(BEYOND))
+def test_model7_and_its_trial_designs_have_under_4000_parameters(name):
+    variables = jax.eval_shape(lambda: init_variables(get_model(name), key(0)))
+    assert count_params(variables) < 4_000
+    assert "batch_stats" in variables and not any(  # BN after every conv: no conv bias
+        "bias" in layer for n, layer in variables["params"].items() if n.startswith("conv"))
+
+
 def test_registry_names_and_unknown_model():
-    assert list(MODELS) == [f"model{i}" for i in range(1, 7)]
+    assert list(STUDY) == [f"model{i}" for i in range(1, 7)]
+    assert list(MODELS) == [*STUDY, *BEYOND] and "model7" in BEYOND
     with pytest.raises(ValueError, match="model1, model2"):
-        get_model("model7")
+        get_model("model9")
 
 
 def test_count_ignores_batch_stats():

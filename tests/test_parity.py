@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from s7jax.reference import torch_reference as tr  # noqa: E402
 from s7jax.data import MEAN, STD  # noqa: E402
-from s7jax.models import MODELS, count_params, get_model, init_variables  # noqa: E402
+from s7jax.models import STUDY, count_params, get_model, init_variables  # noqa: E402
 
 # Compared at float32 tolerances: full float32 matmuls on every backend.
 pytestmark = pytest.mark.usefixtures("highest_precision", "xla_optimized")
@@ -72,7 +72,7 @@ def flax_log_probs(name: str, variables, images: np.ndarray) -> np.ndarray:
     return np.asarray(out)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(STUDY))
 def test_torch_reference_matches_spec_parameter_totals(name):
     net = tr.build(name)
     assert tr.count_params(net) == tr.SPEC_PARAMS[name]
@@ -80,7 +80,7 @@ def test_torch_reference_matches_spec_parameter_totals(name):
     assert count_params(variables) == tr.count_params(net)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(STUDY))
 def test_eval_log_probs_agree_with_pytorch(name):
     torch.manual_seed(0)
     variables = flax_variables(name)

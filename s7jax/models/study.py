@@ -1,7 +1,8 @@
-"""The six MNIST classifiers of the study, in Flax Linen, layer for layer:
-NHWC images ``(B, 28, 28, 1)`` in, log-probabilities ``(B, 10)`` out; in
-training pass ``train=True``, ``mutable=["batch_stats"]`` and a
-``{"dropout": key}`` rng. Spatial sizes are 28 -> 14 -> 7 -> 5 -> 3 -> 1."""
+"""The six MNIST classifiers of the study, in Flax Linen, layer for layer,
+and model7 beyond it: NHWC images ``(B, 28, 28, 1)`` in, log-probabilities
+``(B, 10)`` out; in training pass ``train=True``, ``mutable=["batch_stats"]``
+and a ``{"dropout": key}`` rng. The study's spatial sizes are
+28 -> 14 -> 7 -> 5 -> 3 -> 1; model7's 28 -> 14 -> 7, then an average."""
 
 from __future__ import annotations
 
@@ -174,8 +175,46 @@ class Model6(nn.Module):
         return _log_softmax_head(x)
 
 
-MODELS: dict[str, type[nn.Module]] = {"model1": Model1, "model2": Model2, "model3": Model3,
-                                      "model4": Model4, "model5": Model5, "model6": Model6}
+class TinyNet(nn.Module):
+    """Beyond the study: conv-BN-ReLU-dropout blocks without conv bias, a 2x2
+    max-pool after every second block, then a conv to 10 maps with BN whose
+    global average is the logits (no dense head, no 5x5 or 3x3 maps)."""
+
+    channels: tuple[int, ...] = (8, 8, 12, 12)
+    dropout_rate: float = 0.05
+    bn_momentum: float = BN_MOMENTUM
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        for i, features in enumerate(self.channels, 1):
+            x = Conv3x3(features, padding=SAME, use_bias=False, name=f"conv{i}")(x)
+            x = nn.relu(_batch_norm(i, train, self.bn_momentum)(x))
+            if self.dropout_rate:
+                x = ops.Dropout(self.dropout_rate, deterministic=not train, name=f"drop{i}")(x)
+            if i % 2 == 0:
+                x = MaxPool(name=f"pool{i // 2}")(x)
+        i = len(self.channels) + 1
+        x = Conv3x3(10, padding=SAME, use_bias=False, name=f"conv{i}")(x)
+        x = _batch_norm(i, train, self.bn_momentum)(x)
+        return nn.log_softmax(GlobalAveragePool(name="gap1")(x))
+
+
+class GlobalAveragePool(nn.Module):
+    """(B, H, W, C) -> (B, C); a module so that it is named in summaries."""
+
+    @nn.compact
+    def __call__(self, x):
+        return jnp.mean(x, axis=(1, 2))
+
+
+STUDY: dict[str, type[nn.Module]] = {"model1": Model1, "model2": Model2, "model3": Model3,
+                                     "model4": Model4, "model5": Model5, "model6": Model6}
+# model7 and the designs tried for it (docs/results.md, model7's trials).
+BEYOND: dict[str, type[nn.Module] | functools.partial] = {
+    "model7": TinyNet,
+    "model7-nodrop": functools.partial(TinyNet, dropout_rate=0.0),
+}
+MODELS = {**STUDY, **BEYOND}
 
 INPUT_SHAPE = (28, 28, 1)
 

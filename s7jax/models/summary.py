@@ -12,7 +12,8 @@ import jax.numpy as jnp
 from s7jax.models.study import INPUT_SHAPE, MODELS, count_params, init_variables
 
 # Layer names in s7jax.models are <kind><index>: conv1, bn1, drop1, pool1, ...
-KINDS = {"conv": "Conv 3x3", "bn": "BatchNorm", "drop": "Dropout", "pool": "MaxPool 2x2"}
+KINDS = {"conv": "Conv 3x3", "bn": "BatchNorm", "drop": "Dropout", "pool": "MaxPool 2x2",
+         "gap": "GlobalAvgPool"}
 
 
 def layer_rows(model: nn.Module, variables) -> list[tuple[str, str, tuple[int, ...], int, int]]:
@@ -20,7 +21,7 @@ def layer_rows(model: nn.Module, variables) -> list[tuple[str, str, tuple[int, .
     ``jump`` is the input-pixel distance between neighbouring outputs."""
     _, state = model.apply(variables, jnp.zeros((1, *INPUT_SHAPE)), train=False,
                            capture_intermediates=True, mutable=["intermediates"])
-    rf, jump, rows = 1, 1, []
+    rf, jump, rows, size = 1, 1, [], INPUT_SHAPE[0]
     for name, value in state["intermediates"].items():
         if name == "__call__":
             continue
@@ -30,9 +31,13 @@ def layer_rows(model: nn.Module, variables) -> list[tuple[str, str, tuple[int, .
         elif kind == "pool":
             rf += (2 - 1) * jump
             jump *= 2
+        elif kind == "gap":  # every position of the map before it
+            rf += (size - 1) * jump
         params = variables["params"].get(name, {})
         n_params = sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
-        rows.append((name, KINDS[kind], tuple(value["__call__"][0].shape[1:]), n_params, rf))
+        shape = tuple(value["__call__"][0].shape[1:])
+        size = shape[0] if len(shape) == 3 else size
+        rows.append((name, KINDS[kind], shape, n_params, rf))
     return rows
 
 
