@@ -22,9 +22,12 @@ is reported and the others still run. The steps:
    ``<out>/results/gpu/model6-seed-0/``;
 5. ``model1``: model1's 15 epochs -> ``<out>/results/gpu/model1-seed-0/``;
 6. ``seeds``: 16 seeds of model6's recipe as one vectorised program
-   (``scripts/sweep.py --together``, each seed's checkpoint written once, at
-   the end) -> ``<out>/results/gpu-seeds/``;
-7. ``referee``: model1 trained by PyTorch with the original recipe
+   (``scripts/sweep.py --strategy vmap``, each seed's checkpoint written once,
+   at the end) -> ``<out>/results/gpu-seeds/``;
+7. ``strategies``: ``scripts/bench_seeds.py``, 1, 4 and 8 seeds in one
+   process by each strategy against separate runs ->
+   ``<out>/results/seeds-gpu.json``;
+8. ``referee``: model1 trained by PyTorch with the original recipe
    (``scripts/referee.py``, fails unless torch imports) ->
    ``<out>/results/model1/torch-seed-0/``, the one referee run a 2-core CPU
    cannot afford.
@@ -83,7 +86,7 @@ TESTS = ["tests/test_models.py::test_exact_parameter_totals", "tests/test_ops.py
          "tests/test_data.py", *(f"tests/test_train.py::{t}" for t in TRAIN_TESTS),
          "tests/test_parity.py",
          "tests/test_gpu_check.py::test_device_pipeline_trains_without_tensorflow"]
-STEPS = ("device", "tests", "bench", "model6", "model1", "seeds", "referee")
+STEPS = ("device", "tests", "bench", "model6", "model1", "seeds", "strategies", "referee")
 TINY_RUN = ["--epochs", "1", "--train-subset", "512", "--test-subset", "256", "--batch-size", "64",
             "--eval-batch-size", "128"]
 # Seconds per step. On a GPU: estimates (no GPU run yet; the first run's
@@ -92,8 +95,10 @@ TINY_RUN = ["--epochs", "1", "--train-subset", "512", "--test-subset", "256", "-
 # on the 2-core CPU, shared with other work, with TensorFlow blocked. The
 # budget stops the check at 7 minutes whatever the steps take: one 10-minute
 # device command holds it, and a 15-minute lease a second try.
-LIMITS = dict(device=45, tests=150, bench=90, model6=60, model1=90, seeds=90, referee=120)
-DRY_LIMITS = dict(device=40, tests=360, bench=240, model6=150, model1=120, seeds=90, referee=120)
+LIMITS = dict(device=45, tests=150, bench=90, model6=60, model1=90, seeds=90, strategies=150,
+              referee=120)
+DRY_LIMITS = dict(device=40, tests=360, bench=240, model6=150, model1=120, seeds=90,
+                  strategies=240, referee=120)
 BUDGET_S, DRY_BUDGET_S = 420, 1200
 MIN_STEP_S = 20  # a step given less is skipped: it could not even start JAX
 
@@ -121,9 +126,11 @@ def steps(out: Path, dry_run: bool) -> list[tuple[str, list[str], int]]:
              "--seed", "0"]
     runs = {m: [*train, "--model", m, "--workdir", str(results / "gpu" / f"{m}-seed-0")]
             for m in ("model6", "model1")}
-    sweep = [py, "scripts/sweep.py", "--model", "model6", "--seeds", "16", "--together",
+    sweep = [py, "scripts/sweep.py", "--model", "model6", "--seeds", "16", "--strategy", "vmap",
              "--checkpoint-every", "15", "--no-progress", "--data-source", "idx",
              "--results", str(results / "gpu-seeds")]
+    strategies = [py, "scripts/bench_seeds.py", "--seeds", "1", "4", "8", "--epochs", "1",
+                  "--train-images", "6400", "--out", str(results / "seeds-gpu.json")]
     referee = [py, "scripts/referee.py", "--model", "model1", "--seed", "0", "--no-progress",
                "--overwrite", "--results", str(results)]
     limits = LIMITS
@@ -135,7 +142,10 @@ def steps(out: Path, dry_run: bool) -> list[tuple[str, list[str], int]]:
         runs = {m: [*cmd, *TINY_RUN] for m, cmd in runs.items()}
         sweep[sweep.index("16")] = "2"
         sweep += TINY_RUN
-    commands = dict(device=device, tests=tests, bench=bench, **runs, seeds=sweep, referee=referee)
+        strategies[strategies.index("6400")] = "256"
+        strategies[strategies.index("4"):strategies.index("--epochs")] = ["2"]
+    commands = dict(device=device, tests=tests, bench=bench, **runs, seeds=sweep,
+                    strategies=strategies, referee=referee)
     return [(name, commands[name], limits[name]) for name in STEPS]
 
 

@@ -33,7 +33,8 @@ def test_dry_run_runs_every_step_and_writes_the_summary(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     summary = json.loads((out / "results" / "gpu" / "gpu_check.json").read_text())
     steps = {s["step"]: s for s in summary["steps"]}
-    assert list(steps) == ["device", "tests", "bench", "model6", "model1", "seeds", "referee"]
+    assert list(steps) == ["device", "tests", "bench", "model6", "model1", "seeds", "strategies",
+                           "referee"]
     # Without a working PyTorch the comparisons fail rather than pass half done.
     needs = {"bench": "torch and torchvision", "referee": "torch"}
     torch_steps = {name for name, what in needs.items()
@@ -58,6 +59,9 @@ def test_dry_run_runs_every_step_and_writes_the_summary(tmp_path):
         assert steps[model]["run"]["compile_s"] > 0  # the epoch program's compile, recorded
     seeds = json.loads((out / "results" / "gpu-seeds" / "summary.json").read_text())
     assert seeds["models"]["model6"]["n_seeds"] == 2
+    strategies = json.loads((out / "results" / "seeds-gpu.json").read_text())
+    assert {(r["seeds"], r["strategy"]) for r in strategies["together"]} == {
+        (n, s) for n in (1, 2) for s in ("vmap", "map", "sequential")}
     assert not list((out / "results").rglob("checkpoints"))  # one call's output comes back whole
     if "bench" not in torch_steps:
         assert json.loads((out / "results" / "bench-gpu.json").read_text())["s7jax"]["epoch_scan"]

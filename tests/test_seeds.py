@@ -1,8 +1,11 @@
-"""Several seeds as one vectorised program (s7jax.training.seeds, sweep.py --together)."""
+"""Seeds in one process (s7jax.training.seeds, sweep.py --together and
+--strategy): vmapped or mapped in one program, or one after another."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +17,9 @@ import pytest
 from s7jax.runs import checkpoint, runfiles, weights
 from s7jax.training import seeds
 from s7jax.config import default_config
-from s7jax.errors import ConfigError
+from s7jax.errors import ConfigError, Interrupted
 from s7jax.models import get_model
+from s7jax.training import console
 from s7jax.training.train import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +41,7 @@ def swept(tfds_dir, tmp_path_factory):
     """``scripts/sweep.py --together`` for seeds 0 and 1, as a user runs it."""
     results = tmp_path_factory.mktemp("sweep")
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep.py"), "--model", "model6",
-                           "--seeds", "2", "--together", "--checkpoint-every", "2",
+                           "--seeds", "2", "--strategy", "vmap", "--checkpoint-every", "2",
                            "--results", str(results), "--data-dir",
                            str(tfds_dir), "--no-progress", *FLAGS],
                           capture_output=True, text=True, timeout=900)
@@ -87,7 +91,7 @@ def test_each_seed_trains_what_its_own_run_trains(swept, tfds_dir, tmp_path):
 def test_a_second_sweep_skips_the_finished_seeds(swept, tfds_dir):
     results, _ = swept
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep.py"), "--model", "model6",
-                           "--seeds", "2", "--together", "--checkpoint-every", "2",
+                           "--seeds", "2", "--strategy", "vmap", "--checkpoint-every", "2",
                            "--results", str(results), "--data-dir",
                            str(tfds_dir), "--no-progress", *FLAGS],
                           capture_output=True, text=True, timeout=600)
@@ -116,3 +120,86 @@ def test_stack_keeps_the_first_trees_static_fields():
     assert stacked.tx is states[0].tx
     chex.assert_tree_shape_prefix(stacked.params, (2,))
     chex.assert_trees_all_equal(seeds.unstack(stacked, 1).params, states[1].params)
+
+
+# A low constant rate: over a few steps, rounding cannot grow into a difference.
+LOW = dict(SMALL, schedule="constant", lr=0.005)
+LOW_FLAGS = [*FLAGS, "--schedule", "constant", "--lr", "0.005"]
+
+
+def figures(rows):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def quiet(_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def own_runs(tfds_dir, tmp_path_factory):
+    """Seeds 0 and 1, each its own ``--pipeline scan`` run at ``LOW``."""
+    root = tmp_path_factory.mktemp("own")
+    return {s: train_and_evaluate(default_config("model6", **LOW, seed=s, pipeline="scan"),
+                                  root / str(s), data_dir=tfds_dir, show_progress=False, log=quiet)
+            for s in (0, 1)}
+
+
+@pytest.mark.slow
+def test_seeds_mapped_in_one_program_train_exactly_their_own_runs(own_runs, tfds_dir, tmp_path):
+    rows = seeds.train_seeds(default_config("model6", **LOW), [0, 1], [tmp_path / "0", tmp_path / "1"],
+                             strategy="map", data_dir=tfds_dir, show_progress=False, log=quiet)
+    assert rows[0] != rows[1]
+    for s in (0, 1):
+        assert figures(rows[s]) == figures(own_runs[s])
+
+
+@pytest.mark.slow
+def test_vmapped_seeds_train_their_own_runs_up_to_rounding(own_runs, tfds_dir, tmp_path):
+    rows = seeds.train_seeds(default_config("model6", **LOW), [0, 1], [tmp_path / "0", tmp_path / "1"],
+                             strategy="vmap", data_dir=tfds_dir, show_progress=False, log=quiet)
+    for s in (0, 1):
+        for a, b in zip(rows[s], own_runs[s], strict=True):
+            assert a["lr"] == b["lr"]
+            for key in ("train_loss", "test_loss"):
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-4, err_msg=key)
+            assert abs(a["train_acc"] - b["train_acc"]) <= 100 / 128 + 1e-9  # one image
+            assert abs(a["test_acc"] - b["test_acc"]) <= 100 / 256 + 1e-9
+
+
+@pytest.mark.slow
+def test_together_on_a_cpu_trains_each_seed_as_its_own_run(in_process, tfds_dir, tmp_path):
+    """On a CPU ``--together`` is ``sequential``: each seed's own run, in turn."""
+    proc = in_process("sweep", "--model", "model6", "--seeds", "2", "--together", "--results",
+                      tmp_path, "--data-dir", tfds_dir, "--no-progress", *LOW_FLAGS)
+    assert proc.returncode == 0, proc.stderr
+    assert "in one program" not in proc.stdout
+    for s in (0, 1):
+        run = tmp_path / "model6" / f"seed-{s}"
+        assert runfiles.read_config(run).pipeline == "device"
+        own = train_and_evaluate(default_config("model6", **LOW, seed=s), tmp_path / f"own-{s}",
+                                 data_dir=tfds_dir, show_progress=False, log=quiet)
+        assert figures(runfiles.read_metrics(run)) == figures(own)
+
+
+@pytest.mark.slow
+def test_an_interrupted_mapped_sweep_goes_on_together_as_it_began(own_runs, in_process, tfds_dir,
+                                                                 tmp_path):
+    """Ctrl-C in epoch 1 of seeds mapped together; the same sweep again resumes
+    both from that epoch's checkpoints in one program, and each ends exactly
+    as its own uninterrupted run."""
+    def interrupt_once(line, sent=[]):  # noqa: B006
+        if line.endswith(console.table_header()) and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    dirs = [tmp_path / "model6" / f"seed-{s}" for s in (0, 1)]
+    with pytest.raises(Interrupted):
+        seeds.train_seeds(default_config("model6", **LOW), [0, 1], dirs, strategy="map",
+                          data_dir=tfds_dir, show_progress=False, log=interrupt_once)
+    assert [checkpoint.latest_step(runfiles.checkpoint_dir(d)) for d in dirs] == [2, 2]
+    proc = in_process("sweep", "--model", "model6", "--seeds", "2", "--strategy", "map",
+                      "--results", tmp_path, "--data-dir", tfds_dir, "--no-progress", *LOW_FLAGS)
+    assert proc.returncode == 0, proc.stderr
+    assert "seeds 0, 1 together (map, from step 2)" in proc.stdout
+    for s, d in zip((0, 1), dirs):
+        assert figures(runfiles.read_metrics(d)) == figures(own_runs[s])

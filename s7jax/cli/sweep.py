@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from pathlib import Path
+
+import jax
 
 from s7jax.cli import (OneLineErrorParser, add_config_flags, add_progress_flag, command,
                        config_from_args)
 from s7jax.errors import Interrupted
 from s7jax.runs import checkpoint, results, runfiles, weights
-from s7jax.training.seeds import AGAIN, train_seeds
+from s7jax.training import loops
+from s7jax.training.seeds import AGAIN, STRATEGIES, default_strategy, train_seeds
 from s7jax.training.train import resolve, train_and_evaluate
 
 
@@ -34,21 +38,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results", default="results", help="results folder")
     add_progress_flag(p)
     p.add_argument("--overwrite", action="store_true", help="replace a run of another config")
-    p.add_argument("--together", action="store_true", help="train the seeds as one program "
-                   "(jax.vmap over the runs; as --pipeline scan, up to float rounding)")
+    p.add_argument("--together", action="store_true", help="train the seeds with the backend's "
+                   "default strategy: sequential on a CPU (a vmapped one is several times "
+                   "slower there), vmap on GPU and TPU")
+    p.add_argument("--strategy", choices=STRATEGIES,
+                   help="how the seeds share the process (implies --together): vmap or map, one "
+                   "program over the seeds (as --pipeline scan; vmap up to float rounding); "
+                   "sequential, each seed's own run in turn (the default without --together)")
     p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
-                   help="with --together: save every N epochs and after the last (default 1)")
+                   help="with vmap or map: save every N epochs and after the last (default 1)")
     args = p.parse_args(argv)
     p.check_positive(args, "checkpoint_every", "seeds")
     return args
 
 
+def strategy(args: argparse.Namespace) -> str:
+    if args.strategy:
+        return args.strategy
+    return default_strategy(jax.default_backend()) if args.together else "sequential"
+
+
 def run(args: argparse.Namespace) -> None:
-    results_dir = Path(args.results)
-    fresh = []  # with --together: the seeds to train as one program
+    results_dir, how = Path(args.results), strategy(args)
+    together: dict[int, list] = {}  # vmap or map: the seeds by the step they start from
+    load = functools.cache(lambda c: loops.RunData.load(c, args.data_dir, args.manual_dir))
     for seed in range(args.seeds):
         config = config_from_args(args, seed=seed)
-        if args.together:
+        if how != "sequential":
             config = dataclasses.replace(config, pipeline="scan")
         workdir = results.run_dir(results_dir, config.model, seed, args.recipe or "default")
         same = (runfiles.config_path(workdir).is_file()
@@ -57,25 +73,26 @@ def run(args: argparse.Namespace) -> None:
                 and weights.verified(runfiles.weights_path(workdir))):
             print(f"seed {seed}: complete, skipped")
             continue
-        resume = same and checkpoint.latest_step(runfiles.checkpoint_dir(workdir)) is not None
-        if args.together and not resume:
-            fresh.append((seed, workdir))
+        step = checkpoint.latest_step(runfiles.checkpoint_dir(workdir)) if same else None
+        if how != "sequential":
+            together.setdefault(step or 0, []).append((seed, workdir))
             continue
         print(f"\n== {config.model} seed {seed} -> {workdir}")
         try:
-            train_and_evaluate(config, workdir, resume=resume,
+            train_and_evaluate(config, workdir, resume=step is not None,
                                overwrite=args.overwrite and not same, data_dir=args.data_dir,
                                manual_dir=args.manual_dir, show_progress=not args.no_progress,
-                               refusal_advice=REFUSAL_ADVICE)
+                               refusal_advice=REFUSAL_ADVICE,
+                               load_data=lambda c: load(dataclasses.replace(c, seed=0)))
         except Interrupted as e:  # say how to go on in the sweep's terms
             raise Interrupted(e.step, workdir, how=AGAIN, signum=e.exit_code - 128) from None
-    if fresh:
-        print(f"\n== {config.model} seeds {', '.join(str(s) for s, _ in fresh)} together")
-        train_seeds(config, [s for s, _ in fresh], [w for _, w in fresh],
-                    overwrite=args.overwrite, refusal_advice=REFUSAL_ADVICE,
+    for step, group in sorted(together.items()):  # seeds stopped together go on together
+        print(f"\n== {config.model} seeds {', '.join(str(s) for s, _ in group)} together "
+              f"({how}{f', from step {step}' if step else ''})")
+        train_seeds(config, [s for s, _ in group], [w for _, w in group], strategy=how,
+                    resume=step > 0, overwrite=args.overwrite, refusal_advice=REFUSAL_ADVICE,
                     data_dir=args.data_dir, manual_dir=args.manual_dir,
-                    show_progress=not args.no_progress,
-                    checkpoint_every=args.checkpoint_every)
+                    show_progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
     results.write_summary(results_dir)
     model, kind = config_from_args(args).model, args.recipe or "default"
     if kind == "default":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -59,10 +60,12 @@ class RunContext:
     stats_fn: Callable | None  # BN re-estimation; None: none
     calibration: jax.Array | None
     seeds: Sequence[int] | None = None
+    strategy: str = "vmap"  # with seeds: vmap or map (over_seeds)
 
     @classmethod
     def create(cls, config: Config, mesh, run_data: RunData, model: nn.Module,
-               dropout_key: jax.Array, seeds: Sequence[int] | None = None) -> "RunContext":
+               dropout_key: jax.Array, seeds: Sequence[int] | None = None,
+               strategy: str = "vmap") -> "RunContext":
         calibration = None
         if config.precise_bn:
             images = [calibration_images(run_data.train, config.precise_bn, s)
@@ -70,7 +73,8 @@ class RunContext:
             calibration = jax.device_put(np.stack(images) if seeds else images[0],
                                          parallel.replicated(mesh))
         return cls(config, mesh, run_data, dropout_key,
-                   make_batch_stats_fn(model) if config.precise_bn else None, calibration, seeds)
+                   make_batch_stats_fn(model) if config.precise_bn else None, calibration, seeds,
+                   strategy)
 
 
 def stack(trees: Sequence[Any]) -> Any:
@@ -173,14 +177,34 @@ def jit_steps(mesh) -> tuple[Callable, Callable]:
             jax.jit(eval_step, out_shardings=replicated))
 
 
-def jit_epoch_program(stats_fn, eval_batch_size: int, mesh, seed_axes=None) -> Callable:
+def over_seeds(run: Callable, in_axes: tuple, strategy: str) -> Callable:
+    """``run`` over a leading seed axis of the arguments ``in_axes`` marks 0
+    (``None``: shared): ``vmap``, one batched program (its convolutions grouped
+    over the seeds), or ``map``, the seeds one after another inside the program
+    (``lax.map``), each computing as its own run."""
+    def program(*args, first=0):
+        one = functools.partial(run, first=first)
+        if strategy == "vmap":
+            return jax.vmap(one, in_axes=in_axes)(*args)
+        shared = lambda axis: axis is None  # noqa: E731
+        mapped = jax.tree.map(lambda axis, a: None if shared(axis) else a, in_axes, args,
+                              is_leaf=shared)
+        return jax.lax.map(lambda xs: one(*jax.tree.map(
+            lambda axis, a, x: a if shared(axis) else x, in_axes, args, xs, is_leaf=shared)),
+            mapped)
+
+    return program
+
+
+def jit_epoch_program(stats_fn, eval_batch_size: int, mesh, seed_axes=None,
+                      strategy: str = "vmap") -> Callable:
     """``steps.epoch_program`` jitted for ``mesh``; with ``seed_axes`` (the
-    source's, from ``DeviceTrainData.for_seeds``) vmapped over a seed axis of
-    the state, the key, the source and the calibration images."""
+    source's, from ``DeviceTrainData.for_seeds``) over a seed axis of the
+    state, the key, the source and the calibration images (:func:`over_seeds`)."""
     replicated = parallel.replicated(mesh)
     run = epoch_program(stats_fn, eval_batch_size, parallel.batch_sharded(mesh))
     if seed_axes is not None:
-        run = jax.vmap(run, in_axes=(0, seed_axes, 0, None, 0 if stats_fn else None, None))
+        run = over_seeds(run, (0, seed_axes, 0, None, 0 if stats_fn else None, None), strategy)
     return jax.jit(run, static_argnames="first", donate_argnums=0,
                    out_shardings=(replicated, replicated, replicated))
 
@@ -231,9 +255,10 @@ class EpochPerCall:
         source = device_train_data(ctx.config, ctx.data.train, parallel.replicated(ctx.mesh))
         self.source, axes = source.for_seeds(ctx.seeds) if ctx.seeds else (source, None)
         self.test = stacked_test_set(ctx.data.test, ctx.config.eval_batch_size, ctx.mesh)
-        self.program = jit_epoch_program(ctx.stats_fn, ctx.config.eval_batch_size, ctx.mesh, axes)
-        what = (f"{len(ctx.seeds)} seeds of {ctx.config.model} in one program (jax.vmap); "
-                if ctx.seeds else "")
+        self.program = jit_epoch_program(ctx.stats_fn, ctx.config.eval_batch_size, ctx.mesh, axes,
+                                         ctx.strategy)
+        what = (f"{len(ctx.seeds)} seeds of {ctx.config.model} in one program "
+                f"({'jax.vmap' if ctx.strategy == 'vmap' else 'lax.map'}); " if ctx.seeds else "")
         self.whole_epoch = compiled(self.program, self._args(state, 0), log, what)
 
     def _args(self, state, epoch):

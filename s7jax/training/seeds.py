@@ -1,9 +1,12 @@
-"""Many seeds in one program: the epoch program of ``--pipeline scan``
-(``loops.EpochPerCall``) vmapped over a leading seed axis of the state, the
-keys and the BN calibration images, each made as the seed's own run makes it
-(random draws stay the seed's own under vmap: ``s7jax.models.seedwise``).
-Seed ``s`` trains what ``--pipeline scan --seed s`` trains, up to the float
-rounding of a batched program, into its own folder."""
+"""Many seeds in one process, three ways (``STRATEGIES``): the epoch program of
+``--pipeline scan`` (``loops.EpochPerCall``) over a leading seed axis of the
+state, the keys and the BN calibration images, each made as the seed's own
+run makes it, either vmapped (one batched program; random draws stay the
+seed's own: ``s7jax.models.seedwise``) or mapped (``lax.map``: the seeds one
+after another inside the program); or ``sequential``, each seed's own run in
+turn (``sweep.py``), sharing the loaded data and the compiled programs.
+Seed ``s`` trains what its own run trains (vmapped: up to float rounding),
+into its own folder."""
 
 from __future__ import annotations
 
@@ -21,19 +24,26 @@ import numpy as np
 
 from s7jax import data
 from s7jax.config import Config
-from s7jax.errors import ConfigError
+from s7jax.errors import CheckpointError, ConfigError
 from s7jax.models import INPUT_SHAPE, count_params, init_variables
 from s7jax.runs import recorder, runlock
 from s7jax.training import loops, parallel
 from s7jax.training.loops import stack, unstack
-from s7jax.training.steps import initial_state
 from s7jax.training.train import (checked_mesh, export_weights, matmul_precision,
-                                  model_and_schedule, resolve, write_start)
+                                  model_and_schedule, resolve, starting_point, write_start)
 
 # Only a share of the memory JAX may use goes to the seeds' copies: XLA needs
 # room for its temporaries.
 MEMORY_SHARE = 0.5
 AGAIN = "run the same sweep again: it resumes each seed's folder"
+STRATEGIES = ("vmap", "map", "sequential")
+
+
+def default_strategy(backend: str) -> str:
+    """On a CPU, a vmapped convolution over per-seed weights becomes a grouped
+    one, several times the work (``results/seeds-cpu.json``), and a map gains
+    nothing over runs in turn; an accelerator fills its cores with the batch."""
+    return "sequential" if backend == "cpu" else "vmap"
 
 
 def bytes_per_seed(config: Config, model: nn.Module) -> int:
@@ -64,20 +74,24 @@ def check_memory(config: Config, model: nn.Module, n: int) -> None:
         raise ConfigError(
             f"{n} seeds of {config.model} together need about {need / 2**30:.1f} GiB, more than "
             f"{MEMORY_SHARE:.0%} of the {limit / 2**30:.1f} GiB this device offers; train at most "
-            f"{fits} together, or one after another (without --together)")
+            f"{fits} together, or one after another (--strategy sequential)")
 
 
 def train_seeds(
-    config: Config, seeds: Sequence[int], workdirs: Sequence[str | Path], *, mesh=None,
-    data_dir: str | None = None, manual_dir: str | None = None, overwrite: bool = False,
-    refusal_advice: str | None = None, show_progress: bool = True, checkpoint_every: int = 1,
-    log: Callable[[str], None] = print,
+    config: Config, seeds: Sequence[int], workdirs: Sequence[str | Path], *,
+    strategy: str = "vmap", resume: bool = False, mesh=None, data_dir: str | None = None,
+    manual_dir: str | None = None, overwrite: bool = False, refusal_advice: str | None = None,
+    show_progress: bool = True, checkpoint_every: int = 1, log: Callable[[str], None] = print,
 ) -> dict[int, list[dict[str, Any]]]:
-    """Train seed ``seeds[i]`` into ``workdirs[i]``, all as one program; each
-    seed's rows. Checkpoints every ``checkpoint_every`` epochs, the last and on
-    Ctrl-C (on an accelerator, writing them can take longer than training)."""
+    """Train seed ``seeds[i]`` into ``workdirs[i]``, all as one program
+    (``strategy`` vmap or map), from their checkpoints (all of one step) with
+    ``resume``; each seed's rows. Checkpoints every ``checkpoint_every`` epochs,
+    the last and on Ctrl-C (on an accelerator, writing them can take longer
+    than training)."""
     if len(seeds) != len(workdirs) or not seeds:
         raise ConfigError("give one workdir per seed, and at least one seed")
+    if strategy not in ("vmap", "map"):
+        raise ConfigError(f"seeds in one program: vmap or map, not {strategy!r}")
     if checkpoint_every < 1:
         raise ConfigError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
     data.check_files(config.data_source, data_dir, manual_dir)  # before TensorFlow loads
@@ -88,18 +102,26 @@ def train_seeds(
     check_memory(config, model, len(seeds))
     mesh = checked_mesh(config, mesh)
     with contextlib.ExitStack() as claims:
-        workdirs = [claims.enter_context(runlock.claim(w, overwrite=overwrite,
+        workdirs = [claims.enter_context(runlock.claim(w, resume=resume, overwrite=overwrite,
                                                        advice=refusal_advice)) for w in workdirs]
         claims.enter_context(matmul_precision(config))
+        # Each as its own run's: a fresh start, or its checkpoint.
+        starts = [starting_point(c, model, schedule, w, resume, log)
+                  for c, w in zip(configs, workdirs)]
+        start_step = int(starts[0][0].step)
+        if any(int(s.step) != start_step or partial for s, _, _, partial in starts):
+            raise CheckpointError(
+                f"seeds {', '.join(map(str, seeds))} stopped at different steps, so they cannot "
+                "go on as one program; run the sweep with --strategy sequential")
         run_data = loops.RunData.load(config, data_dir, manual_dir)
-        starts = [initial_state(c, schedule, model) for c in configs]  # each as its own run's
-        for c, workdir, (state, _) in zip(configs, workdirs, starts):
-            write_start(workdir, c, state, [])
-        state = jax.device_put(stack([s for s, _ in starts]), parallel.replicated(mesh))
+        for c, workdir, (state, _, history, _) in zip(configs, workdirs, starts):
+            write_start(workdir, c, state, history)
+        state = jax.device_put(stack([s[0] for s in starts]), parallel.replicated(mesh))
         ctx = loops.RunContext.create(config, mesh, run_data, model,
-                                      stack([k for _, k in starts]), seeds=list(seeds))
+                                      stack([s[1] for s in starts]), seeds=list(seeds),
+                                      strategy=strategy)
         run_epoch = loops.EpochPerCall(ctx, state, log)
-        histories: list[list[dict[str, Any]]] = [[] for _ in configs]
+        histories = [history for _, _, history, _ in starts]
         run_start = time.perf_counter()
         with contextlib.ExitStack() as held:
             records = [held.enter_context(recorder.recording(w, h, log, prefix=f"{c.seed:>4}  ",
@@ -107,7 +129,7 @@ def train_seeds(
                        for c, w, h in zip(configs, workdirs, histories)]
             state = loops.record_epochs(
                 records, run_epoch, state, epochs=config.epochs, steps=run_data.steps,
-                lr=schedule, show_progress=show_progress, stacked=True,
+                lr=schedule, show_progress=show_progress, stacked=True, start_step=start_step,
                 checkpoint_every=checkpoint_every, interrupted=recorder.unset_flag(),
                 how=AGAIN)
         for i, (c, workdir) in enumerate(zip(configs, workdirs)):

@@ -91,25 +91,27 @@ def train_and_evaluate(
     mesh=None, data_dir: str | None = None, manual_dir: str | None = None,
     show_progress: bool = True, log: Callable[[str], None] = print,
     on_start: Callable[[], None] | None = None, refusal_advice: str | None = None,
+    load_data: Callable[[Config], loops.RunData] | None = None,
 ) -> list[dict[str, Any]]:
     """Train and evaluate after every epoch; the rows of ``metrics.jsonl``. What needs no
     data is checked first, so that its errors come at once (the batch against the devices,
     the folder, a resume's checkpoint and its config); only then ``on_start()`` (the
-    scripts' banner), the ``auto`` settings and the data."""
+    scripts' banner), the ``auto`` settings and the data (``load_data``: a sweep's, shared)."""
     mesh = checked_mesh(config, mesh)  # before the folder is touched
     model, schedule = model_and_schedule(config)
     if "tfds" in (config.pipeline, config.data_source) and not data.tfds_installed():
         resolve(config)  # its refusal, before the folder, the banner and a TensorFlow start
     with runlock.claim(workdir, resume=resume, overwrite=overwrite,
                        advice=refusal_advice) as workdir, matmul_precision(config):
-        state, dropout_key, history, partial = _starting_point(config, model, schedule, workdir,
+        state, dropout_key, history, partial = starting_point(config, model, schedule, workdir,
                                                                resume, log)
         if on_start is not None:
             on_start()
         data.check_files(config.data_source, data_dir, manual_dir)  # before TensorFlow loads
         config = resolve(config)
         log(_describe_source(config, data_dir, manual_dir))
-        run_data = loops.RunData.load(config, data_dir, manual_dir)
+        run_data = (load_data(config) if load_data else
+                    loops.RunData.load(config, data_dir, manual_dir))
         write_start(workdir, config, state, history)
         start_step = int(state.step)
         if start_step >= config.epochs * run_data.steps:
@@ -149,7 +151,7 @@ def export_weights(workdir: Path, config: Config, state, history: list, how=None
                           signum=15 if isinstance(e, Terminated) else 2) from None
 
 
-def _starting_point(config: Config, model: nn.Module, schedule, workdir: Path, resume: bool,
+def starting_point(config: Config, model: nn.Module, schedule, workdir: Path, resume: bool,
                     log: Callable[[str], None]):
     """``(state, dropout key, history, partial epoch's sums)``: fresh, or with
     ``resume`` the latest intact checkpoint. A folder whose recorded epochs no

@@ -238,19 +238,14 @@ def step_table(result: dict) -> str:
 
 def seeds_table(result: dict) -> str:
     """``scripts/bench_seeds.py``'s result (``results/seeds-*.json``) as a Markdown table."""
-    single = result["single"]
-    lines = ["| seeds | together: s / epoch | separate: s / epoch | together vs separate "
-             "| seed-epochs / hour, together | compile (s) | memory (XLA's estimate) |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    default = result["default_strategy"]
+    lines = ["| seeds | strategy | wall (s) | separate runs (s) | vs separate | compile (s) "
+             "| peak memory |", "|---:|---|---:|---:|---:|---:|---:|"]
     for r in result["together"]:
-        memory = f"{r['memory_bytes'] / 2**20:,.0f} MiB" if r.get("memory_bytes") else "-"
-        lines.append(f"| {r['seeds']} | {r['epoch_s']:.2f} | {r['separate_s']:.2f} | "
-                     f"{r['ratio_to_separate']:.2f}x | {r['seed_epochs_per_hour']:,.0f} | "
-                     f"{r['compile_s']:.1f} | {memory} |")
-    lines.append(f"| 1, alone | {single['epoch_s']:.2f} | | | "
-                 f"{3600 / single['epoch_s']:,.0f} | {single['compile_s']:.1f} | "
-                 + (f"{single['memory_bytes'] / 2**20:,.0f} MiB |" if single.get("memory_bytes")
-                    else "- |"))
+        name = f"**{r['strategy']}** (default)" if r["strategy"] == default else r["strategy"]
+        lines.append(f"| {r['seeds']} | {name} | {r['wall_s']:.1f} | {r['separate_s']:.1f} | "
+                     f"{r['ratio_to_separate']:.2f}x | {r['compile_s']:.1f} | "
+                     f"{r['maxrss_mib']:,.0f} MiB |")
     return "\n".join(lines)
 
 

@@ -37,6 +37,7 @@ BLOCKS: list[tuple[str, str, Callable[[Path, bool], str]]] = [
     ("docs/results.md", "results", lambda r, plots: results.results_section(r, plots)),
     ("docs/performance.md", "performance", lambda r, plots: performance.performance_section(r)),
     ("docs/training.md", "refusals", lambda r, plots: performance.refusals_section(r)),
+    ("docs/seeds.md", "seeds", lambda r, plots: performance.seeds_section(r)),
 ]
 
 

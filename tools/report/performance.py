@@ -64,12 +64,14 @@ def startup_block(name: str, result: dict[str, Any]) -> list[str]:
 
 
 def seeds_block(name: str, result: dict[str, Any]) -> list[str]:
-    return ["**Several seeds in one program** " + _source(
-        name, result, f"model6's augmented epoch on {result['train_images']:,} images, batch "
-        f"{result['batch_size']}, median of the timed epochs after an untimed one; \"separate\" "
-        "is N times one seed's epoch with `--pipeline scan`, measured in the same run"), "",
+    return ["**Seeds in one process** " + _source(
+        name, result, f"model6's recipe for {result['epochs']} epochs on "
+        f"{result['train_images']:,} images, batch {result['batch_size']}; each figure a whole "
+        "`sweep.py --seeds N --strategy S` process, against `train.py --seed s` for seeds "
+        "0 .. N-1, one process each, measured in the same run"), "",
         seeds_table(result), "",
-        "Below 1x, training the seeds together costs less than training them one after another."]
+        f"Below 1x, the seeds in one process cost less than separate runs; "
+        f"`--together` takes **{result['default_strategy']}** on this backend."]
 
 
 def step_shortfall(bench: dict[str, Any], step: dict[str, Any] | None,
@@ -118,7 +120,14 @@ def shortfall_blocks(files: dict[str, dict[str, Any]]) -> list[str]:
 
 # Each kind of benchmark file, in the section's order, and its block.
 BLOCKS: dict[str, Callable[[str, dict[str, Any]], list[str]]] = {
-    "parts": parts_block, "step": step_block, "startup": startup_block, "seeds": seeds_block}
+    "parts": parts_block, "step": step_block, "startup": startup_block}
+
+
+def seeds_section(results_dir: Path) -> str:
+    """docs/seeds.md's table: a block per ``seeds-<backend>.json``."""
+    blocks = [seeds_block(p.name, json.loads(p.read_text()))
+              for p in sorted(results_dir.glob("seeds-*.json"))]
+    return "\n".join(sum(blocks, [])) if blocks else "Not measured yet: run `python scripts/bench_seeds.py`."
 
 
 def performance_section(results_dir: Path) -> str:
