@@ -806,3 +806,20 @@ def test_a_signal_whose_exception_python_drops_still_stops_the_run(in_process, t
     assert re.fullmatch(r"error: (interrupted|terminated \(SIGTERM\)) at step 1; checkpoint saved, "
                         r"continue with --resume .*run", line), line
     assert not reported  # no "Exception ignored in ... _xla_gc_callback" traceback
+
+
+def test_a_second_ctrl_c_during_the_exit_clean_up_prints_no_traceback(tmp_path):
+    """A Ctrl-C that arrives while the exit hooks run (JAX's among them) is
+    ignored: the command's one error line stays the only line on stderr."""
+    driver = ("import atexit, os, signal, sys, time\n"
+              "def second_ctrl_c():\n"  # registered first, so it runs after the command's hooks
+              "    os.kill(os.getpid(), signal.SIGINT)\n"
+              "    time.sleep(0.2)\n"
+              "atexit.register(second_ctrl_c)\n"
+              "from s7jax.cli import train\n"
+              "sys.exit(train.main(sys.argv[1:]))\n")
+    proc = subprocess.run([sys.executable, "-c", driver, "--resume", str(tmp_path / "none")],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1, proc.stderr

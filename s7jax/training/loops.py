@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -23,6 +22,7 @@ import numpy as np
 from s7jax import data
 from s7jax.config import Config
 from s7jax.errors import Interrupted, NonFiniteLossError
+from s7jax.models.seedwise import over_seeds
 from s7jax.runs import checkpoint, recorder
 from s7jax.training import console, parallel
 from s7jax.training.steps import (Batch, TrainState, accumulate, combine_metrics, epoch_program,
@@ -175,25 +175,6 @@ def jit_steps(mesh) -> tuple[Callable, Callable]:
     replicated = parallel.replicated(mesh)
     return (jax.jit(train_steps, donate_argnums=0, out_shardings=(replicated, replicated)),
             jax.jit(eval_step, out_shardings=replicated))
-
-
-def over_seeds(run: Callable, in_axes: tuple, strategy: str) -> Callable:
-    """``run`` over a leading seed axis of the arguments ``in_axes`` marks 0
-    (``None``: shared): ``vmap``, one batched program (its convolutions grouped
-    over the seeds), or ``map``, the seeds one after another inside the program
-    (``lax.map``), each computing as its own run."""
-    def program(*args, first=0):
-        one = functools.partial(run, first=first)
-        if strategy == "vmap":
-            return jax.vmap(one, in_axes=in_axes)(*args)
-        shared = lambda axis: axis is None  # noqa: E731
-        mapped = jax.tree.map(lambda axis, a: None if shared(axis) else a, in_axes, args,
-                              is_leaf=shared)
-        return jax.lax.map(lambda xs: one(*jax.tree.map(
-            lambda axis, a, x: a if shared(axis) else x, in_axes, args, xs, is_leaf=shared)),
-            mapped)
-
-    return program
 
 
 def jit_epoch_program(stats_fn, eval_batch_size: int, mesh, seed_axes=None,

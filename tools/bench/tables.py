@@ -117,7 +117,7 @@ def _notes(result: dict[str, Any], dated: bool = True) -> list[str]:
     device = m.get("accelerator") or m.get("cpu_model") or "CPU"
     lines = [goals(result)] if goals(result) else []
     lines += [
-        f"{result.get('device', '?').upper()}: {device}, {m.get('cpu_count', '?')} CPU cores; "
+        f"{result.get('device', '?').upper()}: {device}, {m.get('usable_cpus') or '?'} of {m.get('cpu_count', '?')} CPU cores usable; "
         f"JAX {v.get('jax', '?')}, "
         f"PyTorch {(v.get('torch') or 'not installed') if result.get('pytorch') else 'not run'}; "
         + (f"{result.get('date', '?')[:10]}; " if dated else "")
@@ -243,8 +243,9 @@ def seeds_table(result: dict) -> str:
              "| peak memory |", "|---:|---|---:|---:|---:|---:|---:|"]
     for r in result["together"]:
         name = f"**{r['strategy']}** (default)" if r["strategy"] == default else r["strategy"]
+        compiled = f"{r['compile_s']:.1f}" if r["compile_s"] else "-"  # not reported step by step
         lines.append(f"| {r['seeds']} | {name} | {r['wall_s']:.1f} | {r['separate_s']:.1f} | "
-                     f"{r['ratio_to_separate']:.2f}x | {r['compile_s']:.1f} | "
+                     f"{r['ratio_to_separate']:.2f}x | {compiled} | "
                      f"{r['maxrss_mib']:,.0f} MiB |")
     return "\n".join(lines)
 

@@ -56,10 +56,10 @@ def runs_table(results_dir: Path) -> dict:
     """Each model's runs by kind, ``{model: {"referee", "original",
     "default"}}``, with their marks under ``"marks"``."""
     from s7jax.runs import results
-    from s7jax.models import MODELS
+    from s7jax.models import STUDY
 
     table = {}
-    for m in MODELS:
+    for m in STUDY:
         original, original_kind = original_recipe_runs(results_dir, m)
         row = {"referee": results.runs_of(results_dir, m, "referee"), "original": original,
                "default": results.runs_of(results_dir, m, "default")}

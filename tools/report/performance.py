@@ -63,6 +63,13 @@ def startup_block(name: str, result: dict[str, Any]) -> list[str]:
         "cache than without it."]
 
 
+def cores(machine: dict[str, Any]) -> str:
+    """The cores the run could use: a process may be held to fewer than the host has."""
+    usable = machine.get("usable_cpus") or machine.get("cpu_count")
+    return (f"{usable} of {machine['cpu_count']} cores usable" if usable != machine.get("cpu_count")
+            else f"{usable} cores")
+
+
 def seeds_block(name: str, result: dict[str, Any]) -> list[str]:
     return ["**Seeds in one process** " + _source(
         name, result, f"model6's recipe for {result['epochs']} epochs on "
@@ -155,7 +162,7 @@ def headline(results_dir: Path) -> str:
         if result.get("quick") or ratios is None:
             continue
         m = result.get("machine", {})
-        where = m.get("accelerator") or f"{m.get('cpu_model') or 'CPU'}, {m.get('cpu_count')} cores"
+        where = m.get("accelerator") or f"{m.get('cpu_model') or 'CPU'}, {cores(m)}"
         j, t = result["s7jax"], result["pytorch"]
         lines.append(
             f"- **{result['device'].upper()}** ({where}; `{path.relative_to(results_dir.parent)}`): "
