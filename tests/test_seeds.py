@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import pytest
 from s7jax.runs import checkpoint, runfiles, weights
 from s7jax.training import seeds
 from s7jax.config import default_config
+from s7jax.data.augment import NO_AUGMENT
 from s7jax.errors import ConfigError, Interrupted
 from s7jax.models import get_model
 from s7jax.training import console
@@ -203,3 +205,25 @@ def test_an_interrupted_mapped_sweep_goes_on_together_as_it_began(own_runs, in_p
     assert "seeds 0, 1 together (map, from step 2)" in proc.stdout
     for s, d in zip((0, 1), dirs):
         assert figures(runfiles.read_metrics(d)) == figures(own_runs[s])
+
+
+@pytest.mark.slow
+def test_a_clean_epoch_trains_what_no_augmentation_trains_on_every_path(tfds_dir, tmp_path):
+    """A one-epoch run whose only epoch is clean, and the same run with the
+    augmentation off, alone and mapped with another seed: the same images,
+    so the same figures up to the rounding of the image normalisation."""
+    runs = {}
+    for augment in ("clean", "off"):
+        config = default_config("model6", **dict(LOW, epochs=1, clean_epochs=1))
+        if augment == "off":
+            config = dataclasses.replace(config, augment=NO_AUGMENT, clean_epochs=0)
+        runs[augment, "alone"] = train_and_evaluate(config, tmp_path / f"{augment}-alone",
+                                                    data_dir=tfds_dir, show_progress=False, log=quiet)
+        runs[augment, "map"] = seeds.train_seeds(
+            config, [0, 1], [tmp_path / f"{augment}-map-{s}" for s in (0, 1)], strategy="map",
+            data_dir=tfds_dir, show_progress=False, log=quiet)[0]
+    for path in ("alone", "map"):
+        (clean,), (off,) = runs["clean", path], runs["off", path]
+        for key in ("train_loss", "test_loss"):
+            np.testing.assert_allclose(clean[key], off[key], rtol=1e-6, err_msg=f"{path} {key}")
+        assert clean["test_acc"] == off["test_acc"]
