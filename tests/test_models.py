@@ -66,8 +66,10 @@ def test_model6_has_under_8000_parameters():
 def test_model7_and_its_trial_designs_have_under_4000_parameters(name):
     variables = jax.eval_shape(lambda: init_variables(get_model(name), key(0)))
     assert count_params(variables) < 4_000
-    assert "batch_stats" in variables and not any(  # BN after every conv: no conv bias
-        "bias" in layer for n, layer in variables["params"].items() if n.startswith("conv"))
+    convs = [n for n in variables["params"] if n.startswith("conv")]
+    # BN after every conv but the last: no conv bias before a BN's shift.
+    assert [n for n in convs if "bias" in variables["params"][n]] == [convs[-1]]
+    assert len(variables["batch_stats"]) == len(convs) - 1
 
 
 def test_registry_names_and_unknown_model():

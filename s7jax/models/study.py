@@ -177,8 +177,9 @@ class Model6(nn.Module):
 
 class TinyNet(nn.Module):
     """Beyond the study: conv-BN-ReLU-dropout blocks without conv bias, a 2x2
-    max-pool after every second block, then a conv to 10 maps with BN whose
-    global average is the logits (no dense head, no 5x5 or 3x3 maps)."""
+    max-pool after every second block, then a conv to 10 maps whose global
+    average is the logits. That conv keeps its bias and has no BN: BN there
+    held the logits to a unit scale, and a first run stalled near 98.8%."""
 
     channels: tuple[int, ...] = (8, 8, 12, 12)
     dropout_rate: float = 0.05
@@ -193,9 +194,7 @@ class TinyNet(nn.Module):
                 x = ops.Dropout(self.dropout_rate, deterministic=not train, name=f"drop{i}")(x)
             if i % 2 == 0:
                 x = MaxPool(name=f"pool{i // 2}")(x)
-        i = len(self.channels) + 1
-        x = Conv3x3(10, padding=SAME, use_bias=False, name=f"conv{i}")(x)
-        x = _batch_norm(i, train, self.bn_momentum)(x)
+        x = Conv3x3(10, padding=SAME, name=f"conv{len(self.channels) + 1}")(x)
         return nn.log_softmax(GlobalAveragePool(name="gap1")(x))
 
 
