@@ -38,6 +38,16 @@ FLAGS = ["--epochs", "2", "--train-subset", "128", "--test-subset", "256", "--ba
          "--matmul-precision", "highest"]
 
 
+def assert_close_to_own_run(rows, own):
+    """Float rounding apart: losses within 1e-4, accuracies within one image."""
+    for a, b in zip(rows, own, strict=True):
+        assert a["lr"] == b["lr"]
+        for key in ("train_loss", "test_loss"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-4, err_msg=key)
+        assert abs(a["train_acc"] - b["train_acc"]) <= 100 / 128 + 1e-9  # one image
+        assert abs(a["test_acc"] - b["test_acc"]) <= 100 / 256 + 1e-9
+
+
 @pytest.fixture(scope="module")
 def swept(tfds_dir, tmp_path_factory):
     """``scripts/sweep.py --together`` for seeds 0 and 1, as a user runs it."""
@@ -81,12 +91,7 @@ def test_each_seed_trains_what_its_own_run_trains(swept, tfds_dir, tmp_path):
         alone = train_and_evaluate(default_config("model6", **SMALL, seed=seed, pipeline="scan"),
                                    tmp_path / f"seed-{seed}", data_dir=tfds_dir,
                                    show_progress=False, log=lambda _: None)
-        for a, b in zip(together[seed], alone, strict=True):
-            assert a["lr"] == b["lr"]
-            for key in ("train_loss", "test_loss"):
-                np.testing.assert_allclose(a[key], b[key], rtol=1e-4, err_msg=key)
-            assert abs(a["train_acc"] - b["train_acc"]) <= 100 / 128 + 1e-9  # one image
-            assert abs(a["test_acc"] - b["test_acc"]) <= 100 / 256 + 1e-9
+        assert_close_to_own_run(together[seed], alone)
 
 
 @pytest.mark.slow
@@ -160,12 +165,7 @@ def test_vmapped_seeds_train_their_own_runs_up_to_rounding(own_runs, tfds_dir, t
     rows = seeds.train_seeds(default_config("model6", **LOW), [0, 1], [tmp_path / "0", tmp_path / "1"],
                              strategy="vmap", data_dir=tfds_dir, show_progress=False, log=quiet)
     for s in (0, 1):
-        for a, b in zip(rows[s], own_runs[s], strict=True):
-            assert a["lr"] == b["lr"]
-            for key in ("train_loss", "test_loss"):
-                np.testing.assert_allclose(a[key], b[key], rtol=1e-4, err_msg=key)
-            assert abs(a["train_acc"] - b["train_acc"]) <= 100 / 128 + 1e-9  # one image
-            assert abs(a["test_acc"] - b["test_acc"]) <= 100 / 256 + 1e-9
+        assert_close_to_own_run(rows[s], own_runs[s])
 
 
 @pytest.mark.slow
