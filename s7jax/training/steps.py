@@ -37,7 +37,7 @@ class TrainState(train_state.TrainState):
     ema_params: Any = None
 
     def eval_params(self) -> Any:
-            return self.ema_params if self.ema_decay else self.params
+        return self.ema_params if self.ema_decay else self.params
 
 
 def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
