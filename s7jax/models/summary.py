@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from s7jax.models.study import INPUT_SHAPE, MODELS, count_params, init_variables
 
 # Layer names in s7jax.models are <kind><index>: conv1, bn1, drop1, pool1, ...
-KINDS = {"conv": "Conv 3x3", "bn": "BatchNorm", "drop": "Dropout", "pool": "MaxPool 2x2",
+KINDS = {"bn": "BatchNorm", "drop": "Dropout", "pool": "MaxPool 2x2",
          "gap": "GlobalAvgPool"}
 
 
@@ -26,18 +26,20 @@ def layer_rows(model: nn.Module, variables) -> list[tuple[str, str, tuple[int, .
         if name == "__call__":
             continue
         kind = re.match(r"[a-z]+", name).group()
+        params = variables["params"].get(name, {})
         if kind == "conv":
-            rf += (3 - 1) * jump
+            k = params["kernel"].shape[0]
+            rf += (k - 1) * jump
         elif kind == "pool":
             rf += (2 - 1) * jump
             jump *= 2
         elif kind == "gap":  # every position of the map before it
             rf += (size - 1) * jump
-        params = variables["params"].get(name, {})
         n_params = sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
         shape = tuple(value["__call__"][0].shape[1:])
         size = shape[0] if len(shape) == 3 else size
-        rows.append((name, KINDS[kind], shape, n_params, rf))
+        label = f"Conv {k}x{k}" if kind == "conv" else KINDS[kind]
+        rows.append((name, label, shape, n_params, rf))
     return rows
 
 
