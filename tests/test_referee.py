@@ -37,6 +37,8 @@ def test_the_referee_and_s7jax_share_the_original_recipe(model, augment):
 
 def test_the_referee_refuses_what_s7jax_refuses():
     with pytest.raises(ConfigError, match="unknown model"):
+        RefereeConfig.original("model9")
+    with pytest.raises(ConfigError, match="the referee trains the study's models"):
         RefereeConfig.original("model7")
     with pytest.raises(ConfigError, match="--epochs must be in 1..15"):
         RefereeConfig.original("model2", epochs=20)

@@ -82,7 +82,7 @@ def test_evaluate_reproduces_the_last_metrics(cli_run, tfds_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args,pattern", [
-    (["--model", "model9"], r"--model: invalid choice: 'model9' \(choose from 'model1', .*'model6'\)"),
+    (["--model", "model9"], r"--model: invalid choice: 'model9' \(choose from 'model1', .*'model6', 'model7'.*\)"),
     (["--epochs", "16"], r"--epochs must be in 1\.\.15.*--allow-long"),
     (["--lr", "-0.1"], r"--lr must be positive"),
     (["--lr", "inf"], r"--lr must be positive and finite, got inf"),

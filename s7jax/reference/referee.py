@@ -28,6 +28,7 @@ from s7jax.data.augment import NO_AUGMENT, AugmentConfig
 from s7jax.config import MAX_EPOCHS, default_config, validate_model
 from s7jax.data import MEAN, STD, read_idx
 from s7jax.errors import ConfigError, NonFiniteLossError
+from s7jax.models import STUDY
 from s7jax.runs.results import run_dir
 
 
@@ -51,6 +52,9 @@ class RefereeConfig:
         """The study's recipe for ``model``, checked like s7jax's own settings
         (``allow_long``: more than 15 epochs, as the study's own 20)."""
         validate_model(model)
+        if model not in STUDY:  # the PyTorch port is of the study's models
+            raise ConfigError(f"the referee trains the study's models ({', '.join(STUDY)}), "
+                              f"not {model}")
         s7jax_side = default_config(model, "original", seed=seed, epochs=epochs,
                                     train_subset=train_subset, test_subset=test_subset,
                                     allow_long=allow_long)
