@@ -231,6 +231,8 @@ BEYOND: dict[str, type[nn.Module] | functools.partial] = {
     "model7-a": functools.partial(TinyNet, channels=(8, 8, 12, 12), head=None),
     "model7-b": TinyNet,
     "model7-c": functools.partial(TinyNet, channels=(6, 6, 10, 8), head=None, tail=(10, 8)),
+    # Over 4,000: where the frontier lies if none under it holds.
+    "model7-d": functools.partial(TinyNet, channels=(6, 8, 10, 10), head=None, tail=(10, 10)),
 }
 MODELS = {**STUDY, **BEYOND}
 
