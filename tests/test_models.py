@@ -187,3 +187,12 @@ class ModelVariantsTest(chex.TestCase):
     def test_init_needs_a_typed_key(self):
         with self.assertRaisesRegex(TypeError, "init_variables key: a typed JAX key"):
             init_variables(get_model("model6"), jax.random.PRNGKey(0))
+
+
+def test_the_models_table_marks_what_is_beyond_the_study():
+    from s7jax.models.summary import models_table
+
+    rows = {line.split("|")[1].strip(): line for line in models_table().splitlines()[2:]}
+    assert list(rows) == list(MODELS)
+    assert "| 7,664 " in rows["model6"] and rows["model6"].rstrip(" |").endswith("the study")
+    assert all(rows[name].rstrip(" |").endswith("beyond the study") for name in BEYOND)

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from s7jax.models.study import INPUT_SHAPE, MODELS, count_params, init_variables
+from s7jax.models.study import INPUT_SHAPE, MODELS, STUDY, count_params, init_variables
 
 # Layer names in s7jax.models are <kind><index>: conv1, bn1, drop1, pool1, ...
 KINDS = {"bn": "BatchNorm", "drop": "Dropout", "pool": "MaxPool 2x2",
@@ -52,7 +52,7 @@ def layer_table(model: nn.Module, variables) -> str:
 
 
 def models_table() -> str:
-    rows = [("model", "parameters", "batch_stats entries", "output shape")]
+    rows = [("model", "parameters", "batch_stats entries", "output shape", "from")]
     for name, cls in MODELS.items():
         model = cls()
         # eval_shape: the table needs shapes, not 6.4M random numbers.
@@ -61,8 +61,9 @@ def models_table() -> str:
             lambda v, m=model: m.apply(v, jnp.zeros((2, *INPUT_SHAPE)), train=False), variables
         )
         stats = sum(int(v.size) for v in jax.tree_util.tree_leaves(variables.get("batch_stats", {})))
-        rows.append((name, f"{count_params(variables):,}", f"{stats:,}", str(tuple(out.shape))))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        rows.append((name, f"{count_params(variables):,}", f"{stats:,}", str(tuple(out.shape)),
+                     "the study" if name in STUDY else "beyond the study"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
