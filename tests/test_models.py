@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from s7jax.models.summary import models_table
 from s7jax.models import BEYOND, MODELS, STUDY, count_params, get_model, init_variables
 from s7jax.models.summary import layer_rows
 
@@ -190,8 +191,6 @@ class ModelVariantsTest(chex.TestCase):
 
 
 def test_the_models_table_marks_what_is_beyond_the_study():
-    from s7jax.models.summary import models_table
-
     rows = {line.split("|")[1].strip(): line for line in models_table().splitlines()[2:]}
     assert list(rows) == list(MODELS)
     assert "| 7,664 " in rows["model6"] and rows["model6"].rstrip(" |").endswith("the study")
