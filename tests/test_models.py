@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from s7jax.models.summary import models_table
 from s7jax.models import BEYOND, MODELS, STUDY, count_params, get_model, init_variables
-from s7jax.models.summary import layer_rows
+from s7jax.models.summary import layer_rows, models_table
 
 EXPECTED_PARAMS = {
     "model1": 6_379_786,
