@@ -25,8 +25,9 @@ RESULTS = ROOT / "results"
 COMMITTED = sorted(RESULTS.glob("*/seed-*/" + runfiles.WEIGHTS))
 
 
-def test_every_committed_run_of_models_2_to_6_ships_its_weights():
-    runs = {p.parent for p in RESULTS.glob("model[2-6]/seed-*/metrics.jsonl")}
+def test_every_committed_run_but_model1s_ships_its_weights():
+    runs = {p.parent for p in RESULTS.glob("model*/seed-*/metrics.jsonl")
+            if p.parent.parent.name != "model1"}
     assert runs and runs == {p.parent for p in COMMITTED if p.parent.parent.name != "model1"}
     assert {p.parent.name for p in COMMITTED if p.parent.parent.name == "model6"} >= {
         f"seed-{s}" for s in range(5)}
