@@ -214,7 +214,8 @@ def model7_designs(models: dict[str, Any], results_dir: Path) -> list[str]:
     found = [name for name in BEYOND if name in models]
     if not found:
         return []
-    lines = ["", "**model7, beyond the study.** Designs under 4,000 parameters tried for it, "
+    lines = ["", "**model7, beyond the study.** The designs tried for it (under 4,000 parameters, "
+             "model7-d apart: it looks for the frontier above), "
              "each trained with model6's recipe by `python scripts/sweep.py --model NAME --seeds N "
              "--pipeline scan` (the files under `results/NAME/`; `model7` is the design chosen); the "
              "last column sets a design's last-3 mean against the first design's on the same "

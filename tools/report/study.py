@@ -144,7 +144,8 @@ def regularisers(config: dict) -> dict[str, bool]:
 def device(env: dict) -> str:
     """The run's backend, with the core count where that is what bounds it."""
     if env["backend"] == "cpu":
-        return f"cpu ({(env.get('cpu') or {}).get('cores_usable', env['cpu_count'])} cores)"
+        cores = (env.get("cpu") or {}).get("cores_usable", env["cpu_count"])
+        return f"cpu ({cores} core{'s' if cores != 1 else ''})"
     return f"{env['backend']} x{env['device_count']}"
 
 
