@@ -29,7 +29,7 @@ def test_dry_run_runs_every_step_and_writes_the_summary(tmp_path):
     TensorFlow blocked and the runs on --pipeline scan, within its limits."""
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--out", str(out),
-                           "--dry-run"], capture_output=True, text=True, timeout=1500,
+                           "--dry-run"], capture_output=True, text=True, timeout=1700,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     summary = json.loads((out / "results" / "gpu" / "gpu_check.json").read_text())
     steps = {s["step"]: s for s in summary["steps"]}
@@ -61,7 +61,7 @@ def test_dry_run_runs_every_step_and_writes_the_summary(tmp_path):
     assert seeds["models"]["model6"]["n_seeds"] == 2
     strategies = json.loads((out / "results" / "seeds-gpu.json").read_text())
     assert {(r["seeds"], r["strategy"]) for r in strategies["together"]} == {
-        (n, s) for n in (1, 2) for s in ("vmap", "map", "sequential")}
+        (2, s) for s in ("vmap", "map", "sequential")}
     assert not list((out / "results").rglob("checkpoints"))  # one call's output comes back whole
     if "bench" not in torch_steps:
         assert json.loads((out / "results" / "bench-gpu.json").read_text())["s7jax"]["epoch_scan"]
