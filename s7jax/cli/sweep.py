@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> None:
             continue
         step = checkpoint.latest_step(runfiles.checkpoint_dir(workdir)) if same else None
         if how != "sequential":
-            together.setdefault(step or 0, []).append((seed, workdir))
+            together.setdefault(step or 0, []).append((seed, workdir, same))
             continue
         print(f"\n== {config.model} seed {seed} -> {workdir}")
         try:
@@ -87,10 +87,11 @@ def run(args: argparse.Namespace) -> None:
         except Interrupted as e:  # say how to go on in the sweep's terms
             raise Interrupted(e.step, workdir, how=AGAIN, signum=e.exit_code - 128) from None
     for step, group in sorted(together.items()):  # seeds stopped together go on together
-        print(f"\n== {config.model} seeds {', '.join(str(s) for s, _ in group)} together "
+        print(f"\n== {config.model} seeds {', '.join(str(s) for s, _, _ in group)} together "
               f"({how}{f', from step {step}' if step else ''})")
-        train_seeds(config, [s for s, _ in group], [w for _, w in group], strategy=how,
-                    resume=step > 0, overwrite=args.overwrite, refusal_advice=REFUSAL_ADVICE,
+        train_seeds(config, [s for s, _, _ in group], [w for _, w, _ in group], strategy=how,
+                    resume=step > 0, refusal_advice=REFUSAL_ADVICE,
+                    overwrite=args.overwrite and not any(same for *_, same in group),
                     data_dir=args.data_dir, manual_dir=args.manual_dir,
                     show_progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
     results.write_summary(results_dir)
