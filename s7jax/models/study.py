@@ -232,6 +232,7 @@ BEYOND: dict[str, type[nn.Module] | functools.partial] = {
     "model7-a": functools.partial(TinyNet, channels=(8, 8, 12, 12), tail=()),
     "model7-b": functools.partial(TinyNet, channels=(8, 8, 10, 10), head=16, tail=()),
     "model7-c": TinyNet,
+    "model7-e": functools.partial(TinyNet, dropout_rate=0.0),
     # Over 4,000: where the frontier lies if none under it holds.
     "model7-d": functools.partial(TinyNet, channels=(6, 8, 10, 10), tail=(10, 10)),
 }
