@@ -203,10 +203,18 @@ def recipe_trials(results_dir: Path, model: str = "model6") -> list[str]:
     return head + footnote(lines) + trial_noise(found)
 
 
+def layout(m) -> str:
+    """A TinyNet's channels: 28x28 / 14x14 / what follows at 7x7; its dropout."""
+    at7 = (f"unpadded {', '.join(map(str, m.tail))}, then 10" if m.tail else
+           f"{m.head}, 1x1 to 10, averaged" if m.head else "3x3 to 10, averaged")
+    return (f"{', '.join(map(str, m.channels[:2]))} / {', '.join(map(str, m.channels[2:]))} / "
+            f"{at7}; dropout {m.dropout_rate:g}")
+
+
 def model7_designs(models: dict[str, Any], results_dir: Path) -> list[str]:
     """model7's trial designs (``s7jax.models.BEYOND``) run so far: each one's
-    seeds, hold count and last-3 mean, and against the first design tried
-    (``model7-a``) on the same seeds."""
+    layout, seeds, hold count and last-3 mean, and against model7-c (the best
+    so far, model7's design) on the same seeds."""
     import jax
 
     from s7jax.models import BEYOND, count_params, get_model, init_variables
@@ -217,23 +225,26 @@ def model7_designs(models: dict[str, Any], results_dir: Path) -> list[str]:
     lines = ["", "**model7, beyond the study.** The designs tried for it (under 4,000 parameters, "
              "model7-d apart: it looks for the frontier above), "
              "each trained with model6's recipe by `python scripts/sweep.py --model NAME --seeds N "
-             "--pipeline scan` (the files under `results/NAME/`; `model7` is the design chosen); the "
-             "last column sets a design's last-3 mean against the first design's on the same "
-             "seeds (mean +/- standard error of the paired differences).", "",
-             "| design | parameters | seeds | seeds holding 99.4% | last-3 mean +/- se | "
-             "against model7-a, same seeds |", "|---|---:|---:|---:|---:|---|"]
-    base = models.get("model7-a", {"seeds": {}})["seeds"]
+             "--pipeline scan` (the files under `results/NAME/`). The layout gives the channels of "
+             "the padded blocks at 28x28 and 14x14, then what follows at 7x7 (`s7jax/models/"
+             "study.py`, `TinyNet`). The last column sets a design's last-3 mean against "
+             "model7-c's, model7's design, on the same seeds (mean +/- standard error of the "
+             "paired differences).", "",
+             "| design | layout | parameters | seeds | seeds holding 99.4% | last-3 mean +/- se | "
+             "against model7-c, same seeds |", "|---|---|---:|---:|---:|---:|---|"]
+    base = models.get("model7-c", {"seeds": {}})["seeds"]
     for name in found:
         m = models[name]
         params = count_params(jax.eval_shape(lambda n=name: init_variables(
             get_model(n), jax.random.key(0, impl="rbg"))))
         se = m["std"] / m["n_seeds"] ** 0.5
         paired = [seed["mean"] - base[s]["mean"] for s, seed in m["seeds"].items() if s in base]
-        versus = "" if name == "model7-a" or not paired else (
+        versus = "" if name == "model7-c" or not paired else (
             f"{statistics.fmean(paired):+.3f}" + (
                 f" +/- {statistics.stdev(paired) / len(paired) ** 0.5:.3f}" if len(paired) > 1
                 else "") + f" ({len(paired)} seeds)")
-        lines.append(f"| {name} | {params:,} | {m['n_seeds']} | {m['seeds_holding_target']} | "
+        lines.append(f"| {name} | {layout(get_model(name))} | {params:,} | {m['n_seeds']} | "
+                     f"{m['seeds_holding_target']} | "
                      f"{m['mean']:.3f} +/- {se:.3f} | {versus} |")
     return lines
 
