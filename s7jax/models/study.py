@@ -228,7 +228,7 @@ STUDY: dict[str, type[nn.Module]] = {"model1": Model1, "model2": Model2, "model3
                                      "model4": Model4, "model5": Model5, "model6": Model6}
 # model7 and the designs tried for it (docs/results.md, model7's trials).
 BEYOND: dict[str, type[nn.Module] | functools.partial] = {
-    "model7": TinyNet,  # model7-c, the best design so far
+    "model7": TinyNet,  # model7-c, for now: no run is recorded under this name yet
     "model7-a": functools.partial(TinyNet, channels=(8, 8, 12, 12), tail=()),
     "model7-b": functools.partial(TinyNet, channels=(8, 8, 10, 10), head=16, tail=()),
     "model7-c": TinyNet,

@@ -228,7 +228,7 @@ def model7_designs(models: dict[str, Any], results_dir: Path) -> list[str]:
              "--pipeline scan` (the files under `results/NAME/`). The layout gives the channels of "
              "the padded blocks at 28x28 and 14x14, then what follows at 7x7 (`s7jax/models/"
              "study.py`, `TinyNet`). The last column sets a design's last-3 mean against "
-             "model7-c's, model7's design, on the same seeds (mean +/- standard error of the "
+             "model7-c's (model7's design for now) on the same seeds (mean +/- standard error of the "
              "paired differences).", "",
              "| design | layout | parameters | seeds | seeds holding 99.4% | last-3 mean +/- se | "
              "against model7-c, same seeds |", "|---|---|---:|---:|---:|---:|---|"]
