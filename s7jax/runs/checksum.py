@@ -29,7 +29,8 @@ def arrays_sha256(tree: Any, *, scalars_as_vectors: bool = True) -> str:
 
 def arrays_match(tree: Any, saved: str) -> bool:
     """Whether ``tree`` is what ``saved`` (an :func:`arrays_sha256`) was computed from."""
-    return saved in (arrays_sha256(tree), arrays_sha256(tree, scalars_as_vectors=False))
+    return (saved == arrays_sha256(tree)
+            or saved == arrays_sha256(tree, scalars_as_vectors=False))  # hashed again only then
 
 
 def record_sha256(record: dict) -> str:
