@@ -72,6 +72,13 @@ def test_model7_and_its_trial_designs_have_under_4000_parameters(name):
     assert len(variables["batch_stats"]) == len(convs) - 1
 
 
+def test_model7_is_model7_e_and_the_designs_trained_with_dropout_keep_it():
+    # Their runs under results/ were trained so: a new default must not change them.
+    assert get_model("model7") == get_model("model7-e") and get_model("model7").dropout_rate == 0
+    assert {n: get_model(n).dropout_rate for n in ("model7-a", "model7-b", "model7-c", "model7-d")
+            } == dict.fromkeys(("model7-a", "model7-b", "model7-c", "model7-d"), 0.05)
+
+
 def test_registry_names_and_unknown_model():
     assert list(STUDY) == [f"model{i}" for i in range(1, 7)]
     assert list(MODELS) == [*STUDY, *BEYOND] and "model7" in BEYOND

@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 
 from s7jax.runs import checkpoint, runfiles, weights
-from s7jax.training import seeds
+from s7jax.training import console, loops, seeds
 from s7jax.config import default_config
 from s7jax.data.augment import NO_AUGMENT
 from s7jax.errors import ConfigError, Interrupted
 from s7jax.models import get_model
-from s7jax.training import console
 from s7jax.training.train import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,10 +122,10 @@ def test_stack_keeps_the_first_trees_static_fields():
 
     config = default_config("model6")
     states = [initial_state(config, learning_rate_schedule(config, 4))[0] for _ in range(2)]
-    stacked = seeds.stack(states)
+    stacked = loops.stack(states)
     assert stacked.tx is states[0].tx
     chex.assert_tree_shape_prefix(stacked.params, (2,))
-    chex.assert_trees_all_equal(seeds.unstack(stacked, 1).params, states[1].params)
+    chex.assert_trees_all_equal(loops.unstack(stacked, 1).params, states[1].params)
 
 
 # A low constant rate: over a few steps, rounding cannot grow into a difference.

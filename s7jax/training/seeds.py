@@ -10,27 +10,20 @@ into its own folder."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from s7jax import data
 from s7jax.config import Config
-from s7jax.errors import CheckpointError, ConfigError
-from s7jax.models import INPUT_SHAPE, count_params, init_variables
-from s7jax.runs import recorder, runlock
-from s7jax.training import loops, parallel
-from s7jax.training.loops import stack, unstack
-from s7jax.training.train import (checked_mesh, export_weights, matmul_precision,
-                                  model_and_schedule, resolve, starting_point, write_start)
+from s7jax.errors import ConfigError
+from s7jax.models import INPUT_SHAPE, count_params, get_model, init_variables
+from s7jax.training.train import train_runs
 
 # Only a share of the memory JAX may use goes to the seeds' copies: XLA needs
 # room for its temporaries.
@@ -77,62 +70,23 @@ def check_memory(config: Config, model: nn.Module, n: int) -> None:
             f"{fits} together, or one after another (--strategy sequential)")
 
 
-def train_seeds(
-    config: Config, seeds: Sequence[int], workdirs: Sequence[str | Path], *,
-    strategy: str = "vmap", resume: bool = False, mesh=None, data_dir: str | None = None,
-    manual_dir: str | None = None, overwrite: bool = False, refusal_advice: str | None = None,
-    show_progress: bool = True, checkpoint_every: int = 1, log: Callable[[str], None] = print,
-) -> dict[int, list[dict[str, Any]]]:
+def train_seeds(config: Config, seeds: Sequence[int], workdirs: Sequence[str | Path], *,
+                strategy: str = "vmap", checkpoint_every: int = 1, **kwargs
+                ) -> dict[int, list[dict[str, Any]]]:
     """Train seed ``seeds[i]`` into ``workdirs[i]``, all as one program
     (``strategy`` vmap or map), from their checkpoints (all of one step) with
     ``resume``; each seed's rows. Checkpoints every ``checkpoint_every`` epochs,
     the last and on Ctrl-C (on an accelerator, writing them can take longer
-    than training)."""
+    than training). Keywords: ``train.train_runs``'s."""
     if len(seeds) != len(workdirs) or not seeds:
         raise ConfigError("give one workdir per seed, and at least one seed")
     if strategy not in ("vmap", "map"):
         raise ConfigError(f"seeds in one program: vmap or map, not {strategy!r}")
     if checkpoint_every < 1:
         raise ConfigError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
-    data.check_files(config.data_source, data_dir, manual_dir)  # before TensorFlow loads
-    configs = [resolve(dataclasses.replace(config, seed=s, pipeline="scan", steps_per_call=1))
+    configs = [dataclasses.replace(config, seed=s, pipeline="scan", steps_per_call=1)
                for s in seeds]
-    config = configs[0]
-    model, schedule = model_and_schedule(config)
-    check_memory(config, model, len(seeds))
-    mesh = checked_mesh(config, mesh)
-    with contextlib.ExitStack() as claims:
-        workdirs = [claims.enter_context(runlock.claim(w, resume=resume, overwrite=overwrite,
-                                                       advice=refusal_advice)) for w in workdirs]
-        claims.enter_context(matmul_precision(config))
-        # Each as its own run's: a fresh start, or its checkpoint.
-        starts = [starting_point(c, model, schedule, w, resume, log)
-                  for c, w in zip(configs, workdirs)]
-        start_step = int(starts[0][0].step)
-        if any(int(s.step) != start_step or partial for s, _, _, partial in starts):
-            raise CheckpointError(
-                f"seeds {', '.join(map(str, seeds))} stopped at different steps, so they cannot "
-                "go on as one program; run the sweep with --strategy sequential")
-        run_data = loops.RunData.load(config, data_dir, manual_dir)
-        for c, workdir, (state, _, history, _) in zip(configs, workdirs, starts):
-            write_start(workdir, c, state, history)
-        state = jax.device_put(stack([s[0] for s in starts]), parallel.replicated(mesh))
-        ctx = loops.RunContext.create(config, mesh, run_data, model,
-                                      stack([s[1] for s in starts]), seeds=list(seeds),
-                                      strategy=strategy)
-        run_epoch = loops.EpochPerCall(ctx, state, log)
-        histories = [history for _, _, history, _ in starts]
-        run_start = time.perf_counter()
-        with contextlib.ExitStack() as held:
-            records = [held.enter_context(recorder.recording(w, h, log, prefix=f"{c.seed:>4}  ",
-                                                             config=c))
-                       for c, w, h in zip(configs, workdirs, histories)]
-            state = loops.record_epochs(
-                records, run_epoch, state, epochs=config.epochs, steps=run_data.steps,
-                lr=schedule, show_progress=show_progress, stacked=True, start_step=start_step,
-                checkpoint_every=checkpoint_every, interrupted=recorder.unset_flag(),
-                how=AGAIN)
-        for i, (c, workdir) in enumerate(zip(configs, workdirs)):
-            export_weights(workdir, c, unstack(state, i), histories[i], AGAIN)
-    log(f"{len(configs)} seeds, {config.epochs} epochs in {time.perf_counter() - run_start:.1f} s")
-    return {c.seed: h for c, h in zip(configs, histories)}
+    check_memory(configs[0], get_model(config.model), len(seeds))
+    histories = train_runs(configs, workdirs, strategy=strategy,
+                           checkpoint_every=checkpoint_every, how=AGAIN, **kwargs)
+    return dict(zip(seeds, histories))

@@ -2,8 +2,8 @@
 
 Step by step (``tfds``, ``device``: the CPU default, as fast there as an
 epoch per call) or an epoch per call (``scan``: the GPU and TPU default,
-where Python's dispatch per step would set the pace). The set-up pieces here
-also set up each seed of ``s7jax.training.seeds``."""
+where Python's dispatch per step would set the pace); or several seeds as
+one program (``s7jax.training.seeds``), with the same set-up."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
-import optax
 
 from s7jax import data
 from s7jax.config import TRAIN_IMAGES, Config
@@ -24,6 +23,7 @@ from s7jax.errors import CheckpointError, ConfigError, Interrupted, Terminated
 from s7jax.models import get_model
 from s7jax.runs import checkpoint, recorder, runfiles, runlock, weights
 from s7jax.training import console, loops, parallel
+from s7jax.training.loops import stack, unstack
 from s7jax.training.steps import initial_state, learning_rate_schedule
 
 
@@ -56,29 +56,6 @@ def matmul_precision(config: Config):
     return jax.default_matmul_precision(config.matmul_precision)
 
 
-def checked_mesh(config: Config, mesh=None):
-    """``mesh`` (default: every device), once the batches divide over it."""
-    mesh = parallel.make_mesh() if mesh is None else mesh
-    parallel.check_divisible(config.batch_size, mesh)
-    parallel.check_divisible(config.eval_batch_size, mesh, "eval batch size")
-    return mesh
-
-
-def model_and_schedule(config: Config) -> tuple[nn.Module, optax.Schedule]:
-    """Built once per run, before its data is read (a resume restores into them)."""
-    steps = data.steps_per_epoch(config.train_subset or TRAIN_IMAGES, config.batch_size)
-    return get_model(config.model), learning_rate_schedule(config, steps)
-
-
-def write_start(workdir: Path, config: Config, state, history: list) -> None:
-    """A new run's config.json and empty metrics.jsonl; a resumed run's checkpointed rows."""
-    if history or int(state.step):
-        runfiles.write_metrics(workdir, history)
-    else:
-        runfiles.write_config(workdir, config)
-        runfiles.write_metrics(workdir, [])
-
-
 def _describe_source(config: Config, data_dir, manual_dir) -> str:
     if config.data_source == "tfds":
         return f"MNIST through TFDS (data_dir {data_dir or 'TFDS default'})"
@@ -86,59 +63,99 @@ def _describe_source(config: Config, data_dir, manual_dir) -> str:
             "(read with numpy, without TensorFlow)")
 
 
-def train_and_evaluate(
-    config: Config, workdir: str | Path, *, resume: bool = False, overwrite: bool = False,
-    mesh=None, data_dir: str | None = None, manual_dir: str | None = None,
-    show_progress: bool = True, log: Callable[[str], None] = print,
-    on_start: Callable[[], None] | None = None, refusal_advice: str | None = None,
-    load_data: Callable[[Config], loops.RunData] | None = None,
-) -> list[dict[str, Any]]:
-    """Train and evaluate after every epoch; the rows of ``metrics.jsonl``. What needs no
-    data is checked first, so that its errors come at once (the batch against the devices,
-    the folder, a resume's checkpoint and its config); only then ``on_start()`` (the
-    scripts' banner), the ``auto`` settings and the data (``load_data``: a sweep's, shared)."""
-    mesh = checked_mesh(config, mesh)  # before the folder is touched
-    model, schedule = model_and_schedule(config)
+def train_and_evaluate(config: Config, workdir: str | Path, **kwargs) -> list[dict[str, Any]]:
+    """Train and evaluate after every epoch; the rows of ``metrics.jsonl``
+    (keywords: :func:`train_runs`'s)."""
+    return train_runs([config], [workdir], **kwargs)[0]
+
+
+def train_runs(
+    configs: Sequence[Config], workdirs: Sequence[str | Path], *, strategy: str | None = None,
+    resume: bool = False, overwrite: bool = False, mesh=None, data_dir: str | None = None,
+    manual_dir: str | None = None, show_progress: bool = True,
+    log: Callable[[str], None] = print, on_start: Callable[[], None] | None = None,
+    refusal_advice: str | None = None, load_data: Callable[[Config], loops.RunData] | None = None,
+    checkpoint_every: int = 1, how: str | None = None,
+) -> list[list[dict[str, Any]]]:
+    """Train ``configs[i]`` into ``workdirs[i]``: one run, or with ``strategy``
+    (vmap or map) seeds of one config as one program; each run's rows. What
+    needs no data is checked first, so that its errors come at once (the batch
+    against the devices, the folders, the checkpoints and their configs); only
+    then ``on_start()`` (the scripts' banner), the ``auto`` settings and the data
+    (``load_data``: a sweep's, shared). ``checkpoint_every`` epochs a checkpoint
+    (and after the last, and on Ctrl-C); ``how``: how to resume, for the error."""
+    config, together = configs[0], strategy is not None
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    parallel.check_divisible(config.batch_size, mesh)  # before the folder is touched
+    parallel.check_divisible(config.eval_batch_size, mesh, "eval batch size")
+    # Built once, before the data is read (a resume restores into them).
+    model = get_model(config.model)
+    schedule = learning_rate_schedule(config, data.steps_per_epoch(
+        config.train_subset or TRAIN_IMAGES, config.batch_size))
     if "tfds" in (config.pipeline, config.data_source) and not data.tfds_installed():
         resolve(config)  # its refusal, before the folder, the banner and a TensorFlow start
-    with runlock.claim(workdir, resume=resume, overwrite=overwrite,
-                       advice=refusal_advice) as workdir, matmul_precision(config):
-        state, dropout_key, history, partial = starting_point(config, model, schedule, workdir,
-                                                               resume, log)
+    with contextlib.ExitStack() as held:
+        workdirs = [held.enter_context(runlock.claim(w, resume=resume, overwrite=overwrite,
+                                                     advice=refusal_advice)) for w in workdirs]
+        held.enter_context(matmul_precision(config))
+        starts = [starting_point(c, model, schedule, w, resume, log)
+                  for c, w in zip(configs, workdirs, strict=True)]
+        start_step, partial = int(starts[0][0].step), starts[0][3]
+        if together and any(int(s.step) != start_step or p for s, _, _, p in starts):
+            raise CheckpointError(
+                f"seeds {', '.join(str(c.seed) for c in configs)} stopped at different steps, so "
+                "they cannot go on as one program; run the sweep with --strategy sequential")
         if on_start is not None:
             on_start()
         data.check_files(config.data_source, data_dir, manual_dir)  # before TensorFlow loads
-        config = resolve(config)
+        configs = [resolve(c) for c in configs]
+        config = configs[0]
         log(_describe_source(config, data_dir, manual_dir))
         run_data = (load_data(config) if load_data else
                     loops.RunData.load(config, data_dir, manual_dir))
-        write_start(workdir, config, state, history)
-        start_step = int(state.step)
+        histories = [history for _, _, history, _ in starts]
+        for c, workdir, (state, _, history, _) in zip(configs, workdirs, starts):
+            if history or int(state.step):  # a resumed run: its checkpointed rows
+                runfiles.write_metrics(workdir, history)
+            else:
+                runfiles.write_config(workdir, c)
+                runfiles.write_metrics(workdir, [])
         if start_step >= config.epochs * run_data.steps:
             log("run already complete")
-            export_weights(workdir, config, state, history)  # a kill may have come before it
-            return history
+            for i, (c, workdir) in enumerate(zip(configs, workdirs)):  # a kill may have come first
+                export_weights(workdir, c, starts[i][0], histories[i], how)
+            return histories
+        state, dropout_key = ((stack([s[0] for s in starts]), stack([s[1] for s in starts]))
+                              if together else starts[0][:2])
         state = jax.device_put(state, parallel.replicated(mesh))
-        ctx = loops.RunContext.create(config, mesh, run_data, model, dropout_key)
-        log(f"pipeline {config.pipeline}: " + (
-            "one compiled call per epoch (train steps, BN re-estimation, evaluation)"
-            if config.pipeline == "scan" else
-            f"{config.steps_per_call} train step(s) per compiled call, "
-            f"batches {'made on the device' if config.pipeline == 'device' else 'from tf.data'}"))
+        ctx = loops.RunContext.create(config, mesh, run_data, model, dropout_key,
+                                      seeds=[c.seed for c in configs] if together else None,
+                                      strategy=strategy or "vmap")
+        if not together:
+            log(f"pipeline {config.pipeline}: " + (
+                "one compiled call per epoch (train steps, BN re-estimation, evaluation)"
+                if config.pipeline == "scan" else
+                f"{config.steps_per_call} train step(s) per compiled call, "
+                f"batches {'made on the device' if config.pipeline == 'device' else 'from tf.data'}"))
         run_start = time.perf_counter()
         interrupted = recorder.unset_flag()
-        with recorder.recording(workdir, history, log, config=config) as record:
-            # Made (and, for scan, compiled) before signals are caught: until the
-            # first step, Ctrl-C stops the run at once.
-            run_epoch = (loops.EpochPerCall(ctx, state, log) if config.pipeline == "scan"
-                         else loops.StepByStep(ctx, start_step, record, interrupted))
-            state = loops.record_epochs(
-                [record], run_epoch, state, epochs=config.epochs, steps=run_data.steps,
-                lr=schedule, show_progress=show_progress, start_step=start_step,
-                partial=partial, interrupted=interrupted)
-        export_weights(workdir, config, state, history)
-        log(console.final_line(history, time.perf_counter() - run_start))
-        return history
+        records = [held.enter_context(recorder.recording(
+            w, h, log, prefix=f"{c.seed:>4}  " * together, config=c))
+            for c, w, h in zip(configs, workdirs, histories)]
+        # Made (and, for scan, compiled) before signals are caught: until the
+        # first step, Ctrl-C stops the run at once.
+        run_epoch = (loops.EpochPerCall(ctx, state, log) if config.pipeline == "scan"
+                     else loops.StepByStep(ctx, start_step, records[0], interrupted))
+        state = loops.record_epochs(
+            records, run_epoch, state, epochs=config.epochs, steps=run_data.steps, lr=schedule,
+            show_progress=show_progress, start_step=start_step, partial=partial,
+            stacked=together, checkpoint_every=checkpoint_every, interrupted=interrupted, how=how)
+        for i, (c, workdir) in enumerate(zip(configs, workdirs)):
+            export_weights(workdir, c, unstack(state, i) if together else state, histories[i], how)
+        seconds = time.perf_counter() - run_start
+        log(f"{len(configs)} seeds, {config.epochs} epochs in {seconds:.1f} s" if together
+            else console.final_line(histories[0], seconds))
+    return histories
 
 
 def export_weights(workdir: Path, config: Config, state, history: list, how=None) -> None:

@@ -213,8 +213,7 @@ def layout(m) -> str:
 
 def model7_designs(models: dict[str, Any], results_dir: Path) -> list[str]:
     """model7's trial designs (``s7jax.models.BEYOND``) run so far: each one's
-    layout, seeds, hold count and last-3 mean, and against model7-c (the best
-    so far, model7's design) on the same seeds."""
+    layout, seeds, hold count and last-3 mean, and against model7 on the same seeds."""
     import jax
 
     from s7jax.models import BEYOND, count_params, get_model, init_variables
@@ -228,18 +227,18 @@ def model7_designs(models: dict[str, Any], results_dir: Path) -> list[str]:
              "--pipeline scan` (the files under `results/NAME/`). The layout gives the channels of "
              "the padded blocks at 28x28 and 14x14, then what follows at 7x7 (`s7jax/models/"
              "study.py`, `TinyNet`). The last column sets a design's last-3 mean against "
-             "model7-c's (model7's design for now) on the same seeds (mean +/- standard error of the "
+             "model7's (model7-e's design) on the same seeds (mean +/- standard error of the "
              "paired differences).", "",
              "| design | layout | parameters | seeds | seeds holding 99.4% | last-3 mean +/- se | "
-             "against model7-c, same seeds |", "|---|---|---:|---:|---:|---:|---|"]
-    base = models.get("model7-c", {"seeds": {}})["seeds"]
+             "against model7, same seeds |", "|---|---|---:|---:|---:|---:|---|"]
+    base = models.get("model7", {"seeds": {}})["seeds"]
     for name in found:
         m = models[name]
         params = count_params(jax.eval_shape(lambda n=name: init_variables(
             get_model(n), jax.random.key(0, impl="rbg"))))
         se = m["std"] / m["n_seeds"] ** 0.5
         paired = [seed["mean"] - base[s]["mean"] for s, seed in m["seeds"].items() if s in base]
-        versus = "" if name == "model7-c" or not paired else (
+        versus = "" if name == "model7" or not paired else (
             f"{statistics.fmean(paired):+.3f}" + (
                 f" +/- {statistics.stdev(paired) / len(paired) ** 0.5:.3f}" if len(paired) > 1
                 else "") + f" ({len(paired)} seeds)")
