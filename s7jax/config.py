@@ -10,7 +10,7 @@ from typing import Any
 
 from s7jax.data.augment import NO_AUGMENT, AugmentConfig
 from s7jax.errors import ConfigError
-from s7jax.models import BEYOND, MODELS
+from s7jax.models import BEYOND, MODELS, get_model
 
 MAX_EPOCHS = 15  # the study's rule: every result within 15 epochs
 TARGET = 99.4  # test accuracy (%) model6 must hold in each of the last epochs
@@ -160,15 +160,9 @@ ORIGINAL: dict[str, dict[str, Any]] = {
 RECIPES = {"default": DEFAULTS, "original": ORIGINAL}
 
 
-def validate_model(model: str) -> str:
-    if model not in MODELS:
-        raise ConfigError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)}")
-    return model
-
-
 def default_config(model: str = "model6", recipe: str = "default", **overrides: Any) -> Config:
     """``model``'s recipe (``default`` or ``original``) with ``overrides``, validated."""
-    validate_model(model)
+    get_model(model)  # a known model, or ConfigError
     if recipe not in RECIPES:
         raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
     settings = dict(RECIPES[recipe][model])
@@ -182,7 +176,7 @@ def default_config(model: str = "model6", recipe: str = "default", **overrides: 
 def validate(config: Config) -> Config:
     """``config`` itself, or a ConfigError naming the first bad setting."""
     c = config
-    validate_model(c.model)
+    get_model(c.model)  # a known model, or ConfigError
     if not 1 <= c.epochs <= MAX_EPOCHS and not (c.allow_long and c.epochs >= 1):
         raise ConfigError(
             f"--epochs must be in 1..{MAX_EPOCHS} (the study's rule), got {c.epochs}"

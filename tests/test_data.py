@@ -63,7 +63,7 @@ def test_error_messages_are_one_line(manual_copy):
 
 
 def take(ds, n):
-    it = data.as_numpy(ds)
+    it = ds.as_numpy_iterator()
     return [next(it) for _ in range(n)]
 
 

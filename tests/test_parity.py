@@ -13,6 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import torch_port as port  # noqa: E402  (tests/torch_port.py)
 from s7jax.reference import torch_reference as tr  # noqa: E402
 from s7jax.data import MEAN, STD  # noqa: E402
 from s7jax.models import STUDY, count_params, get_model, init_variables  # noqa: E402
@@ -75,9 +76,9 @@ def flax_log_probs(name: str, variables, images: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("name", list(STUDY))
 def test_torch_reference_matches_spec_parameter_totals(name):
     net = tr.build(name)
-    assert tr.count_params(net) == tr.SPEC_PARAMS[name]
+    assert port.count_params(net) == port.SPEC_PARAMS[name]
     variables = jax.eval_shape(lambda: init_variables(get_model(name), key(0)))
-    assert count_params(variables) == tr.count_params(net)
+    assert count_params(variables) == port.count_params(net)
 
 
 @pytest.mark.parametrize("name", list(STUDY))
@@ -85,9 +86,9 @@ def test_eval_log_probs_agree_with_pytorch(name):
     torch.manual_seed(0)
     variables = flax_variables(name)
     images = normalised_images(4, seed=1)
-    net = tr.from_flax(name, variables)
+    net = port.from_flax(name, variables)
     expected = flax_log_probs(name, variables, images)
-    got = tr.log_probs(net, images)
+    got = port.log_probs(net, images)
     assert got.shape == expected.shape == (4, 10)
     # A meaningful comparison: different images give different outputs, and
     # the outputs are proper log-probabilities.
@@ -102,12 +103,12 @@ def test_running_statistics_are_ported(name):
     in PyTorch changes the output, and by more than the tolerance."""
     variables = flax_variables(name)
     images = normalised_images(4, seed=2)
-    net = tr.from_flax(name, variables)
-    ported = tr.log_probs(net, images)
+    net = port.from_flax(name, variables)
+    ported = port.log_probs(net, images)
     for module in net.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.reset_running_stats()
-    assert np.abs(tr.log_probs(net, images) - ported).max() > 100 * ATOL
+    assert np.abs(port.log_probs(net, images) - ported).max() > 100 * ATOL
 
 
 def test_train_mode_batch_norm_matches_flax():
@@ -121,7 +122,7 @@ def test_train_mode_batch_norm_matches_flax():
     with jax.default_matmul_precision("highest"):
         out, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
             variables, jnp.asarray(images))
-    net = tr.from_flax(name, variables).train()
+    net = port.from_flax(name, variables).train()
     with torch.no_grad():
         got = net(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
     np.testing.assert_allclose(got, np.asarray(out), atol=ATOL, rtol=0)
@@ -141,4 +142,4 @@ def test_train_mode_batch_norm_matches_flax():
 def test_port_is_strict():
     """A variables dict of another model does not load silently."""
     with pytest.raises(RuntimeError):
-        tr.load_flax_variables(tr.build("model5"), flax_variables("model6"))
+        port.load_flax_variables(tr.build("model5"), flax_variables("model6"))

@@ -91,14 +91,14 @@ def test_evaluate_refuses_a_damaged_weights_file_in_one_line(tmp_path):
 @pytest.mark.slow
 def test_torch_port_of_the_committed_model6_agrees(test_split):
     pytest.importorskip("torch")
-    from s7jax.reference import torch_reference
+    from torch_port import from_flax, log_probs
 
     if not (RESULTS / "model6" / "seed-0" / runfiles.WEIGHTS).is_file():
         pytest.skip("no committed model6 weights")
     model, variables = weights.load_trained("model6", seed=0, results_dir=RESULTS)
     images = data.normalize(test_split.images[:2000])
     ours = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
-    theirs = torch_reference.log_probs(torch_reference.from_flax("model6", variables), images)
+    theirs = log_probs(from_flax("model6", variables), images)
     np.testing.assert_allclose(theirs, ours, atol=1e-4)
     assert (theirs.argmax(-1) == ours.argmax(-1)).mean() > 0.999
 

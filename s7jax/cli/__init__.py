@@ -76,19 +76,6 @@ def command(parse_args: Callable, run: Callable, *, compile_cache: bool = False)
     return main
 
 
-def _recipe_choice(argv=None) -> tuple[str, str]:
-    """``(model, recipe)``, read ahead so that ``--help`` shows that recipe's values."""
-    from s7jax.config import RECIPES
-    from s7jax.models import MODELS
-
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--model")
-    pre.add_argument("--recipe")
-    known, _ = pre.parse_known_args(argv)
-    return (known.model if known.model in MODELS else "model6",
-            known.recipe if known.recipe in RECIPES else "default")
-
-
 def _config_fields():
     """``(field, parent)`` per setting, ``augment``'s strengths with parent ``"augment"``."""
     from s7jax.config import Config
@@ -113,8 +100,15 @@ def add_config_flags(p: argparse.ArgumentParser, argv=None) -> None:
     """One flag per Config field, plus ``--recipe`` and ``--no-augment``; a flag
     left out keeps the recipe's value (shown in brackets)."""
     from s7jax.config import RECIPES, default_config
+    from s7jax.models import MODELS
 
-    model, recipe = _recipe_choice(argv)
+    # --model and --recipe read ahead, so that --help shows that recipe's values.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model")
+    pre.add_argument("--recipe")
+    known, _ = pre.parse_known_args(argv)
+    model = known.model if known.model in MODELS else "model6"
+    recipe = known.recipe if known.recipe in RECIPES else "default"
     values = default_config(model, recipe)
     groups = {"": p}
     p.add_argument("--recipe", choices=tuple(RECIPES),

@@ -41,9 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def locate(path: Path) -> tuple[Path, int | None]:
     """(run folder, step or None for the latest)."""
     for workdir, step in ((path, None), (path.parent, None), (path.parent.parent, path.name)):
-        if runfiles.config_path(workdir).is_file():
-            if step is not None and not step.isdigit():
-                continue
+        if runfiles.config_path(workdir).is_file() and (step is None or step.isdigit()):
             return workdir, None if step is None else int(step)
     raise ConfigError(f"--checkpoint {path}: no run's config.json found at or above it")
 

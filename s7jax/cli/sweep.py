@@ -52,14 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def strategy(args: argparse.Namespace) -> str:
-    if args.strategy:
-        return args.strategy
-    return default_strategy(jax.default_backend()) if args.together else "sequential"
-
-
 def run(args: argparse.Namespace) -> None:
-    results_dir, how = Path(args.results), strategy(args)
+    results_dir, how = Path(args.results), args.strategy or (
+        default_strategy(jax.default_backend()) if args.together else "sequential")
     together: dict[int, list] = {}  # vmap or map: the seeds by the step they start from
     load = functools.cache(lambda c: loops.RunData.load(c, args.data_dir, args.manual_dir))
     for seed in range(args.seeds):
@@ -99,10 +94,10 @@ def run(args: argparse.Namespace) -> None:
     if kind == "default":
         from s7jax.runs import plots  # matplotlib
 
-        runs = {seed: runfiles.read_metrics(results.run_dir(results_dir, model, seed))
+        runs = {f"seed {seed}": runfiles.read_metrics(results.run_dir(results_dir, model, seed))
                 for seed in range(args.seeds)}
-        plots.seeds(runs, results_dir / model / "seeds.png",
-                    title=f"{model}: test accuracy per seed")
+        plots.accuracy_lines(runs, results_dir / model / "seeds.png", (98.8, 99.8),
+                             f"{model}: test accuracy per seed")
     line = results.runs_of(results_dir, model, kind)
     print(f"\n{model} ({kind} recipe): last-3 mean {line['mean']:.3f} +/- {line['std']:.3f} "
           f"over {line['n_seeds']} seeds, min {line['min']:.2f}")

@@ -70,8 +70,11 @@ def run(args: argparse.Namespace) -> None:
     if not args.resume:
         workdir = Path(args.workdir) if args.workdir else runfiles.unique_dir(Path("runs"), config.model)
 
-    if args.distributed:
-        start_distributed(args)
+    if args.distributed:  # join the other processes before JAX is asked for its devices
+        # CPU devices of several processes need a collectives library to talk.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                                   num_processes=args.num_processes, process_id=args.process_id)
     mesh = parallel.make_mesh()
 
     def banner():  # once the folder and the checkpoint are known good: errors come first
@@ -96,14 +99,6 @@ def run(args: argparse.Namespace) -> None:
                           title=f"{config.model}, seed {config.seed}")
     written = [runfiles.metrics_path(workdir), curves, runfiles.weights_path(workdir)]
     print(f"wrote {', '.join(map(str, written))}, {runfiles.checkpoint_dir(workdir)}/")
-
-
-def start_distributed(args: argparse.Namespace) -> None:
-    """Join the other processes before JAX is asked for its devices."""
-    # CPU devices of several processes need a collectives library to talk.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=args.coordinator_address,
-                               num_processes=args.num_processes, process_id=args.process_id)
 
 
 main = command(parse_args, run, compile_cache=True)

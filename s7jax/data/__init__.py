@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from s7jax.data.device import DeviceTrainData
 from s7jax.data.files import Split, default_manual_dir, read_idx, verify_mnist_files
-from s7jax.data.host import (MEAN, STD, as_numpy, eval_batches, normalize, steps_per_epoch,
-                             train_dataset)
+from s7jax.data.host import MEAN, STD, eval_batches, normalize, steps_per_epoch, train_dataset
 from s7jax.data.tfds import (check_files, load_tfds, prepare_mnist, tfds_available,
                              tfds_installed)
 from s7jax.errors import ConfigError

@@ -58,20 +58,7 @@ def verify_mnist_files(manual_dir: str | os.PathLike) -> None:
     sums_file = manual_dir / "SHA256SUMS"
     if not sums_file.is_file():
         raise DataError(f"missing {sums_file}: {fix}")
-    expected = _read_sums(sums_file, fix)
-    for name in MNIST_FILES:
-        path = manual_dir / name
-        if not path.is_file():
-            raise DataError(f"missing MNIST file {path}: {fix}")
-        if name not in expected:
-            raise DataError(f"{sums_file} has no checksum for {name}: {fix}")
-        if hashlib.sha256(path.read_bytes()).hexdigest() != expected[name]:
-            raise DataError(f"corrupt MNIST file {path} (SHA-256 mismatch): {fix}")
-
-
-def _read_sums(sums_file: Path, fix: str) -> dict[str, str]:
-    """``{file name: SHA-256}`` from a ``sha256sum`` listing, or DataError."""
-    try:
+    try:  # a ``sha256sum`` listing
         text = sums_file.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise DataError(f"{sums_file} is not a text file of checksums (not UTF-8): {fix}") from None
@@ -86,7 +73,14 @@ def _read_sums(sums_file: Path, fix: str) -> dict[str, str]:
         if len(digest) != 64 or not name or any(c not in "0123456789abcdefABCDEF" for c in digest):
             raise DataError(f"{sums_file}, line {number}: not 'SHA-256  file name': {fix}")
         expected[name] = digest.lower()
-    return expected
+    for name in MNIST_FILES:
+        path = manual_dir / name
+        if not path.is_file():
+            raise DataError(f"missing MNIST file {path}: {fix}")
+        if name not in expected:
+            raise DataError(f"{sums_file} has no checksum for {name}: {fix}")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != expected[name]:
+            raise DataError(f"corrupt MNIST file {path} (SHA-256 mismatch): {fix}")
 
 
 def _idx_payload(path: Path, magic: int, dims: tuple[int, ...], fix: str) -> np.ndarray:

@@ -4,8 +4,6 @@ step) and the evaluation batches. TensorFlow loads only in :func:`train_dataset`
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 
 from s7jax.data.augment import AugmentConfig, augment_tf
@@ -77,7 +75,3 @@ def eval_batches(split: Split, *, batch_size: int) -> dict[str, np.ndarray]:
     return {"image": normalize(images).reshape(batches, batch_size, *images.shape[1:]),
             "label": labels.reshape(batches, batch_size),
             "mask": (np.arange(batches * batch_size) < n).reshape(batches, batch_size)}
-
-
-def as_numpy(ds) -> Iterator[dict[str, np.ndarray]]:
-    return ds.as_numpy_iterator()

@@ -2,10 +2,8 @@
 written for XLA:CPU (``ops``), and their tables (``summary``;
 ``python -m s7jax.models``)."""
 
-from s7jax.models.study import (BEYOND, BN_EPSILON, BN_MOMENTUM, INPUT_SHAPE, MODELS, STUDY,
-                                Model1, Model2, Model3, Model4, Model5, Model6, TinyNet,
-                                count_params, get_model, init_variables)
+from s7jax.models.study import (BEYOND, INPUT_SHAPE, MODELS, STUDY, TinyNet, count_params,
+                                get_model, init_variables)
 
-__all__ = ["BEYOND", "BN_EPSILON", "BN_MOMENTUM", "INPUT_SHAPE", "MODELS", "STUDY", "Model1",
-           "Model2", "Model3", "Model4", "Model5", "Model6", "TinyNet", "count_params",
-           "get_model", "init_variables"]
+__all__ = ["BEYOND", "INPUT_SHAPE", "MODELS", "STUDY", "TinyNet", "count_params", "get_model",
+           "init_variables"]

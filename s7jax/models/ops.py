@@ -15,8 +15,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -36,11 +34,6 @@ def _canonical_conv(x, w, padding):
     return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_stride1(x, w, padding):
-    return _canonical_conv(x, w, padding)
-
-
 def _conv_fwd(x, w, padding):
     return _canonical_conv(x, w, padding), (x, w)
 
@@ -58,6 +51,7 @@ def _conv_bwd(padding, residuals, g):
     return dx, jnp.transpose(dw, (1, 2, 0, 3))
 
 
+_conv_stride1 = jax.custom_vjp(_canonical_conv, nondiff_argnums=(2,))
 _conv_stride1.defvjp(_conv_fwd, _conv_bwd)
 
 

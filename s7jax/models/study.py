@@ -80,26 +80,31 @@ class Model2(_PlainNet):
 
 
 class _BatchNormNet(nn.Module):
-    """Models 3 and 4: conv-BN-ReLU for convs 1-5, conv 6 with ReLU, conv 7
-    bare; ``dropout_rate`` (model 4) right after each of the two pools."""
+    """Models 3 to 5: conv-BN-ReLU for convs 1-5, conv 6 with ReLU, conv 7
+    bare; ``dropout_rate`` right after each of the two pools (model 4), or
+    with ``drop_after_convs`` after the ReLU of each of convs 1-5 (model 5)."""
 
     channels: tuple[int, ...]
     dropout_rate: float = 0.0
+    drop_after_convs: bool = False
     bn_momentum: float = BN_MOMENTUM
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         c = self.channels
 
-        def block(x, i):
-            x = Conv3x3(c[i - 1], padding=SAME if i <= 4 else VALID, name=f"conv{i}")(x)
-            return nn.relu(_batch_norm(i, train, self.bn_momentum)(x))
-
-        def pool_then_drop(x, i):
-            x = MaxPool(name=f"pool{i}")(x)
-            if self.dropout_rate:
+        def drop(x, i, here):
+            if self.dropout_rate and here:
                 x = ops.Dropout(self.dropout_rate, deterministic=not train, name=f"drop{i}")(x)
             return x
+
+        def block(x, i):
+            x = Conv3x3(c[i - 1], padding=SAME if i <= 4 else VALID, name=f"conv{i}")(x)
+            return drop(nn.relu(_batch_norm(i, train, self.bn_momentum)(x)), i,
+                        self.drop_after_convs)
+
+        def pool_then_drop(x, i):
+            return drop(MaxPool(name=f"pool{i}")(x), i, not self.drop_after_convs)
 
         x = pool_then_drop(block(block(x, 1), 2), 1)
         x = pool_then_drop(block(block(x, 3), 4), 2)
@@ -122,29 +127,12 @@ class Model4(_BatchNormNet):
     dropout_rate: float = 0.3
 
 
-class Model5(nn.Module):
+class Model5(_BatchNormNet):
     """drop(0.2) after the ReLU of every BN conv: 12,122 parameters."""
 
+    channels: tuple[int, ...] = (8, 16, 12, 16, 20, 16)
     dropout_rate: float = 0.2
-    bn_momentum: float = BN_MOMENTUM
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        def block(x, i, features, padding):
-            x = Conv3x3(features, padding=padding, name=f"conv{i}")(x)
-            x = nn.relu(_batch_norm(i, train, self.bn_momentum)(x))
-            return ops.Dropout(self.dropout_rate, deterministic=not train, name=f"drop{i}")(x)
-
-        x = block(x, 1, 8, SAME)
-        x = block(x, 2, 16, SAME)
-        x = MaxPool(name="pool1")(x)
-        x = block(x, 3, 12, SAME)
-        x = block(x, 4, 16, SAME)
-        x = MaxPool(name="pool2")(x)
-        x = block(x, 5, 20, VALID)
-        x = nn.relu(Conv3x3(16, padding=VALID, name="conv6")(x))
-        x = Conv3x3(10, padding=VALID, name="conv7")(x)
-        return _log_softmax_head(x)
+    drop_after_convs: bool = True
 
 
 class Model6(nn.Module):
@@ -176,15 +164,12 @@ class Model6(nn.Module):
 
 
 class TinyNet(nn.Module):
-    """model7, beyond the study, by its defaults (``BEYOND`` lists the designs
-    tried): conv-BN-ReLU blocks without conv bias (dropout after each one in
-    the designs that set ``dropout_rate``), a 2x2 max-pool
-    after every second block; at 7x7, with ``tail`` unpadded conv-BN-ReLU
-    blocks (7 -> 5 -> 3) and an unpadded 3x3 conv to 10 maps (3 -> 1); with
-    ``head`` a conv-BN-ReLU block of that width and a 1x1 conv to 10 maps;
-    else a 3x3 conv to 10 maps. Their global average is the logits. The conv
-    to 10 maps keeps its bias and has no BN: BN there held the logits to a
-    unit scale (a first run stalled near 98.8%)."""
+    """model7, beyond the study (``BEYOND`` lists the designs tried): bias-free
+    conv-BN-ReLU blocks (dropout after each with ``dropout_rate``), a 2x2 max-pool
+    after every second; at 7x7 the ``tail``'s unpadded blocks and a 3x3 conv, or a
+    ``head`` block and a 1x1 conv, or a 3x3 conv, to 10 maps whose global average
+    is the logits. That conv keeps its bias and has no BN: BN there held the
+    logits to a unit scale (a first run stalled near 98.8%)."""
 
     channels: tuple[int, ...] = (6, 6, 10, 8)
     head: int | None = None

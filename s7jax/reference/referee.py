@@ -22,13 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from s7jax.reference import torch_reference
 from s7jax.runs import recorder, runfiles, runlock
 from s7jax.training import loops
 from s7jax.data.augment import NO_AUGMENT, AugmentConfig
-from s7jax.config import MAX_EPOCHS, default_config, validate_model
+from s7jax.config import MAX_EPOCHS, default_config
 from s7jax.data import MEAN, STD, read_idx
 from s7jax.errors import ConfigError, NonFiniteLossError
-from s7jax.models import STUDY
+from s7jax.models import STUDY, get_model
 from s7jax.runs.results import run_dir
 
 
@@ -51,7 +52,7 @@ class RefereeConfig:
                  allow_long: bool = False) -> "RefereeConfig":
         """The study's recipe for ``model``, checked like s7jax's own settings
         (``allow_long``: more than 15 epochs, as the study's own 20)."""
-        validate_model(model)
+        get_model(model)  # a known model, or ConfigError
         if model not in STUDY:  # the PyTorch port is of the study's models
             raise ConfigError(f"the referee trains the study's models ({', '.join(STUDY)}), "
                               f"not {model}")
@@ -62,36 +63,14 @@ class RefereeConfig:
                    lr=s7jax_side.lr, momentum=s7jax_side.momentum, augment=s7jax_side.augment,
                    train_subset=train_subset, test_subset=test_subset)
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 def workdir_for(results_dir: str | os.PathLike, config: RefereeConfig) -> Path:
     return run_dir(results_dir, config.model, config.seed, "referee")
 
 
-def is_referee_run(workdir: Path) -> bool:
-    try:
-        return runfiles.read_record(workdir)["config"].get("framework") == "pytorch"
-    except ConfigError:
-        return False
-
-
-def _environment(torch, device) -> dict[str, Any]:
-    """The host, as an s7jax run records it, with PyTorch in place of JAX."""
-    return runfiles.environment(
-        with_jax=False, framework="pytorch", torch=torch.__version__,
-        torchvision=runfiles.package_versions("torchvision")["torchvision"],
-        backend="gpu" if device.type == "cuda" else "cpu",
-        devices=[torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"],
-        threads=torch.get_num_threads())
-
-
 def train_referee(config: RefereeConfig, workdir: str | os.PathLike, *, manual_dir=None,
                   overwrite: bool = False, show_progress: bool = True) -> list[dict[str, Any]]:
     """Train ``config`` with PyTorch into ``workdir`` (a GPU where there is one); the rows."""
-    from s7jax.reference import torch_reference
-
     torch = torch_reference._torch()
     import torch.nn.functional as F
 
@@ -105,18 +84,21 @@ def train_referee(config: RefereeConfig, workdir: str | os.PathLike, *, manual_d
         torch.manual_seed(config.seed)
         net = torch_reference.build(config.model).to(device)
         optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum)
-        runfiles.write_record(workdir, {"config": config.to_json(),
-                                        "environment": _environment(torch, device)})
+        environment = runfiles.environment(  # an s7jax run's, with PyTorch in place of JAX
+            with_jax=False, framework="pytorch", torch=torch.__version__,
+            torchvision=runfiles.package_versions("torchvision")["torchvision"],
+            backend="gpu" if device.type == "cuda" else "cpu",
+            devices=[torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"],
+            threads=torch.get_num_threads())
+        runfiles.write_record(workdir, {"config": dataclasses.asdict(config),
+                                        "environment": environment})
 
-        def tensor(images_uint8):  # (N, 28, 28, 1) uint8 -> (N, 1, 28, 28) normalised
-            x = torch.from_numpy(images_uint8.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
-            return ((x - MEAN) / STD).to(device)
+        def tensors(split):  # (N, 28, 28, 1) uint8 -> (N, 1, 28, 28) normalised, and the labels
+            x = torch.from_numpy(split.images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+            return (((x - MEAN) / STD).to(device),
+                    torch.from_numpy(split.labels.astype(np.int64)).to(device))
 
-        def labels(split):
-            return torch.from_numpy(split.labels.astype(np.int64)).to(device)
-
-        train_x, train_y = tensor(train.images), labels(train)
-        test_x, test_y = tensor(test.images), labels(test)
+        (train_x, train_y), (test_x, test_y) = tensors(train), tensors(test)
         pil = augment = None
         if config.augment.enabled:  # torchvision is needed for augmented models only
             from PIL import Image

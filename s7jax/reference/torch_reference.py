@@ -1,17 +1,15 @@
 """The six models in PyTorch, written from the study's layer tables (not from
 ``s7jax.models``, so that agreement means something), the original's train
-step and epoch, and a port of Flax weights by layer name
-(``tests/test_parity.py``). In training mode PyTorch's BN updates
+step and epoch (``tests/torch_port.py`` ports Flax weights into them by layer
+name). In training mode PyTorch's BN updates
 ``running_var`` with the unbiased variance, Flax with the biased one (under
 1% apart at n >= 128). PyTorch is imported on first use."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1  # PyTorch's convention: weight of the new batch
@@ -60,9 +58,6 @@ def _spec(name: str) -> list[tuple]:
 
 
 MODEL_NAMES = ("model1", "model2", "model3", "model4", "model5", "model6")
-# Trainable parameters per model, as the study states them.
-SPEC_PARAMS = {"model1": 6_379_786, "model2": 21_798, "model3": 17_354, "model4": 14_450,
-               "model5": 12_122, "model6": 7_664}
 
 
 def _torch():
@@ -136,54 +131,3 @@ def train_epoch(net, optimizer, batches, on_step=None) -> tuple[float, int, int]
             on_step()
     return loss_sum, correct, seen
 
-
-def count_params(net) -> int:
-    """Trainable parameters (BN running statistics excluded)."""
-    return sum(p.numel() for p in net.parameters() if p.requires_grad)
-
-
-def load_flax_variables(net, variables: Mapping[str, Any]):
-    """Copy Flax variables into ``net`` (from :func:`build`), strictly: a
-    missing or extra layer, or a shape mismatch, raises. Returns ``net``."""
-    torch = _torch()
-    params, stats = variables["params"], variables.get("batch_stats", {}) or {}
-    state: OrderedDict[str, Any] = OrderedDict()
-
-    def tensor(x):  # a writable copy: arrays loaded from a weights file are read-only
-        return torch.from_numpy(np.array(x, dtype=np.float32, order="C"))
-
-    for layer, p in params.items():
-        if layer.startswith("conv"):
-            state[f"{layer}.weight"] = tensor(np.transpose(p["kernel"], (3, 2, 0, 1)))
-            if "bias" in p:
-                state[f"{layer}.bias"] = tensor(p["bias"])
-        elif layer.startswith("bn"):
-            if layer not in stats:
-                raise KeyError(f"batch_stats has no entry for {layer}")
-            state[f"{layer}.weight"] = tensor(p["scale"])
-            state[f"{layer}.bias"] = tensor(p["bias"])
-            state[f"{layer}.running_mean"] = tensor(stats[layer]["mean"])
-            state[f"{layer}.running_var"] = tensor(stats[layer]["var"])
-            state[f"{layer}.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
-        else:
-            raise KeyError(f"unexpected Flax layer {layer!r} (expected conv<i> or bn<i>)")
-    net.load_state_dict(state, strict=True)
-    return net
-
-
-def from_flax(name: str, variables: Mapping[str, Any]):
-    return load_flax_variables(build(name), variables).eval()
-
-
-def log_probs(net, images_nhwc: np.ndarray) -> np.ndarray:
-    """Eval-mode log-probabilities of NHWC float images, as numpy."""
-    torch = _torch()
-    x = np.ascontiguousarray(np.asarray(images_nhwc, np.float32).transpose(0, 3, 1, 2))
-    x = torch.from_numpy(x).to(next(net.parameters()).device)
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            return net(x).cpu().numpy()
-    finally:
-        net.train(was_training)

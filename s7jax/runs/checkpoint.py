@@ -76,19 +76,8 @@ class _Leftovers(logging.Filter):
 def _leftovers_silenced():
     """Keep Orbax's after-effects of a failed save or restore (unretrieved
     futures, unawaited coroutines, absl tracebacks: dozens for one fault the
-    caller reports in one line) off stderr, from the first failure on."""
-    undo = _drop_leftovers()
-    try:
-        yield
-    except BaseException:
-        gc.collect()  # most of the failed futures, collected (and dropped) now
-        raise
-    else:
-        undo()
-
-
-def _drop_leftovers() -> Callable[[], None]:
-    """Install the filters not yet in place; return what removes them."""
+    caller reports in one line) off stderr, from the first failure on: the
+    filters not yet in place are installed, and removed again after a success."""
     added = []
     for name in ("asyncio", "absl"):
         logger = logging.getLogger(name)
@@ -109,16 +98,17 @@ def _drop_leftovers() -> Callable[[], None]:
     if warned:
         warnings.filterwarnings("ignore", message=_UNAWAITED, category=RuntimeWarning)
         unawaited = warnings.filters[0]
-
-    def undo() -> None:
-        for logger, f in added:
-            logger.removeFilter(f)
-        if installed and sys.unraisablehook is hook:
-            sys.unraisablehook = previous_hook
-        if warned and unawaited in warnings.filters:
-            warnings.filters.remove(unawaited)
-
-    return undo
+    try:
+        yield
+    except BaseException:
+        gc.collect()  # most of the failed futures, collected (and dropped) now
+        raise
+    for logger, f in added:
+        logger.removeFilter(f)
+    if installed and sys.unraisablehook is hook:
+        sys.unraisablehook = previous_hook
+    if warned and unawaited in warnings.filters:
+        warnings.filters.remove(unawaited)
 
 
 def _remove_partial(directory: Path) -> None:

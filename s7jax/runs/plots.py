@@ -54,11 +54,6 @@ def accuracy_lines(runs: dict[Any, Sequence[dict[str, Any]]], path, ylim, title=
     return save(fig, path)
 
 
-def seeds(runs: dict[int, Sequence[dict[str, Any]]], path, title: str = "") -> Path:
-    """Test accuracy per epoch, one line per seed, with the 99.4% line."""
-    return accuracy_lines({f"seed {s}": h for s, h in sorted(runs.items())}, path, (98.8, 99.8), title)
-
-
 def digit_grid(images: np.ndarray, titles: Sequence[str], path, columns: int,
                suptitle: str = "") -> Path:
     """Images ``(N, 28, 28[, 1])`` in a grid, a title above each."""

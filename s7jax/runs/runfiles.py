@@ -155,9 +155,6 @@ def read_config(workdir: Path) -> Config:
         return Config.from_json(record["config"])
     except ConfigError as e:
         raise ConfigError(f"{config_path(workdir)}: {e}") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{config_path(workdir)} is not a readable run config "
-                          f"({type(e).__name__}: {e})") from None
 
 
 def write_metrics(workdir: Path, rows: list[dict[str, Any]]) -> None:

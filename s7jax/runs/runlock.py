@@ -19,16 +19,6 @@ from s7jax.errors import ConfigError
 LOCK_NAME = ".lock"
 
 
-def holds_a_run(workdir: Path) -> list[str]:
-    """What in ``workdir`` belongs to a run (nothing from a run killed before
-    its first checkpoint or epoch: that folder is free again)."""
-    if not _saved_anything(workdir):
-        return []
-    found = [path.name for path in (runfiles.config_path(workdir), runfiles.metrics_path(workdir))
-             if path.is_file()]
-    return found + [f"{runfiles.CHECKPOINTS}/"] * bool(_checkpoints(workdir))
-
-
 def _lock(workdir: Path):
     """The locked ``.lock`` file's descriptor, or ConfigError naming its holder."""
     path = workdir / LOCK_NAME
@@ -91,9 +81,12 @@ def claim(workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool =
         if ckpts.exists() and not ckpts.is_dir():
             raise ConfigError(f"{ckpts} is a file where the run's checkpoints folder goes; "
                               "move it away or choose another --workdir")
-        existing = holds_a_run(workdir)
-        if existing and not resume:
+        # A run killed before its first checkpoint or epoch left the folder free.
+        if not resume and _saved_anything(workdir):
             if not overwrite:
+                existing = [p.name for p in (runfiles.config_path(workdir),
+                                             runfiles.metrics_path(workdir)) if p.is_file()]
+                existing += [f"{runfiles.CHECKPOINTS}/"] * bool(_checkpoints(workdir))
                 advice = advice or f"pass --resume {workdir} to continue it, or --overwrite to replace it"
                 raise ConfigError(
                     f"workdir {workdir} already holds a run ({', '.join(existing)}); {advice}")

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 from flax import serialization
 
 from s7jax.runs import runfiles
@@ -19,6 +20,7 @@ from s7jax.runs.checksum import arrays_match, arrays_sha256
 from s7jax.runs.results import run_dir
 from s7jax.errors import CheckpointError, ConfigError, RunError
 from s7jax.models import MODELS, get_model, init_variables
+from s7jax.training.steps import TrainState
 
 FORMAT = "s7jax-weights-1"
 
@@ -26,9 +28,8 @@ FORMAT = "s7jax-weights-1"
 def save(path: str | os.PathLike, model: str, variables: dict[str, Any], **info: Any) -> Path:
     """Write ``model``'s ``params`` and ``batch_stats``, ``info`` beside them."""
     get_model(model)  # a known model, or ConfigError
-    arrays = {"params": jax.tree_util.tree_map(np.asarray, _plain(variables["params"])),
-              "batch_stats": jax.tree_util.tree_map(np.asarray,
-                                                    _plain(variables.get("batch_stats", {})))}
+    arrays = jax.tree_util.tree_map(np.asarray, _plain(
+        {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}))
     tree = {"format": FORMAT, "model": model, **info, "arrays_sha256": arrays_sha256(arrays),
             **arrays}
     path = Path(path)
@@ -106,9 +107,5 @@ def export_state(workdir: str | os.PathLike, config, state, history: list[dict[s
 
 def as_state(model, variables: dict[str, Any]):
     """A TrainState holding ``variables``, for ``eval_step``."""
-    import optax
-
-    from s7jax.training.steps import TrainState
-
     return TrainState.create(apply_fn=model.apply, params=variables["params"],
                              batch_stats=variables.get("batch_stats", {}), tx=optax.identity())

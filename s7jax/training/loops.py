@@ -23,7 +23,7 @@ from s7jax import data
 from s7jax.config import Config
 from s7jax.errors import Interrupted, NonFiniteLossError
 from s7jax.models.seedwise import over_seeds
-from s7jax.runs import checkpoint, recorder
+from s7jax.runs import checkpoint, recorder, runfiles
 from s7jax.training import console, parallel
 from s7jax.training.steps import (Batch, TrainState, accumulate, combine_metrics, epoch_program,
                                   eval_step, make_batch_stats_fn, mean_loss_and_accuracy,
@@ -105,9 +105,10 @@ def training_batches(config: Config, split: data.Split, start_step: int, shardin
     """Training batches from ``start_step`` on, from tf.data or made on the device."""
     if config.pipeline == "device":
         return device_train_data(config, split, replicated).batches(start_step, sharding)
-    return (jax.device_put(b, sharding) for b in data.as_numpy(data.train_dataset(
+    return (jax.device_put(b, sharding) for b in data.train_dataset(
         split, start_step=start_step, batch_size=config.batch_size, seed=config.seed,
-        augment=config.augment, epochs=config.epochs, clean_epochs=config.clean_epochs)))
+        augment=config.augment, epochs=config.epochs,
+        clean_epochs=config.clean_epochs).as_numpy_iterator())
 
 
 def device_eval_batches(split: data.Split, batch_size: int, sharding=None) -> list[Batch]:
@@ -117,26 +118,12 @@ def device_eval_batches(split: data.Split, batch_size: int, sharding=None) -> li
             for i in range(len(stacked["label"]))]
 
 
-def stacked_test_set(split: data.Split, batch_size: int, mesh) -> Batch:
-    """The test set as stacked batches ``(n, B, ...)``, for the epoch program."""
-    return jax.device_put(data.eval_batches(split, batch_size=batch_size),
-                          parallel.stacked_batch_sharded(mesh))
-
-
 def evaluate(eval_fn: Callable, state: TrainState, batches: list[Batch]) -> tuple[float, float]:
     """(mean loss, accuracy %) of ``state`` over every unmasked example."""
     totals = {k: v for k, v in zero_totals().items() if k != "nonfinite_step"}
     for batch in batches:
         totals = accumulate(totals, eval_fn(state, batch))
     return mean_loss_and_accuracy(jax.device_get(totals))
-
-
-def compiled(program, args: tuple, log: Callable[[str], None], what: str):
-    """``program`` compiled for ``args`` ahead of the loop, saying how long it took."""
-    t = time.perf_counter()
-    out = program.lower(*args).compile()
-    log(f"{what}compiled the epoch program in {time.perf_counter() - t:.1f} s")
-    return out
 
 
 def epoch_calls(first: int, steps: int, per_call: int):
@@ -218,7 +205,7 @@ class StepByStep:
                 loss, acc = mean_loss_and_accuracy(host)
                 bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.2f}")
             if interrupted["set"] and not last:
-                self.record.save_within_epoch(state, int(state.step), epoch, host)
+                self.record.save(state, int(state.step), epoch, host)
                 raise Interrupted(int(state.step), self.record.workdir,
                                   signum=interrupted["signum"])
         if ctx.stats_fn is not None:
@@ -235,12 +222,15 @@ class EpochPerCall:
         self.ctx = ctx
         source = device_train_data(ctx.config, ctx.data.train, parallel.replicated(ctx.mesh))
         self.source, axes = source.for_seeds(ctx.seeds) if ctx.seeds else (source, None)
-        self.test = stacked_test_set(ctx.data.test, ctx.config.eval_batch_size, ctx.mesh)
+        test = data.eval_batches(ctx.data.test, batch_size=ctx.config.eval_batch_size)
+        self.test = jax.device_put(test, parallel.stacked_batch_sharded(ctx.mesh))  # (n, B, ...)
         self.program = jit_epoch_program(ctx.stats_fn, ctx.config.eval_batch_size, ctx.mesh, axes,
                                          ctx.strategy)
         what = (f"{len(ctx.seeds)} seeds of {ctx.config.model} in one program "
                 f"({'jax.vmap' if ctx.strategy == 'vmap' else 'lax.map'}); " if ctx.seeds else "")
-        self.whole_epoch = compiled(self.program, self._args(state, 0), log, what)
+        t = time.perf_counter()
+        self.whole_epoch = self.program.lower(*self._args(state, 0)).compile()
+        log(f"{what}compiled the epoch program in {time.perf_counter() - t:.1f} s")
 
     def _args(self, state, epoch):
         return (state, self.source, self.ctx.dropout_key, np.int32(epoch), self.ctx.calibration,
@@ -288,10 +278,11 @@ def record_epochs(records: Sequence[recorder.Recorder], run_epoch: Callable, sta
             save = state is not None and ((epoch + 1) % checkpoint_every == 0
                                           or epoch + 1 == epochs or stop and interrupted["set"])
             for i, (record, (train, test)) in enumerate(zip(records, results, strict=True)):
-                row = recorder.metrics_row(epoch + 1, float(lr(step - 1)), train, test, seconds)
+                row = dict(zip(runfiles.METRIC_KEYS, (epoch + 1, float(lr(step - 1)), *train, *test,
+                                                      seconds), strict=True))
                 record.end_epoch(row, steps - first, step=step,
                                  state=(unstack(state, i) if stacked else state) if save else None)
-            if stop:
+            if stop and interrupted["set"] and epoch + 1 < epochs:  # after the last: done anyway
                 where = records[0].workdir.parent if stacked else records[0].workdir
-                recorder.stop_if_interrupted(interrupted, epoch + 1, epochs, step, where, how)
+                raise Interrupted(step, where, how=how, signum=interrupted["signum"])
     return state

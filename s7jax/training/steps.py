@@ -62,24 +62,19 @@ def make_optimizer(config: Config, schedule: optax.Schedule) -> optax.GradientTr
     return sgd
 
 
-def create_train_state(model: nn.Module, key: jax.Array, tx: optax.GradientTransformation, *,
-                       label_smoothing: float = 0.0, ema_decay: float = 0.0) -> TrainState:
-    variables = init_variables(model, key)
-    params = variables["params"]
-    return TrainState.create(apply_fn=model.apply, params=params,
-                             batch_stats=variables.get("batch_stats", {}), tx=tx,
-                             label_smoothing=label_smoothing, ema_decay=ema_decay,
-                             # its own buffers: the state is donated to each step
-                             ema_params=jax.tree.map(jnp.copy, params) if ema_decay else None)
-
-
 def initial_state(config: Config, schedule: optax.Schedule, model: nn.Module | None = None
                   ) -> tuple[TrainState, jax.Array]:
     """A run's initial state and base dropout key, functions of the seed alone."""
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed, impl=PRNG_IMPL))
     model = get_model(config.model) if model is None else model
-    state = create_train_state(model, init_key, make_optimizer(config, schedule),
-                               label_smoothing=config.label_smoothing, ema_decay=config.ema_decay)
+    tx = make_optimizer(config, schedule)
+    variables = init_variables(model, init_key)
+    params = variables["params"]
+    state = TrainState.create(
+        apply_fn=model.apply, params=params, batch_stats=variables.get("batch_stats", {}), tx=tx,
+        label_smoothing=config.label_smoothing, ema_decay=config.ema_decay,
+        # its own buffers: the state is donated to each step
+        ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay else None)
     return state, dropout_key
 
 
