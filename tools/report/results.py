@@ -64,12 +64,14 @@ def headline(results_dir: Path) -> str:
 
     summary = results.all_models(results_dir)
     lines: list[str] = []
-    if "model6" in summary["models"]:
-        m = summary["models"]["model6"]
+    for name, what in (("model6", ""), ("model7", " (beyond the study, under 4,000 parameters)")):
+        if name not in summary["models"]:
+            continue
+        m = summary["models"][name]
         interval = f" (95% interval +/- {m['ci95']:.3f})" if m.get("ci95") else ""
         lines += footnote([
-            f"**model6 over {m['n_seeds']} seeds**"
-            f"{mark(results_dir, seed_runs(results_dir, 'model6', m))}: "
+            f"**{name} over {m['n_seeds']} seeds**{what}"
+            f"{mark(results_dir, seed_runs(results_dir, name, m))}: "
             f"{m['seeds_holding_target']} of {m['n_seeds']} hold >= {summary['target']}% in each "
             f"of the last three epochs; the mean of their last-3 means is {m['mean']:.3f}%"
             f"{interval}."]) + [""]
