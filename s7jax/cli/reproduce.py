@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     differences = runfiles.metric_differences(expected, actual)
     here = runfiles.environment()
     recorded_cpu = recorded["environment"].get("cpu")
+    if recorded_cpu is not None:  # an older record: the cores of its machine were its own
+        recorded_cpu = {"cores_usable": recorded["environment"].get("cpu_count"), **recorded_cpu}
     verdict = {
         "command": "python scripts/reproduce.py " + shlex.join(args.argv),
         "date": time.strftime("%Y-%m-%d"), "reproduced": not differences,

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from s7jax import data
 from s7jax.config import Config
 from s7jax.errors import ConfigError
 from s7jax.models import INPUT_SHAPE, count_params, get_model, init_variables
@@ -71,22 +72,15 @@ def check_memory(config: Config, model: nn.Module, n: int) -> None:
 
 
 def train_seeds(config: Config, seeds: Sequence[int], workdirs: Sequence[str | Path], *,
-                strategy: str = "vmap", checkpoint_every: int = 1, **kwargs
-                ) -> dict[int, list[dict[str, Any]]]:
+                strategy: str = "vmap", **kwargs) -> dict[int, list[dict[str, Any]]]:
     """Train seed ``seeds[i]`` into ``workdirs[i]``, all as one program
     (``strategy`` vmap or map), from their checkpoints (all of one step) with
     ``resume``; each seed's rows. Checkpoints every ``checkpoint_every`` epochs,
     the last and on Ctrl-C (on an accelerator, writing them can take longer
     than training). Keywords: ``train.train_runs``'s."""
-    if len(seeds) != len(workdirs) or not seeds:
-        raise ConfigError("give one workdir per seed, and at least one seed")
-    if strategy not in ("vmap", "map"):
-        raise ConfigError(f"seeds in one program: vmap or map, not {strategy!r}")
-    if checkpoint_every < 1:
-        raise ConfigError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
     configs = [dataclasses.replace(config, seed=s, pipeline="scan", steps_per_call=1)
                for s in seeds]
-    check_memory(configs[0], get_model(config.model), len(seeds))
-    histories = train_runs(configs, workdirs, strategy=strategy,
-                           checkpoint_every=checkpoint_every, how=AGAIN, **kwargs)
+    data.check_files(config.data_source, kwargs.get("data_dir"), kwargs.get("manual_dir"))
+    check_memory(config, get_model(config.model), len(seeds))  # before a folder is touched
+    histories = train_runs(configs, workdirs, strategy=strategy, how=AGAIN, **kwargs)
     return dict(zip(seeds, histories))

@@ -84,7 +84,14 @@ def train_runs(
     then ``on_start()`` (the scripts' banner), the ``auto`` settings and the data
     (``load_data``: a sweep's, shared). ``checkpoint_every`` epochs a checkpoint
     (and after the last, and on Ctrl-C); ``how``: how to resume, for the error."""
-    config, together = configs[0], strategy is not None
+    together = strategy is not None
+    if not configs or len(configs) != len(workdirs) or len(configs) > 1 and not together:
+        raise ConfigError("give one workdir per config: one, or with a strategy, one per seed")
+    if strategy not in (None, "vmap", "map"):
+        raise ConfigError(f"seeds in one program: vmap or map, not {strategy!r}")
+    if checkpoint_every < 1:
+        raise ConfigError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
+    config = configs[0]
     mesh = parallel.make_mesh() if mesh is None else mesh
     parallel.check_divisible(config.batch_size, mesh)  # before the folder is touched
     parallel.check_divisible(config.eval_batch_size, mesh, "eval batch size")
@@ -146,6 +153,8 @@ def train_runs(
         # first step, Ctrl-C stops the run at once.
         run_epoch = (loops.EpochPerCall(ctx, state, log) if config.pipeline == "scan"
                      else loops.StepByStep(ctx, start_step, records[0], interrupted))
+        if together:  # the seeds' line counts their epochs only (the compile has its own)
+            run_start = time.perf_counter()
         state = loops.record_epochs(
             records, run_epoch, state, epochs=config.epochs, steps=run_data.steps, lr=schedule,
             show_progress=show_progress, start_step=start_step, partial=partial,

@@ -31,7 +31,7 @@ from s7jax.cli import OneLineErrorParser, exit_on_known_errors
 from tools.bench.measure import run_timed, write_result
 from tools.bench.tables import refusals_table
 
-ROOT = Path(__file__).resolve().parents[3]  # the checkout: scripts/ and results/
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: scripts/ and results/
 
 
 def make_cases(tmp: Path) -> list[tuple[str, list[str], int]]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from s7jax.cli import exit_on_known_errors
 from tools.bench.measure import environment, parser, run_timed, write_result
 
-ROOT = Path(__file__).resolve().parents[3]  # the checkout: scripts/ and results/
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: scripts/ and results/
 
 RUN = ["--model", "model6", "--epochs", "1", "--train-subset", "2048", "--test-subset", "1000",
        "--precise-bn", "2000", "--no-progress"]

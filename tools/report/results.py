@@ -274,9 +274,8 @@ def _beyond_chance(trials: list[dict[str, Any]]) -> str:
 
 def reproducibility(results_dir: Path) -> list[str]:
     """One line per recorded run trained again (its ``reproduce.json``). The
-    runs under ``results/repeats/`` were recorded by earlier code; their
-    folders are named by it, so the line names the model and seed instead
-    (``results/repeats/README.md`` says which code)."""
+    runs under ``results/repeats/`` were recorded by earlier code or repeated
+    elsewhere (``results/repeats/README.md`` says which)."""
     from s7jax.runs import runfiles
 
     paths = sorted([*results_dir.glob("*/seed-*/reproduce.json"),
@@ -294,11 +293,17 @@ def reproducibility(results_dir: Path) -> list[str]:
             outcome += (f", on a CPU of family {cpu} "
                         + ("unlike the recorded run's" if v.get("same_cpu") is False
                            else "(the recorded run's CPU was not recorded)"))
+        recorded = v["recorded_environment"]
+        cores = ((recorded.get("cpu") or {}).get("cores_usable", recorded.get("cpu_count")),
+                 (v["repeat_environment"].get("cpu") or {}).get("cores_usable"))
+        if not v["reproduced"] and None not in cores and cores[0] != cores[1]:
+            outcome += (f", in a process that could use {cores[1]} core(s) where the recorded "
+                        f"run had {cores[0]}")
         marked = mark(results_dir, [run])
         if run.parent.name == "repeats":
             c = runfiles.read_record(run)["config"]
-            which = (f"{c['model']}'s seed {c['seed']}{marked} as earlier code recorded it, "
-                     "under `results/repeats/` (its `README.md` says which code),")
+            which = (f"{c['model']}'s seed {c['seed']}{marked}, under `results/repeats/` (its "
+                     "`README.md` says how it was recorded and repeated),")
         else:
             which = f"`{run.relative_to(results_dir.parent)}`{marked}"
         lines.append(f"- {which} re-trained by `python "
