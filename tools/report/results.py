@@ -41,7 +41,7 @@ def results_section(results_dir: Path, write_plots: bool = True, root: str = "..
         lines += model6_over_seeds(models["model6"], summary["target"], results_dir, write_plots,
                                    root)
     lines += recipe_trials(results_dir)
-    lines += model7_designs(models, results_dir)
+    lines += model7_designs(models, results_dir, summary["target"], root)
     if models:
         if write_plots:
             from s7jax.models import MODELS
@@ -213,7 +213,8 @@ def layout(m) -> str:
             f"{at7}; dropout {m.dropout_rate:g}")
 
 
-def model7_designs(models: dict[str, Any], results_dir: Path) -> list[str]:
+def model7_designs(models: dict[str, Any], results_dir: Path, target: float,
+                   root: str) -> list[str]:
     """model7's trial designs (``s7jax.models.BEYOND``) run so far: each one's
     layout, seeds, hold count and last-3 mean, and against model7 on the same seeds."""
     import jax
@@ -247,6 +248,17 @@ def model7_designs(models: dict[str, Any], results_dir: Path) -> list[str]:
         lines.append(f"| {name} | {layout(get_model(name))} | {params:,} | {m['n_seeds']} | "
                      f"{m['seeds_holding_target']} | "
                      f"{m['mean']:.3f} +/- {se:.3f} | {versus} |")
+    if "model7" in models:
+        m = models["model7"]
+        worst = m["seeds"][m["worst_seed"]]
+        interval = f" (95% interval +/- {m['ci95']:.3f})" if m.get("ci95") else ""
+        lines += ["", f"**model7 over {m['n_seeds']} seeds** (`python scripts/sweep.py --model "
+                  f"model7 --seeds {m['n_seeds']} --pipeline scan`): {m['seeds_holding_target']} "
+                  f"of {m['n_seeds']} hold >= {target}% in each of the last three epochs. The "
+                  f"mean of their last-3 means is {m['mean']:.3f}%{interval}, std "
+                  f"{m['std']:.3f} over seeds. The worst seed, {m['worst_seed']}: "
+                  f"{' / '.join(f'{a:.2f}' for a in worst['last3'])}.", "",
+                  f"![model7 test accuracy per seed]({root}results/model7/seeds.png)"]
     return lines
 
 
