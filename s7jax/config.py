@@ -18,6 +18,7 @@ PIPELINES = ("auto", "tfds", "device", "scan")
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000  # MNIST's splits
 DATA_SOURCES = ("auto", "tfds", "idx")
 MATMUL_PRECISIONS = ("default", "high", "highest")  # JAX's names
+DECAY_SCOPES = ("all", "kernels")
 
 
 def _flag(default: Any, help: str, group: str = "", **argparse_kwargs: Any) -> Any:
@@ -39,6 +40,9 @@ class Config:
     momentum: float = _flag(0.9, "SGD momentum", "optimisation")
     nesterov: bool = _flag(False, "Nesterov momentum", "optimisation")
     weight_decay: float = _flag(0.0, "weight decay", "optimisation")
+    decay_scope: str = _flag("all", "all: decay every parameter; kernels: only the convolution "
+                                    "kernels (no BatchNorm scale or shift, no bias)",
+                             "optimisation", choices=DECAY_SCOPES)
     schedule: str = _flag("constant", "constant, or onecycle (cosine warm-up and decay)",
                           "optimisation", choices=("constant", "onecycle"))
     warmup_fraction: float = _flag(0.2, "one-cycle: share of steps rising to the peak",
@@ -111,7 +115,8 @@ class Config:
 # Settings added after runs were recorded: a config.json without one ran so.
 ADDED_LATER: dict[str, Any] = {"data_source": "tfds", "steps_per_call": 1,
                                 "matmul_precision": "default", "label_smoothing": 0.0,
-                                "ema_decay": 0.0, "cycle_epochs": None}
+                                "ema_decay": 0.0, "cycle_epochs": None,
+                                "decay_scope": "all"}
 
 
 def _typed(name: str, annotation: str, value: Any) -> Any:
@@ -191,6 +196,8 @@ def validate(config: Config) -> Config:
         (c.lr > 0 and math.isfinite(c.lr), f"--lr must be positive and finite, got {c.lr}"),
         (0 <= c.momentum < 1, f"--momentum must be in [0, 1), got {c.momentum}"),
         (0 <= c.weight_decay < math.inf, f"--weight-decay must be >= 0 and finite, got {c.weight_decay}"),
+        (c.decay_scope in DECAY_SCOPES,
+         f"--decay-scope must be one of {', '.join(DECAY_SCOPES)}, got {c.decay_scope!r}"),
         (c.optimizer in ("sgd", "adam"), f"--optimizer must be sgd or adam, got {c.optimizer!r}"),
         (c.schedule in ("constant", "onecycle"),
          f"--schedule must be constant or onecycle, got {c.schedule!r}"),

@@ -124,6 +124,28 @@ def test_the_weight_average_follows_each_step_and_is_what_gets_evaluated():
     chex.assert_trees_all_close(eval_step(state, batch), eval_step(averaged, batch), rtol=1e-6)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_kernel_scoped_decay_leaves_batchnorm_and_biases_alone(optimizer):
+    zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
+    updates = {}
+    for scope in ("all", "kernels"):
+        state, _ = fresh_state(optimizer=optimizer, weight_decay=0.1, decay_scope=scope)
+        state = state.replace(params=jax.tree.map(jnp.ones_like, state.params))  # no zero leaf
+        moved = state.apply_gradients(grads=zeros(state.params))  # only the decay moves anything
+        updates[scope] = jax.tree.map(lambda a, b: np.abs(np.asarray(a - b)).max(),
+                                      moved.params, state.params)
+    flat = jax.tree_util.tree_flatten_with_path(updates["kernels"])[0]
+    names = {jax.tree_util.keystr(path): change for path, change in flat}
+    kernels = [n for n in names if "kernel" in n]
+    assert len(kernels) == 7 and all(names[n] > 0 for n in kernels)
+    assert all(change == 0 for n, change in names.items() if n not in kernels)  # bn1..bn5, conv6/7 biases
+    # where both decay, they decay alike: the mask picks leaves, it changes no value
+    everything = dict((jax.tree_util.keystr(p), c) for p, c in
+                      jax.tree_util.tree_flatten_with_path(updates["all"])[0])
+    assert all(everything[n] > 0 for n in names)
+    np.testing.assert_allclose([names[n] for n in kernels], [everything[n] for n in kernels], rtol=1e-6)
+
+
 def test_eval_step_is_pure():
     state, _ = fresh_state()
     batch = fixed_batch()

@@ -52,13 +52,22 @@ def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedu
         final_div_factor=1.0 / (div_factor * config.final_lr_fraction))
 
 
+def _is_kernel(params: Any) -> Any:
+    """True for the leaves a ``decay_scope="kernels"`` run decays: the 4-D
+    convolution kernels. Before BatchNorm a kernel's size does not change the
+    output, so decay there only raises the effective step; on a BatchNorm scale
+    or shift, or a bias (1-D), it pulls the features themselves towards zero."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
 def make_optimizer(config: Config, schedule: optax.Schedule) -> optax.GradientTransformation:
+    mask = _is_kernel if config.decay_scope == "kernels" else None
     if config.optimizer == "adam":
-        return optax.adamw(schedule, weight_decay=config.weight_decay)
+        return optax.adamw(schedule, weight_decay=config.weight_decay, mask=mask)
     sgd = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
     if config.weight_decay:
         # PyTorch's SGD weight_decay: the decay joins the gradient before momentum.
-        return optax.chain(optax.add_decayed_weights(config.weight_decay), sgd)
+        return optax.chain(optax.add_decayed_weights(config.weight_decay, mask), sgd)
     return sgd
 
 
