@@ -41,6 +41,7 @@ def test_recipe_trials_name_their_changes_and_compare_on_the_same_seeds(tmp_path
     from s7jax.config import default_config
 
     root = tmp_path / trials.TRIALS
+    (tmp_path / "before-the-pool-fix.txt").write_text("recipe-trials/*\n")  # this table's trials
     for s, last3 in {0: (99.40, 99.42, 99.44), 1: (99.50, 99.50, 99.50),
                      2: (99.30, 99.30, 99.30)}.items():
         record_run(root / trials.BASELINE / "model6" / f"seed-{s}",
@@ -68,6 +69,28 @@ def test_recipe_trials_name_their_changes_and_compare_on_the_same_seeds(tmp_path
     assert smooth["paired_difference"] == pytest.approx(99.40 - 99.53)
     assert smooth["paired_se"] is None  # one seed has no spread
     assert trials.recipe_trials(tmp_path / "nowhere") == []
+
+
+def test_trials_after_the_fix_are_set_against_todays_runs_not_the_earlier_trials(tmp_path):
+    from s7jax.config import default_config
+
+    (tmp_path / "before-the-pool-fix.txt").write_text("recipe-trials/old\n")
+    for s, last3 in {0: (99.40, 99.40, 99.40), 1: (99.50, 99.50, 99.50)}.items():
+        record_run(tmp_path / "model6" / f"seed-{s}", default_config(seed=s, pipeline="device"),
+                   last3)
+        record_run(tmp_path / trials.TRIALS / "old" / "model6" / f"seed-{s}",
+                   default_config(seed=s, decay_scope="kernels"), (99.9, 99.9, 99.9))
+    for s, last3 in {1: (99.56, 99.56, 99.56), 2: (99.60, 99.60, 99.60)}.items():
+        record_run(tmp_path / trials.TRIALS / "kernels" / "model6" / f"seed-{s}",
+                   default_config(seed=s, decay_scope="kernels", pipeline="scan"), last3)
+    default, kernels = trials.after_fix(tmp_path)
+    assert default["name"] == "default" and default["runs"]["n_seeds"] == 2
+    # the pipeline computes the same recipe: not a change
+    assert kernels["changes"] == {"decay_scope": ("all", "kernels")}
+    assert kernels["builds_on"] == "default" and kernels["paired_seeds"] == 1  # seed 1 only
+    assert kernels["paired_difference"] == pytest.approx(0.06)
+    assert [t["name"] for t in trials.recipe_trials(tmp_path)] == []  # no baseline among old ones
+    assert trials.after_fix(tmp_path / "nowhere") == []
 
 
 def test_the_trials_table_says_how_large_chance_alone_is():

@@ -40,6 +40,7 @@ def results_section(results_dir: Path, write_plots: bool = True, root: str = "..
     if "model6" in models:
         lines += model6_over_seeds(models["model6"], summary["target"], results_dir, write_plots,
                                    root)
+    lines += recipe_after_fix(results_dir)
     lines += recipe_trials(results_dir)
     lines += model7_designs(models, results_dir, summary["target"], root)
     if models:
@@ -132,20 +133,16 @@ def model6_over_seeds(m: dict[str, Any], target: float, results_dir: Path,
 
 
 def before_the_fix(results_dir: Path, m: dict[str, Any], model: str = "model6") -> str:
-    """The recipe trial that trained today's recipe before the max-pool fix,
-    set against these seeds: the paired difference and its standard error."""
-    from s7jax.config import default_config
+    """The recipe trial that trained these runs' recipe before the max-pool
+    fix, set against these seeds: the paired difference and its standard error."""
+    from s7jax.runs import results
 
-    today = trials.flat(default_config(model))
+    ours = {str(s): v for s, v in m["seeds"].items()}
+    today = trials.recipe(trials.settings(results.run_dir(results_dir, model, int(next(iter(ours))))))
     for t in trials.recipe_trials(results_dir, model):
-        ours = {str(s): v for s, v in m["seeds"].items()}
         theirs = {str(s): v for s, v in t["runs"]["seeds"].items()}
         same = [s for s in ours if s in theirs]
-        seed = next(iter(theirs))
-        numeric = lambda d: {k: v for k, v in d.items() if k != "seed"  # noqa: E731
-                             and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if (len(same) < 2 or numeric(t["settings"]) != numeric(today) or not before_fix(
-                    results_dir, results_dir / trials.TRIALS / t["name"] / model / f"seed-{seed}")):
+        if len(same) < 2 or trials.recipe(t["settings"]) != today:
             continue
         diffs = [ours[s]["mean"] - theirs[s]["mean"] for s in same]
         return (f" Before the max-pool gradient fix, the same recipe on the same {len(same)} "
@@ -156,8 +153,59 @@ def before_the_fix(results_dir: Path, m: dict[str, Any], model: str = "model6") 
     return ""
 
 
+def _value(value: Any) -> str:
+    return str(value) if isinstance(value, str) else f"{value:g}"
+
+
 def _flag(setting: str, value: Any) -> str:
-    return f"--{setting.removeprefix('augment.').replace('_', '-')} {value:g}"
+    return f"--{setting.removeprefix('augment.').replace('_', '-')} {_value(value)}"
+
+
+def _command(model: str, trial: dict[str, Any], today: dict[str, Any], results: str | None
+             ) -> str:
+    """The sweep that trains ``trial`` today: the recipe settings in which it
+    differs from today's default, and the pipeline where auto would pick
+    another on a CPU."""
+    flags = [_flag(k, v) for k, v in trials.recipe(trial["settings"]).items()
+             if today.get(k) != v and not isinstance(v, bool)
+             and isinstance(v, (int, float, str))]
+    if trial["settings"]["pipeline"] in ("scan", "tfds"):
+        flags.append(f"--pipeline {trial['settings']['pipeline']}")
+    results = [f"--results {results}"] if results else []
+    return "`" + " ".join(["python scripts/sweep.py --model", model, "--seeds",
+                           str(trial["runs"]["n_seeds"]), *flags, *results]) + "`"
+
+
+def _versus(t: dict[str, Any]) -> str:
+    return ("" if t["builds_on"] is None else f"{t['paired_difference']:+.3f}"
+            + (f" +/- {t['paired_se']:.3f}" if t["paired_se"] is not None else "")
+            + f" against {t['builds_on']} "
+            f"({t['paired_seeds']} seed{'s' if t['paired_seeds'] > 1 else ''})")
+
+
+def recipe_after_fix(results_dir: Path, model: str = "model6") -> list[str]:
+    """The recipes tried since the max-pool fix, each against today's."""
+    from s7jax.config import default_config
+
+    found = trials.after_fix(results_dir, model)
+    if not found:
+        return []
+    today = trials.flat(default_config(model))
+    lines = ["", f"**{model}'s recipe, after the fix.** Today's recipe (`default`, the runs "
+             f"under `results/{model}/`) and each candidate trained since the max-pool "
+             "gradient fix, under `results/recipe-trials/<trial>/`: what it changes, and its "
+             "last-3 mean against the default on the same seeds.", "",
+             "| trial | change | seeds | seeds holding | last-3 mean | against the default, "
+             "same seeds | command |", "|---|---|---:|---:|---:|---|---|"]
+    for t in found:
+        runs = t["runs"]
+        change = ", ".join(f"{k} {_value(old)} -> {_value(new)}"
+                           for k, (old, new) in t["changes"].items()) or "(today's recipe)"
+        where = None if t["name"] == "default" else f"results/{trials.TRIALS}/{t['name']}"
+        lines.append(f"| {t['name']} | {change} | {runs['n_seeds']} | "
+                     f"{runs['seeds_holding_target']} | {runs['mean']:.3f} | {_versus(t)} | "
+                     f"{_command(model, t, today, where)} |")
+    return lines + trial_noise(found)
 
 
 def recipe_trials(results_dir: Path, model: str = "model6") -> list[str]:
@@ -183,25 +231,16 @@ def recipe_trials(results_dir: Path, model: str = "model6") -> list[str]:
     lines = []
     for t in found:
         runs = t["runs"]
-        settings = t["settings"]
-        flags = " ".join(_flag(k, v) for k, v in settings.items()
-                         if k != "seed" and today.get(k) != v and isinstance(v, (int, float))
-                         and not isinstance(v, bool))  # the rest: resolved per machine
-        change = ", ".join(f"{k} {old:g} -> {new:g}" for k, (old, new) in t["changes"].items()) or (
-            "(the earlier recipe)")
-        if not flags:
+        change = ", ".join(f"{k} {_value(old)} -> {_value(new)}"
+                           for k, (old, new) in t["changes"].items()) or "(the earlier recipe)"
+        if trials.recipe(t["settings"]) == trials.recipe(today):
             change += " (the default now)"
-        versus = ("" if t["builds_on"] is None else
-                  f"{t['paired_difference']:+.3f}"
-                  + (f" +/- {t['paired_se']:.3f}" if t["paired_se"] is not None else "")
-                  + f" against {t['builds_on']} "
-                  f"({t['paired_seeds']} seed{'s' if t['paired_seeds'] > 1 else ''})")
-        command = (f"`python scripts/sweep.py --model {model} --seeds {runs['n_seeds']} {flags} "
-                   f"--results results/{trials.TRIALS}/{t['name']}`").replace("  ", " ")
+        command = _command(model, t, today, f"results/{trials.TRIALS}/{t['name']}")
         marked = mark(results_dir, seed_runs(results_dir, model, runs,
                                              under=results_dir / trials.TRIALS / t["name"]))
         lines.append(f"| {t['name']}{marked} | {change} | {runs['n_seeds']} | "
-                     f"{runs['seeds_holding_target']} | {runs['mean']:.3f} | {versus} | {command} |")
+                     f"{runs['seeds_holding_target']} | {runs['mean']:.3f} | {_versus(t)} | "
+                     f"{command} |")
     return head + footnote(lines) + trial_noise(found)
 
 

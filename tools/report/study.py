@@ -50,7 +50,8 @@ def recipe(config: dict) -> str:
                 else f" (momentum {c['momentum']})" if c["optimizer"] == "sgd" else ""),
              f"{c['schedule']} lr {c['lr']:g}" + _cycle(c), f"batch {c['batch_size']}"]
     if c["weight_decay"]:
-        parts.append(f"weight decay {c['weight_decay']:g}")
+        parts.append(f"weight decay {c['weight_decay']:g}"
+                     + (" on the conv kernels only" if c.get("decay_scope") == "kernels" else ""))
     a = c["augment"]
     if a["degrees"] or a["brightness"] or a["contrast"]:
         parts.append(f"augmentation +/-{a['degrees']:g} deg, x[{1 - a['brightness']:g}, "

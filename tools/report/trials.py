@@ -1,5 +1,7 @@
 """The recipe trials under ``results/recipe-trials/<trial>/<model>/seed-<s>/``:
-candidate recipes, each set against the trial it builds on."""
+candidate recipes. Those trained before the max-pool gradient fix are each set
+against the trial they build on; those trained after it, against today's
+recipe (``results/<model>/``)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ from typing import Any
 
 from s7jax.runs import runfiles
 from s7jax.runs.results import run_dir, runs_of
+from tools.report.before_fix import before_fix
 
 TRIALS = "recipe-trials"
 BASELINE = "previous"  # the trial that holds the recipe the others were measured against
+# How a run was computed, not what it trains: the same recipe up to rounding.
+NOT_RECIPE = ("seed", "pipeline", "data_source")
 
 
 def flat(config) -> dict[str, Any]:
@@ -28,38 +33,74 @@ def settings(run: Path) -> dict[str, Any]:
     return flat(runfiles.read_config(run))
 
 
-def recipe_trials(results_dir: str | Path, model: str = "model6") -> list[dict[str, Any]]:
-    """Every trial, baseline first: its settings, its ``changes`` against the
-    baseline, its runs (``s7jax.runs.results.over_seeds``), and the paired mean
-    and standard error of its last-3 mean against the trial it builds on (the
-    one whose changes it contains, with fewest others)."""
+def recipe(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` without :data:`NOT_RECIPE`."""
+    return {k: v for k, v in settings.items() if k not in NOT_RECIPE}
+
+
+def _trials(results_dir: Path, model: str, before: bool) -> dict[str, dict[str, Any]]:
+    """Each trial trained before the fix (``before``) or after it, that has runs:
+    its runs and its first seed's settings."""
     root = Path(results_dir) / TRIALS
-    found = {p.name: runs_of(p, model) for p in sorted(root.iterdir()) if p.is_dir()} if (
-        root.is_dir()) else {}
-    if found.get(BASELINE) is None:
+    found = {}
+    for path in sorted(root.iterdir()) if root.is_dir() else ():
+        runs = runs_of(path, model) if path.is_dir() else None
+        if runs is not None and before_fix(Path(results_dir), path) == before:
+            found[path.name] = {"name": path.name, "runs": runs, "settings": settings(
+                run_dir(path, model, int(next(iter(runs["seeds"])))))}
+    return found
+
+
+def _against(trial: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """The paired mean and standard error of ``trial``'s last-3 means minus
+    ``other``'s, on the seeds both ran."""
+    theirs = other["runs"]["seeds"]
+    paired = [seed["mean"] - theirs[s]["mean"]
+              for s, seed in trial["runs"]["seeds"].items() if s in theirs]
+    return {"builds_on": other["name"], "paired_seeds": len(paired),
+            "paired_difference": statistics.fmean(paired) if paired else None,
+            # The standard error of that mean, from the spread of the per-seed
+            # differences themselves (runs on one seed share their start, so
+            # they are not independent draws).
+            "paired_se": statistics.stdev(paired) / len(paired) ** 0.5 if len(paired) > 1 else None}
+
+
+def _changes(settings: dict[str, Any], base: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    settings, base = recipe(settings), recipe(base)
+    return {k: (base.get(k), v) for k, v in settings.items() if base.get(k) != v}
+
+
+def recipe_trials(results_dir: str | Path, model: str = "model6") -> list[dict[str, Any]]:
+    """Every trial trained before the fix, baseline first: its settings, its
+    ``changes`` against the baseline, its runs
+    (``s7jax.runs.results.over_seeds``), and the paired difference of its
+    last-3 mean against the trial it builds on (the one whose changes it
+    contains, with fewest others)."""
+    found = _trials(Path(results_dir), model, before=True)
+    if BASELINE not in found:
         return []
     base = found.pop(BASELINE)
-    base_settings = settings(run_dir(root / BASELINE, model, int(next(iter(base["seeds"])))))
-    trials = [{"name": BASELINE, "settings": base_settings, "changes": {}, "runs": base,
-               "builds_on": None, "paired_difference": None, "paired_seeds": 0,
-               "paired_se": None}]
-    for name, runs in found.items():
-        if runs is not None:
-            trial_settings = settings(run_dir(root / name, model, int(next(iter(runs["seeds"])))))
-            trials.append({"name": name, "runs": runs, "settings": trial_settings, "changes": {
-                k: (base_settings.get(k), v) for k, v in trial_settings.items()
-                if k != "seed" and base_settings.get(k) != v}})
+    trials = [{**base, "changes": {}, "builds_on": None, "paired_difference": None,
+               "paired_seeds": 0, "paired_se": None}]
+    trials += [{**t, "changes": _changes(t["settings"], base["settings"])} for t in found.values()]
     for t in trials[1:]:
         below = [o for o in trials if len(o["changes"]) < len(t["changes"])
                  and o["changes"].items() <= t["changes"].items()]
-        parent = max(below, key=lambda o: len(o["changes"]))
-        paired = [seed["mean"] - parent["runs"]["seeds"][s]["mean"]
-                  for s, seed in t["runs"]["seeds"].items() if s in parent["runs"]["seeds"]]
-        t.update(builds_on=parent["name"], paired_seeds=len(paired),
-                 paired_difference=statistics.fmean(paired) if paired else None,
-                 # The standard error of that mean, from the spread of the
-                 # per-seed differences themselves (runs on one seed share
-                 # their start, so they are not independent draws).
-                 paired_se=(statistics.stdev(paired) / len(paired) ** 0.5
-                            if len(paired) > 1 else None))
+        t.update(_against(t, max(below, key=lambda o: len(o["changes"]))))
     return trials
+
+
+def after_fix(results_dir: str | Path, model: str = "model6") -> list[dict[str, Any]]:
+    """Today's runs of ``model`` (``results/<model>/``, named ``default``)
+    first, then every trial trained after the fix, each with its ``changes``
+    against them and its paired difference on the same seeds."""
+    results_dir = Path(results_dir)
+    runs = runs_of(results_dir, model)
+    trials = _trials(results_dir, model, before=False)
+    if runs is None or not trials:
+        return []
+    default = {"name": "default", "runs": runs, "changes": {}, "builds_on": None,
+               "paired_difference": None, "paired_seeds": 0, "paired_se": None,
+               "settings": settings(run_dir(results_dir, model, int(next(iter(runs["seeds"])))))}
+    return [default, *({**t, "changes": _changes(t["settings"], default["settings"]),
+                        **_against(t, default)} for t in trials.values())]
