@@ -264,7 +264,7 @@ def model7_designs(models: dict[str, Any], results_dir: Path, target: float,
     if not found:
         return []
     lines = ["", "**model7, beyond the study.** The designs tried for it (under 4,000 parameters, "
-             "model7-d apart: it looks for the frontier above), "
+             "model7-d and model7-f apart: they look for the frontier above), "
              "each trained with model6's recipe by `python scripts/sweep.py --model NAME --seeds N "
              "--pipeline scan` (the files under `results/NAME/`). The layout gives the channels of "
              "the padded blocks at 28x28 and 14x14, then what follows at 7x7 (`s7jax/models/"
