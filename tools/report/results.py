@@ -259,6 +259,7 @@ def model7_designs(models: dict[str, Any], results_dir: Path, target: float,
     import jax
 
     from s7jax.models import BEYOND, count_params, get_model, init_variables
+    from s7jax.models.study import FRONTIER
 
     found = [name for name in BEYOND if name in models]
     if not found:
@@ -287,6 +288,7 @@ def model7_designs(models: dict[str, Any], results_dir: Path, target: float,
         lines.append(f"| {name} | {layout(get_model(name))} | {params:,} | {m['n_seeds']} | "
                      f"{m['seeds_holding_target']} | "
                      f"{m['mean']:.3f} +/- {se:.3f} | {versus} |")
+    lines += _paired_line(models, FRONTIER)
     if "model7" in models:
         m = models["model7"]
         worst = m["seeds"][m["worst_seed"]]
@@ -299,6 +301,18 @@ def model7_designs(models: dict[str, Any], results_dir: Path, target: float,
                   f"{' / '.join(f'{a:.2f}' for a in worst['last3'])}.", "",
                   f"![model7 test accuracy per seed]({root}results/model7/seeds.png)"]
     return lines
+
+
+def _paired_line(models: dict[str, Any], pair: tuple[str, str]) -> list[str]:
+    """The second design of ``pair`` against the first, seed by seed, where
+    both have runs on two or more of the same seeds."""
+    first, second = (models.get(name, {"seeds": {}})["seeds"] for name in pair)
+    paired = [second[s]["mean"] - first[s]["mean"] for s in second if s in first]
+    if len(paired) < 2:
+        return []
+    return ["", f"{pair[1]} against {pair[0]} on the same {len(paired)} seeds, last-3 mean: "
+            f"{statistics.fmean(paired):+.3f} +/- "
+            f"{statistics.stdev(paired) / len(paired) ** 0.5:.3f} (standard error)."]
 
 
 def trial_noise(trials: list[dict[str, Any]]) -> list[str]:
