@@ -76,8 +76,8 @@ def test_trials_after_the_fix_are_set_against_todays_runs_not_the_earlier_trials
 
     (tmp_path / "before-the-pool-fix.txt").write_text("recipe-trials/old\n")
     for s, last3 in {0: (99.40, 99.40, 99.40), 1: (99.50, 99.50, 99.50)}.items():
-        record_run(tmp_path / "model6" / f"seed-{s}", default_config(seed=s, pipeline="device"),
-                   last3)
+        today = default_config(seed=s, pipeline="device", decay_scope="all")
+        record_run(tmp_path / "model6" / f"seed-{s}", today, last3)
         record_run(tmp_path / trials.TRIALS / "old" / "model6" / f"seed-{s}",
                    default_config(seed=s, decay_scope="kernels"), (99.9, 99.9, 99.9))
     for s, last3 in {1: (99.56, 99.56, 99.56), 2: (99.60, 99.60, 99.60)}.items():
