@@ -78,6 +78,7 @@ def test_model7_is_model7_e_and_the_designs_trained_with_dropout_keep_it():
     assert get_model("model7") == get_model("model7-e") and get_model("model7").dropout_rate == 0
     assert {n: get_model(n).dropout_rate for n in ("model7-a", "model7-b", "model7-c", "model7-d")
             } == dict.fromkeys(("model7-a", "model7-b", "model7-c", "model7-d"), 0.05)
+    assert get_model("model7-f").dropout_rate == 0 and get_model("model7-g").dropout_rate == 0.1
 
 
 def test_registry_names_and_unknown_model():

@@ -224,8 +224,10 @@ BEYOND: dict[str, type[nn.Module] | functools.partial] = {
     "model7-d": functools.partial(TinyNet, channels=(6, 8, 10, 10), tail=(10, 10),
                                   dropout_rate=0.05),
     "model7-f": functools.partial(TinyNet, channels=(6, 8, 10, 10), tail=(10, 10)),
+    "model7-g": functools.partial(TinyNet, channels=(6, 8, 10, 10), tail=(10, 10),
+                                  dropout_rate=0.1),
 }
-FRONTIER = ("model7-d", "model7-f")  # the designs over 4,000 (under 5,000)
+FRONTIER = ("model7-d", "model7-f", "model7-g")  # the designs over 4,000 (under 5,000)
 MODELS = {**STUDY, **BEYOND}
 
 INPUT_SHAPE = (28, 28, 1)

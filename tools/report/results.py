@@ -265,7 +265,7 @@ def model7_designs(models: dict[str, Any], results_dir: Path, target: float,
     if not found:
         return []
     lines = ["", "**model7, beyond the study.** The designs tried for it (under 4,000 parameters, "
-             "model7-d and model7-f apart: they look for the frontier above), "
+             "model7-d, model7-f and model7-g apart: they look for the frontier above), "
              "each trained with model6's recipe by `python scripts/sweep.py --model NAME --seeds N "
              "--pipeline scan` (the files under `results/NAME/`). The layout gives the channels of "
              "the padded blocks at 28x28 and 14x14, then what follows at 7x7 (`s7jax/models/"
@@ -288,7 +288,8 @@ def model7_designs(models: dict[str, Any], results_dir: Path, target: float,
         lines.append(f"| {name} | {layout(get_model(name))} | {params:,} | {m['n_seeds']} | "
                      f"{m['seeds_holding_target']} | "
                      f"{m['mean']:.3f} +/- {se:.3f} | {versus} |")
-    lines += _paired_line(models, FRONTIER)
+    for other in FRONTIER[1:]:  # each frontier design against the first, model7-d
+        lines += _paired_line(models, (FRONTIER[0], other))
     if "model7" in models:
         m = models["model7"]
         worst = m["seeds"][m["worst_seed"]]
