@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.report import trials
-from tools.report.before_fix import MARK, before_fix, footnote, mark, seed_runs
+from tools.report.before_fix import MARK, footnote, mark, seed_runs
 from tools.report.original import against_original, headline_against_original
 from tools.report.study import device, model_sections
 
