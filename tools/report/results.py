@@ -220,7 +220,8 @@ def recipe_trials(results_dir: Path, model: str = "model6") -> list[str]:
         return []
     today = trials.flat(default_config(model))
     base = found[0]["runs"]
-    head = ["", f"**Improving {model}'s recipe.** Each candidate below trained {model} on a few "
+    head = ["", f"**Improving {model}'s recipe, before the fix.** Each candidate below trained "
+             f"{model} on a few "
              f"seeds, changing the earlier recipe (`{trials.BASELINE}`, {base['n_seeds']} "
              "seeds) as the second column says; the last column sets its last-3 mean against "
              "the trial it builds on (the earlier recipe, or the trial whose changes it makes "
@@ -266,7 +267,8 @@ def model7_designs(models: dict[str, Any], results_dir: Path, target: float,
         return []
     lines = ["", "**model7, beyond the study.** The designs tried for it (under 4,000 parameters, "
              "model7-d, model7-f and model7-g apart: they look for the frontier above), "
-             "each trained with model6's recipe by `python scripts/sweep.py --model NAME --seeds N "
+             "each trained with model6's recipe as it was then (weight decay on every parameter) by "
+             "`python scripts/sweep.py --model NAME --seeds N "
              "--pipeline scan` (the files under `results/NAME/`). The layout gives the channels of "
              "the padded blocks at 28x28 and 14x14, then what follows at 7x7 (`s7jax/models/"
              "study.py`, `TinyNet`). The last column sets a design's last-3 mean against "
