@@ -144,12 +144,11 @@ def before_the_fix(results_dir: Path, m: dict[str, Any], model: str = "model6") 
         same = [s for s in ours if s in theirs]
         if len(same) < 2 or trials.recipe(t["settings"]) != today:
             continue
-        diffs = [ours[s]["mean"] - theirs[s]["mean"] for s in same]
+        _, difference, se = trials.paired(ours, theirs)
         return (f" Before the max-pool gradient fix, the same recipe on the same {len(same)} "
                 f"seeds (the trial {t['name']}{MARK}) averaged "
                 f"{statistics.fmean(theirs[s]['mean'] for s in same):.3f}%; after "
-                f"minus before, seed by seed: {statistics.fmean(diffs):+.3f} (standard error "
-                f"{statistics.stdev(diffs) / len(diffs) ** 0.5:.3f}).")
+                f"minus before, seed by seed: {difference:+.3f} (standard error {se:.3f}).")
     return ""
 
 
@@ -183,6 +182,21 @@ def _versus(t: dict[str, Any]) -> str:
             f"({t['paired_seeds']} seed{'s' if t['paired_seeds'] > 1 else ''})")
 
 
+def _trial_row(model: str, t: dict[str, Any], today: dict[str, Any], unchanged: str,
+               results: str | None, marked: str = "") -> str:
+    """A trials table's row: the trial, what it changes (``unchanged`` where
+    nothing), its seeds, holders and last-3 mean, the paired difference and
+    the command that trains it today."""
+    runs = t["runs"]
+    change = ", ".join(f"{k} {_value(old)} -> {_value(new)}"
+                       for k, (old, new) in t["changes"].items()) or unchanged
+    if trials.recipe(t["settings"]) == trials.recipe(today) and t["changes"]:
+        change += " (the default now)"
+    return (f"| {t['name']}{marked} | {change} | {runs['n_seeds']} | "
+            f"{runs['seeds_holding_target']} | {runs['mean']:.3f} | {_versus(t)} | "
+            f"{_command(model, t, today, results)} |")
+
+
 def recipe_after_fix(results_dir: Path, model: str = "model6") -> list[str]:
     """The recipes tried since the max-pool fix, each against today's."""
     from s7jax.config import default_config
@@ -198,13 +212,8 @@ def recipe_after_fix(results_dir: Path, model: str = "model6") -> list[str]:
              "| trial | change | seeds | seeds holding | last-3 mean | against the default, "
              "same seeds | command |", "|---|---|---:|---:|---:|---|---|"]
     for t in found:
-        runs = t["runs"]
-        change = ", ".join(f"{k} {_value(old)} -> {_value(new)}"
-                           for k, (old, new) in t["changes"].items()) or "(today's recipe)"
         where = None if t["name"] == "default" else f"results/{trials.TRIALS}/{t['name']}"
-        lines.append(f"| {t['name']} | {change} | {runs['n_seeds']} | "
-                     f"{runs['seeds_holding_target']} | {runs['mean']:.3f} | {_versus(t)} | "
-                     f"{_command(model, t, today, where)} |")
+        lines.append(_trial_row(model, t, today, "(today's recipe)", where))
     return lines + trial_noise(found)
 
 
@@ -231,17 +240,10 @@ def recipe_trials(results_dir: Path, model: str = "model6") -> list[str]:
              "same seeds | command |", "|---|---|---:|---:|---:|---|---|"]
     lines = []
     for t in found:
-        runs = t["runs"]
-        change = ", ".join(f"{k} {_value(old)} -> {_value(new)}"
-                           for k, (old, new) in t["changes"].items()) or "(the earlier recipe)"
-        if trials.recipe(t["settings"]) == trials.recipe(today):
-            change += " (the default now)"
-        command = _command(model, t, today, f"results/{trials.TRIALS}/{t['name']}")
-        marked = mark(results_dir, seed_runs(results_dir, model, runs,
-                                             under=results_dir / trials.TRIALS / t["name"]))
-        lines.append(f"| {t['name']}{marked} | {change} | {runs['n_seeds']} | "
-                     f"{runs['seeds_holding_target']} | {runs['mean']:.3f} | {_versus(t)} | "
-                     f"{command} |")
+        under = results_dir / trials.TRIALS / t["name"]
+        lines.append(_trial_row(model, t, today, "(the earlier recipe)",
+                                f"results/{trials.TRIALS}/{t['name']}",
+                                mark(results_dir, seed_runs(results_dir, model, t["runs"], under=under))))
     return head + footnote(lines) + trial_noise(found)
 
 
@@ -282,11 +284,10 @@ def model7_designs(models: dict[str, Any], results_dir: Path, target: float,
         params = count_params(jax.eval_shape(lambda n=name: init_variables(
             get_model(n), jax.random.key(0, impl="rbg"))))
         se = m["std"] / m["n_seeds"] ** 0.5
-        paired = [seed["mean"] - base[s]["mean"] for s, seed in m["seeds"].items() if s in base]
-        versus = "" if name == "model7" or not paired else (
-            f"{statistics.fmean(paired):+.3f}" + (
-                f" +/- {statistics.stdev(paired) / len(paired) ** 0.5:.3f}" if len(paired) > 1
-                else "") + f" ({len(paired)} seeds)")
+        n, difference, paired_se = trials.paired(m["seeds"], base)
+        versus = "" if name == "model7" or not n else (
+            f"{difference:+.3f}" + (f" +/- {paired_se:.3f}" if paired_se is not None else "")
+            + f" ({n} seeds)")
         lines.append(f"| {name} | {layout(get_model(name))} | {params:,} | {m['n_seeds']} | "
                      f"{m['seeds_holding_target']} | "
                      f"{m['mean']:.3f} +/- {se:.3f} | {versus} |")
@@ -310,12 +311,11 @@ def _paired_line(models: dict[str, Any], pair: tuple[str, str]) -> list[str]:
     """The second design of ``pair`` against the first, seed by seed, where
     both have runs on two or more of the same seeds."""
     first, second = (models.get(name, {"seeds": {}})["seeds"] for name in pair)
-    paired = [second[s]["mean"] - first[s]["mean"] for s in second if s in first]
-    if len(paired) < 2:
+    n, difference, se = trials.paired(second, first)
+    if n < 2:
         return []
-    return ["", f"{pair[1]} against {pair[0]} on the same {len(paired)} seeds, last-3 mean: "
-            f"{statistics.fmean(paired):+.3f} +/- "
-            f"{statistics.stdev(paired) / len(paired) ** 0.5:.3f} (standard error)."]
+    return ["", f"{pair[1]} against {pair[0]} on the same {n} seeds, last-3 mean: "
+            f"{difference:+.3f} +/- {se:.3f} (standard error)."]
 
 
 def trial_noise(trials: list[dict[str, Any]]) -> list[str]:

@@ -51,18 +51,20 @@ def _trials(results_dir: Path, model: str, before: bool) -> dict[str, dict[str, 
     return found
 
 
+def paired(ours: dict[str, Any], theirs: dict[str, Any]) -> tuple[int, float | None, float | None]:
+    """On the seeds both sets of runs (``over_seeds``'s ``seeds``) ran: how
+    many, and the mean and standard error of our last-3 means minus theirs.
+    The error comes from the spread of the per-seed differences themselves
+    (runs on one seed share their start, so they are not independent draws)."""
+    diffs = [seed["mean"] - theirs[s]["mean"] for s, seed in ours.items() if s in theirs]
+    return (len(diffs), statistics.fmean(diffs) if diffs else None,
+            statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None)
+
+
 def _against(trial: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
-    """The paired mean and standard error of ``trial``'s last-3 means minus
-    ``other``'s, on the seeds both ran."""
-    theirs = other["runs"]["seeds"]
-    paired = [seed["mean"] - theirs[s]["mean"]
-              for s, seed in trial["runs"]["seeds"].items() if s in theirs]
-    return {"builds_on": other["name"], "paired_seeds": len(paired),
-            "paired_difference": statistics.fmean(paired) if paired else None,
-            # The standard error of that mean, from the spread of the per-seed
-            # differences themselves (runs on one seed share their start, so
-            # they are not independent draws).
-            "paired_se": statistics.stdev(paired) / len(paired) ** 0.5 if len(paired) > 1 else None}
+    n, difference, se = paired(trial["runs"]["seeds"], other["runs"]["seeds"])
+    return {"builds_on": other["name"], "paired_seeds": n, "paired_difference": difference,
+            "paired_se": se}
 
 
 def _changes(settings: dict[str, Any], base: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
