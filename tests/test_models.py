@@ -67,10 +67,14 @@ def test_model6_has_under_8000_parameters():
 def test_model7_and_its_trial_designs_have_under_4000_parameters_or_5000_at_the_frontier(name):
     variables = jax.eval_shape(lambda: init_variables(get_model(name), key(0)))
     assert count_params(variables) < (5_000 if name in FRONTIER else 4_000)
-    convs = [n for n in variables["params"] if n.startswith("conv")]
-    # BN after every conv but the last: no conv bias before a BN's shift.
-    assert [n for n in convs if "bias" in variables["params"][n]] == [convs[-1]]
-    assert len(variables["batch_stats"]) == len(convs) - 1
+    params = variables["params"]
+    layers = [n for n in params if "kernel" in params[n]]
+    # BN after every layer but the last (after a depthwise conv's 1x1 conv):
+    # the only bias is the last layer's, the one that makes the 10 logit maps.
+    biased = [n for n in layers if "bias" in params[n]]
+    assert len(biased) == 1 and params[biased[0]]["kernel"].shape[-1] == 10
+    assert len(variables["batch_stats"]) == len([n for n in layers
+                                                 if not n.startswith("depthwise")]) - 1
 
 
 def test_model7_is_model7_e_and_the_designs_trained_with_dropout_keep_it():
@@ -78,7 +82,9 @@ def test_model7_is_model7_e_and_the_designs_trained_with_dropout_keep_it():
     assert get_model("model7") == get_model("model7-e") and get_model("model7").dropout_rate == 0
     assert {n: get_model(n).dropout_rate for n in ("model7-a", "model7-b", "model7-c", "model7-d")
             } == dict.fromkeys(("model7-a", "model7-b", "model7-c", "model7-d"), 0.05)
-    assert get_model("model7-f").dropout_rate == 0 and get_model("model7-g").dropout_rate == 0.1
+    assert get_model("model7-f").dropout_rate == 0 and get_model("model7-h").dropout_rate == 0
+    assert {n: get_model(n).dropout_rate for n in ("model7-g", "model7-i", "model7-j")
+            } == dict.fromkeys(("model7-g", "model7-i", "model7-j"), 0.1)
 
 
 def test_registry_names_and_unknown_model():

@@ -1,4 +1,4 @@
-"""The fast convolution, max-pool and dropout compute what the stock ones do,
+"""The fast convolutions, max-pool and dropout compute what the stock ones do,
 compiled with XLA's optimisations on, as in a run."""
 
 from __future__ import annotations
@@ -34,6 +34,29 @@ def test_conv_and_its_gradients_match_lax(cin, cout, size, pad):
     in_loop = jax.lax.scan(lambda c, _: (c, jax.value_and_grad(loss(ops.conv), argnums=(0, 1))(x, w)),
                            0, None, length=1)[1]
     ref = jax.value_and_grad(loss(jax.lax.conv_general_dilated), argnums=(0, 1))(x, w)
+    chex.assert_trees_all_close(ours, ref, rtol=2e-4, atol=2e-4)
+    chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], in_loop), ref, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("shape", [(3, 28, 28, 8), (2, 7, 9, 5)])
+def test_depthwise_conv_and_its_gradients_match_lax_grouped(shape):
+    """Nine shifted multiply-adds are the grouped convolution (one kernel per
+    channel, zero padding 1), gradients included, inside jit and scan."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 1, shape[-1])), jnp.float32)
+
+    def grouped(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            feature_group_count=x.shape[-1])
+
+    def loss(conv):
+        return jax.value_and_grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), argnums=(0, 1))
+
+    ours = jax.jit(loss(ops.depthwise_conv_3x3))(x, w)
+    in_loop = jax.lax.scan(lambda c, _: (c, loss(ops.depthwise_conv_3x3)(x, w)), 0, None, length=1)[1]
+    ref = loss(grouped)(x, w)
     chex.assert_trees_all_close(ours, ref, rtol=2e-4, atol=2e-4)
     chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], in_loop), ref, rtol=2e-4, atol=2e-4)
 

@@ -13,7 +13,7 @@ from s7jax.models.study import INPUT_SHAPE, MODELS, STUDY, count_params, init_va
 
 # Layer names in s7jax.models are <kind><index>: conv1, bn1, drop1, pool1, ...
 KINDS = {"bn": "BatchNorm", "drop": "Dropout", "pool": "MaxPool 2x2",
-         "gap": "GlobalAvgPool"}
+         "gap": "GlobalAvgPool", "pointwise": "Conv 1x1", "head": "Conv 1x1"}
 
 
 def layer_rows(model: nn.Module, variables) -> list[tuple[str, str, tuple[int, ...], int, int]]:
@@ -27,7 +27,7 @@ def layer_rows(model: nn.Module, variables) -> list[tuple[str, str, tuple[int, .
             continue
         kind = re.match(r"[a-z]+", name).group()
         params = variables["params"].get(name, {})
-        if kind == "conv":
+        if kind in ("conv", "depthwise"):
             k = params["kernel"].shape[0]
             rf += (k - 1) * jump
         elif kind == "pool":
@@ -38,16 +38,18 @@ def layer_rows(model: nn.Module, variables) -> list[tuple[str, str, tuple[int, .
         n_params = sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
         shape = tuple(value["__call__"][0].shape[1:])
         size = shape[0] if len(shape) == 3 else size
-        label = f"Conv {k}x{k}" if kind == "conv" else KINDS[kind]
+        label = (f"Conv {k}x{k}" if kind == "conv" else f"Depthwise {k}x{k}" if kind == "depthwise"
+                 else KINDS[kind])
         rows.append((name, label, shape, n_params, rf))
     return rows
 
 
 def layer_table(model: nn.Module, variables) -> str:
     rows = layer_rows(model, variables)
-    lines = [f"{'layer':<7}{'type':<12}{'output':>14}{'params':>9}{'RF':>5}"]
-    lines += [f"{n:<7}{k:<12}{str(s):>14}{p:>9,}{rf:>5}" for n, k, s, p, rf in rows]
-    lines.append(f"{'total':<7}{'':<12}{'':>14}{count_params(variables):>9,}")
+    w = max(7, *(len(row[0]) + 1 for row in rows))
+    lines = [f"{'layer':<{w}}{'type':<14}{'output':>14}{'params':>9}{'RF':>5}"]
+    lines += [f"{n:<{w}}{k:<14}{str(s):>14}{p:>9,}{rf:>5}" for n, k, s, p, rf in rows]
+    lines.append(f"{'total':<{w}}{'':<14}{'':>14}{count_params(variables):>9,}")
     return "\n".join(lines)
 
 

@@ -43,6 +43,7 @@ def results_section(results_dir: Path, write_plots: bool = True, root: str = "..
     lines += recipe_after_fix(results_dir)
     lines += recipe_trials(results_dir)
     lines += model7_designs(models, results_dir, summary["target"], root)
+    lines += recipe_after_fix(results_dir, "model7-g")
     if models:
         if write_plots:
             from s7jax.models import MODELS
@@ -248,8 +249,16 @@ def recipe_trials(results_dir: Path, model: str = "model6") -> list[str]:
 
 
 def layout(m) -> str:
-    """A TinyNet's channels: 28x28 / 14x14 / what follows at 7x7; its dropout."""
-    at7 = (f"unpadded {', '.join(map(str, m.tail))}, then 10" if m.tail else
+    """A design's channels: 28x28 / 14x14 / what follows at 7x7; its dropout."""
+    from s7jax.models.study import SeparableNet
+
+    if isinstance(m, SeparableNet):
+        c = m.channels
+        return (f"{m.stem}, separable {c[0]} / separable {c[1]}, {c[2]} / separable "
+                f"{', '.join(map(str, c[3:]))}, 1x1 to 10, averaged; dropout {m.dropout_rate:g}")
+    left = 7 - 2 * (len(m.tail) + 1)  # the map the last unpadded conv leaves
+    at7 = (f"unpadded {', '.join(map(str, m.tail))}, then 10"
+           + (f", averaged over {left}x{left}" if left > 1 else "") if m.tail else
            f"{m.head}, 1x1 to 10, averaged" if m.head else "3x3 to 10, averaged")
     return (f"{', '.join(map(str, m.channels[:2]))} / {', '.join(map(str, m.channels[2:]))} / "
             f"{at7}; dropout {m.dropout_rate:g}")
@@ -267,13 +276,16 @@ def model7_designs(models: dict[str, Any], results_dir: Path, target: float,
     found = [name for name in BEYOND if name in models]
     if not found:
         return []
-    lines = ["", "**model7, beyond the study.** The designs tried for it (under 4,000 parameters, "
-             "model7-d, model7-f and model7-g apart: they look for the frontier above), "
+    over = [name for name in FRONTIER if name in found]
+    apart = (f", {' and '.join([', '.join(over[:-1]), over[-1]] if len(over) > 1 else over)} "
+             "apart: they look for the frontier above" if over else "")
+    lines = ["", "**model7, beyond the study.** The designs tried for it (under 4,000 parameters"
+             f"{apart}), "
              "each trained with model6's recipe as it was then (weight decay on every parameter) by "
              "`python scripts/sweep.py --model NAME --seeds N "
              "--pipeline scan` (the files under `results/NAME/`). The layout gives the channels of "
              "the padded blocks at 28x28 and 14x14, then what follows at 7x7 (`s7jax/models/"
-             "study.py`, `TinyNet`). The last column sets a design's last-3 mean against "
+             "study.py`: `TinyNet`, and `SeparableNet` for the separable design). The last column sets a design's last-3 mean against "
              "model7's (model7-e's design) on the same seeds (mean +/- standard error of the "
              "paired differences).", "",
              "| design | layout | parameters | seeds | seeds holding 99.4% | last-3 mean +/- se | "
@@ -287,7 +299,7 @@ def model7_designs(models: dict[str, Any], results_dir: Path, target: float,
         n, difference, paired_se = trials.paired(m["seeds"], base)
         versus = "" if name == "model7" or not n else (
             f"{difference:+.3f}" + (f" +/- {paired_se:.3f}" if paired_se is not None else "")
-            + f" ({n} seeds)")
+            + f" ({n} seed{'s' if n > 1 else ''})")
         lines.append(f"| {name} | {layout(get_model(name))} | {params:,} | {m['n_seeds']} | "
                      f"{m['seeds_holding_target']} | "
                      f"{m['mean']:.3f} +/- {se:.3f} | {versus} |")
