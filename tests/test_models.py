@@ -83,8 +83,9 @@ def test_model7_is_model7_e_and_the_designs_trained_with_dropout_keep_it():
     assert {n: get_model(n).dropout_rate for n in ("model7-a", "model7-b", "model7-c", "model7-d")
             } == dict.fromkeys(("model7-a", "model7-b", "model7-c", "model7-d"), 0.05)
     assert get_model("model7-f").dropout_rate == 0 and get_model("model7-h").dropout_rate == 0
-    assert {n: get_model(n).dropout_rate for n in ("model7-g", "model7-i", "model7-j")
-            } == dict.fromkeys(("model7-g", "model7-i", "model7-j"), 0.1)
+    assert {n: get_model(n).dropout_rate for n in ("model7-g", "model7-i", "model7-j", "model7-l")
+            } == dict.fromkeys(("model7-g", "model7-i", "model7-j", "model7-l"), 0.1)
+    assert get_model("model7-k").dropout_rate == 0.15
 
 
 def test_registry_names_and_unknown_model():

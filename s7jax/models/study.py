@@ -275,9 +275,11 @@ BEYOND: dict[str, type[nn.Module] | functools.partial] = {
                                   dropout_rate=0.1),
     "model7-k": functools.partial(TinyNet, channels=(6, 8, 10, 10), tail=(10, 10),
                                   dropout_rate=0.15),
+    "model7-l": functools.partial(TinyNet, channels=(6, 8, 8, 8), tail=(12, 12),
+                                  dropout_rate=0.1),
 }
 FRONTIER = ("model7-d", "model7-f", "model7-g", "model7-i", "model7-j",
-            "model7-k")  # the designs over 4,000 (under 5,000)
+            "model7-k", "model7-l")  # the designs over 4,000 (under 5,000)
 MODELS = {**STUDY, **BEYOND}
 
 INPUT_SHAPE = (28, 28, 1)
