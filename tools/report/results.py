@@ -25,6 +25,7 @@ def results_section(results_dir: Path, write_plots: bool = True, root: str = "..
     """The page's generated Markdown; ``write_plots`` also draws its figures
     again (``results/model6/last3.png``, ``results/models.png``). ``root``: the
     repository's root as seen from the page, for the figures' links."""
+    from s7jax.models import BEYOND, MODELS
     from s7jax.runs import results, runfiles
 
     summary = results.all_models(results_dir)
@@ -43,10 +44,10 @@ def results_section(results_dir: Path, write_plots: bool = True, root: str = "..
     lines += recipe_after_fix(results_dir)
     lines += recipe_trials(results_dir)
     lines += model7_designs(models, results_dir, summary["target"], root)
-    lines += recipe_after_fix(results_dir, "model7-g")
+    for name in BEYOND:  # the recipe trials of a model7 design (model7-g's), if any
+        lines += recipe_after_fix(results_dir, name)
     if models:
         if write_plots:
-            from s7jax.models import MODELS
             from tools.report import figures
 
             figures.models({n: first_runs[n][2] for n in MODELS if n in models},
@@ -277,16 +278,16 @@ def model7_designs(models: dict[str, Any], results_dir: Path, target: float,
     if not found:
         return []
     over = [name for name in FRONTIER if name in found]
-    apart = (f", {' and '.join([', '.join(over[:-1]), over[-1]] if len(over) > 1 else over)} "
-             "apart: they look for the frontier above" if over else "")
+    listed = ", ".join(over[:-1]) + f" and {over[-1]}" if len(over) > 1 else "".join(over)
+    apart = f", {listed} apart: they look for the frontier above" if over else ""
     lines = ["", "**model7, beyond the study.** The designs tried for it (under 4,000 parameters"
              f"{apart}), "
              "each trained with model6's recipe as it was then (weight decay on every parameter) by "
              "`python scripts/sweep.py --model NAME --seeds N "
              "--pipeline scan` (the files under `results/NAME/`). The layout gives the channels of "
              "the padded blocks at 28x28 and 14x14, then what follows at 7x7 (`s7jax/models/"
-             "study.py`: `TinyNet`, and `SeparableNet` for the separable design). The last column sets a design's last-3 mean against "
-             "model7's (model7-e's design) on the same seeds (mean +/- standard error of the "
+             "study.py`: `TinyNet`, and `SeparableNet` for the separable design). The last "
+             "column sets a design's last-3 mean against model7's (model7-e's design) on the same seeds (mean +/- standard error of the "
              "paired differences).", "",
              "| design | layout | parameters | seeds | seeds holding 99.4% | last-3 mean +/- se | "
              "against model7, same seeds |", "|---|---|---:|---:|---:|---:|---|"]
