@@ -53,6 +53,13 @@ class Config:
                                      "optimisation")
     label_smoothing: float = _flag(0.0, "train on targets (1 - x) one-hot + x uniform (0: off)",
                                    "optimisation")
+    teacher: str | None = _flag(None, "distil from this finished run's weights (its folder, e.g. "
+                                      "results/model6/seed-0; none: off)", "optimisation",
+                                metavar="RUN")
+    distill_weight: float = _flag(0.5, "with --teacher: the teacher's share of the loss, the "
+                                       "labels' the rest", "optimisation")
+    distill_temperature: float = _flag(4.0, "with --teacher: the temperature softening both "
+                                            "models' predictions", "optimisation")
     ema_decay: float = _flag(0.0, "evaluate a moving average of the weights with this decay "
                                   "(0: off)", "optimisation")
     augment: AugmentConfig = _flag(AugmentConfig(), "training augmentation", "data")
@@ -116,7 +123,8 @@ class Config:
 ADDED_LATER: dict[str, Any] = {"data_source": "tfds", "steps_per_call": 1,
                                 "matmul_precision": "default", "label_smoothing": 0.0,
                                 "ema_decay": 0.0, "cycle_epochs": None,
-                                "decay_scope": "all"}
+                                "decay_scope": "all", "teacher": None, "distill_weight": 0.5,
+                                "distill_temperature": 4.0}
 
 
 def _typed(name: str, annotation: str, value: Any) -> Any:
@@ -127,9 +135,10 @@ def _typed(name: str, annotation: str, value: Any) -> Any:
           "int | None": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
           "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
           "bool": lambda v: isinstance(v, bool),
-          "str": lambda v: isinstance(v, str)}[annotation]
+          "str": lambda v: isinstance(v, str),
+          "str | None": lambda v: v is None or isinstance(v, str)}[annotation]
     if not ok(value):
-        raise ConfigError(f"{name} must be {'an int' if annotation.startswith('int') else 'a ' + annotation}"
+        raise ConfigError(f"{name} must be {'an int' if annotation.startswith('int') else 'a ' + annotation.split(' |')[0]}"
                           f"{' or null' if annotation.endswith('None') else ''}, got {value!r}")
     return float(value) if annotation == "float" else value
 
@@ -210,6 +219,10 @@ def validate(config: Config) -> Config:
         (c.cycle_epochs is None or 1 <= c.cycle_epochs <= c.epochs,
          f"--cycle-epochs must be in 1..{c.epochs} (--epochs), got {c.cycle_epochs}"),
         (0 <= c.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {c.label_smoothing}"),
+        (0 <= c.distill_weight <= 1, f"--distill-weight must be in [0, 1], got {c.distill_weight}"),
+        (0 < c.distill_temperature < math.inf,
+         f"--distill-temperature must be positive and finite, got {c.distill_temperature}"),
+        (c.teacher != "", "--teacher must name a run's folder"),
         (0 <= c.ema_decay < 1, f"--ema-decay must be in [0, 1), got {c.ema_decay}"),
         (0 <= c.clean_epochs <= c.epochs,
          f"--clean-epochs must be in 0..{c.epochs}, got {c.clean_epochs}"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -30,9 +31,11 @@ def test_every_model_has_a_valid_default_recipe_that_round_trips(model):
     (dict(epochs=5, cycle_epochs=6), "--cycle-epochs must be in 1..5"),
     (dict(pipeline="gpu"), "--pipeline must be one of auto, tfds, device, scan"),
     (dict(data_source="web"), "--data-source must be one of auto, tfds, idx"),
+    (dict(distill_weight=1.5), "--distill-weight must be in [0, 1]"),
+    (dict(distill_temperature=0.0), "--distill-temperature must be positive"),
 ])
 def test_invalid_settings_raise_one_line(overrides, message):
-    with pytest.raises(ConfigError, match=message.replace(".", r"\.")) as err:
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
         default_config("model6", **overrides)
     assert "\n" not in str(err.value)
 

@@ -18,8 +18,11 @@ from s7jax.runs import checkpoint, runfiles
 from s7jax.training import console, loops
 from s7jax.config import default_config
 from s7jax.errors import ConfigError, Interrupted, NonFiniteLossError
-from s7jax.training.steps import (eval_step, initial_state, learning_rate_schedule, train_step, train_steps,
-                         training_loss)
+from s7jax.models import get_model, init_variables
+from s7jax.runs import weights
+from s7jax.training.steps import (distillation_loss, eval_step, initial_state, learning_rate_schedule,
+                                  train_step, train_steps, training_loss)
+from s7jax.training.teacher import Teacher
 from s7jax.training.loops import epoch_calls
 from s7jax.training.train import resolve, train_and_evaluate
 
@@ -102,6 +105,63 @@ def test_label_smoothing_is_cross_entropy_against_smoothed_targets():
         targets = optax.smooth_labels(jax.nn.one_hot(labels, 10), e)
         expected = jnp.mean(optax.softmax_cross_entropy(log_probs, targets))
         np.testing.assert_allclose(training_loss(log_probs, labels, e), expected, rtol=1e-6)
+
+
+def test_distillation_pulls_the_student_towards_the_softened_teacher():
+    """Its gradient in the student's logits is T (softmax(s/T) - softmax(t/T))
+    per image: the T^2 cancels the 1/T of both softenings but one."""
+    rng = np.random.default_rng(0)
+    student, teacher = (jnp.asarray(3 * rng.normal(size=(8, 10)), jnp.float32) for _ in range(2))
+    for t in (1.0, 4.0):
+        grad = jax.grad(lambda s: distillation_loss(
+            jax.nn.log_softmax(s), jax.nn.log_softmax(teacher), t))(student)
+        expected = t * (jax.nn.softmax(student / t) - jax.nn.softmax(teacher / t)) / 8
+        np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)
+        same = jax.nn.log_softmax(teacher)
+        assert abs(float(distillation_loss(same, same, t))) < 1e-6
+
+
+@pytest.fixture
+def teacher_run(tmp_path):
+    """A run folder with model7-g's initial weights: a teacher (an untrained one)."""
+    variables = init_variables(get_model("model7-g"), jax.random.key(1))
+    weights.save(runfiles.weights_path(tmp_path), "model7-g", variables, epoch=0, step=0,
+                 test_acc=0.0, seed=1)
+    return tmp_path
+
+
+def test_a_teacher_is_static_state_equal_by_its_weights(teacher_run):
+    state, _ = fresh_state(teacher=str(teacher_run))
+    plain, _ = fresh_state()
+    # Not a leaf: checkpoints of a distilled run are those of any other.
+    shapes = lambda tree: [(np.shape(x), np.result_type(x)) for x in jax.tree.leaves(tree)]  # noqa: E731
+    assert shapes(state) == shapes(plain)
+    assert state.teacher == Teacher(teacher_run) and hash(state.teacher) == hash(Teacher(teacher_run))
+    other = teacher_run / "other"
+    other.mkdir()
+    weights.save(runfiles.weights_path(other), "model7-g",
+                 init_variables(get_model("model7-g"), jax.random.key(2)), epoch=0)
+    assert state.teacher != Teacher(other)
+    batch = fixed_batch()
+    np.testing.assert_allclose(state.teacher(batch["image"]), get_model("model7-g").apply(
+        weights.load(runfiles.weights_path(teacher_run))[1], batch["image"], train=False))
+
+
+def test_with_all_weight_on_the_teacher_the_labels_do_not_matter(teacher_run):
+    batch = fixed_batch()
+    relabelled = {**batch, "label": (batch["label"] + 1) % 10}
+    step = jax.jit(train_step)
+    for weight, labels_matter in ((1.0, False), (0.5, True)):
+        state, key = fresh_state(lr=0.05, teacher=str(teacher_run), distill_weight=weight)
+        a, _ = step(state, batch, key)
+        b, _ = step(state, relabelled, key)
+        same = jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)), a.params, b.params)
+        assert all(jax.tree.leaves(same)) is not labels_matter
+
+
+def test_a_missing_teacher_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="no weights file"):
+        fresh_state(teacher=str(tmp_path / "absent"))
 
 
 @pytest.mark.usefixtures("highest_precision")

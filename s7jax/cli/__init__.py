@@ -89,7 +89,7 @@ def _config_fields():
 
 
 # Config's annotations, as strings (``from __future__ import annotations``).
-_PARSERS = {"int": int, "float": float, "str": str, "int | None": int}
+_PARSERS = {"int": int, "float": float, "str": str, "int | None": int, "str | None": str}
 
 
 def _flag(name: str) -> str:
@@ -126,7 +126,8 @@ def add_config_flags(p: argparse.ArgumentParser, argv=None) -> None:
         else:  # a new field of a new type: say so here, not with a wrong parse
             raise TypeError(f"Config.{f.name}: no command-line parser for type {f.type}")
         value = getattr(values.augment if parent else values, f.name)
-        shown = "all" if value is None and f.name.endswith("subset") else value
+        shown = {"subset": "all", "teacher": "none"}.get(f.name.split("_")[-1], value) \
+            if value is None else value
         help_text = f.metadata["help"]
         if f.name != "model":
             help_text += f" [{model}: {shown}]"

@@ -27,12 +27,15 @@ Metrics = dict[str, jax.Array]
 
 
 class TrainState(train_state.TrainState):
-    """Flax's TrainState plus BatchNorm statistics, label smoothing and a
-    weight average; without the last two it has the leaves (and checkpoints)
-    of a state that never had them."""
+    """Flax's TrainState plus BatchNorm statistics, label smoothing, a teacher
+    to distil from and a weight average; without the last three it has the
+    leaves (and checkpoints) of a state that never had them."""
 
     batch_stats: Any
     label_smoothing: float = struct.field(pytree_node=False, default=0.0)
+    teacher: Callable | None = struct.field(pytree_node=False, default=None)  # teacher.Teacher
+    distill_weight: float = struct.field(pytree_node=False, default=0.0)
+    distill_temperature: float = struct.field(pytree_node=False, default=1.0)
     ema_decay: float = struct.field(pytree_node=False, default=0.0)
     ema_params: Any = None
 
@@ -79,9 +82,15 @@ def initial_state(config: Config, schedule: optax.Schedule, model: nn.Module | N
     tx = make_optimizer(config, schedule)
     variables = init_variables(model, init_key)
     params = variables["params"]
+    distilling = {}
+    if config.teacher:
+        # Imported here: loading weights (s7jax.runs.weights) needs this module's TrainState.
+        from s7jax.training.teacher import Teacher
+        distilling = dict(teacher=Teacher(config.teacher), distill_weight=config.distill_weight,
+                          distill_temperature=config.distill_temperature)
     state = TrainState.create(
         apply_fn=model.apply, params=params, batch_stats=variables.get("batch_stats", {}), tx=tx,
-        label_smoothing=config.label_smoothing, ema_decay=config.ema_decay,
+        label_smoothing=config.label_smoothing, ema_decay=config.ema_decay, **distilling,
         # its own buffers: the state is donated to each step
         ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay else None)
     return state, dropout_key
@@ -116,8 +125,20 @@ def training_loss(log_probs: jax.Array, labels: jax.Array, label_smoothing: floa
     return (1 - label_smoothing) * nll - label_smoothing * jnp.mean(log_probs)
 
 
+def distillation_loss(log_probs: jax.Array, teacher_log_probs: jax.Array,
+                      temperature: float) -> jax.Array:
+    """Mean ``T^2 KL(teacher || student)`` of both softened by ``T``: the T^2
+    keeps its gradient on the scale of the cross-entropy's as T changes.
+    Softening log-probabilities softens the logits: they differ by a constant."""
+    teacher = jax.nn.log_softmax(teacher_log_probs / temperature)
+    student = jax.nn.log_softmax(log_probs / temperature)
+    kl = jnp.sum(jnp.exp(teacher) * (teacher - student), axis=-1)
+    return temperature ** 2 * jnp.mean(kl)
+
+
 def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
-    """One step on the mean NLL (with label smoothing). Dropout draws from
+    """One step on the mean NLL (with label smoothing), mixed with a
+    teacher's soft targets if the state has one. Dropout draws from
     ``fold_in(key, step)``: a function of the step alone, so runs resume."""
     check_batch(batch)
     dropout_key = jax.random.fold_in(key, state.step)
@@ -126,7 +147,12 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainSt
         log_probs, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
             mutable=["batch_stats"], rngs={"dropout": dropout_key})
-        return training_loss(log_probs, batch["label"], state.label_smoothing), (log_probs, updates)
+        loss = training_loss(log_probs, batch["label"], state.label_smoothing)
+        if state.teacher is not None:
+            soft = distillation_loss(log_probs, state.teacher(batch["image"]),
+                                     state.distill_temperature)
+            loss = (1 - state.distill_weight) * loss + state.distill_weight * soft
+        return loss, (log_probs, updates)
 
     (loss, (log_probs, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads,
