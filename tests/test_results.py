@@ -93,6 +93,23 @@ def test_trials_after_the_fix_are_set_against_todays_runs_not_the_earlier_trials
     assert trials.after_fix(tmp_path / "nowhere") == []
 
 
+
+def test_a_trial_that_turns_a_setting_on_names_it_and_its_flag(tmp_path):
+    from s7jax.config import default_config
+    from tools.report.results import _trial_row
+
+    record_run(tmp_path / "model6" / "seed-0", default_config(seed=0, pipeline="device"),
+               (99.5, 99.5, 99.5))
+    record_run(tmp_path / trials.TRIALS / "taught" / "model6" / "seed-0",
+               default_config(seed=0, pipeline="device", teacher="results/model6/seed-1"),
+               (99.6, 99.6, 99.6))
+    default, taught = trials.after_fix(tmp_path)
+    assert taught["changes"] == {"teacher": (None, "results/model6/seed-1")}
+    row = _trial_row("model6", taught, default["settings"], "(today's recipe)", None)
+    assert "| teacher none -> results/model6/seed-1 |" in row
+    assert row.endswith("`python scripts/sweep.py --model model6 --seeds 1 "
+                        "--teacher results/model6/seed-1` |")
+
 def test_the_trials_table_says_how_large_chance_alone_is():
     from tools.report.results import trial_noise
 

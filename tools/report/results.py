@@ -155,6 +155,8 @@ def before_the_fix(results_dir: Path, m: dict[str, Any], model: str = "model6") 
 
 
 def _value(value: Any) -> str:
+    if value is None:  # a setting that is off, like --teacher
+        return "none"
     return str(value) if isinstance(value, str) else f"{value:g}"
 
 
