@@ -143,22 +143,42 @@ def quiet(_):
     pass
 
 
+def assert_own_run_exactly(run, rows, own):
+    """``run`` (a folder, its ``rows``) trained the weights of ``own`` (a
+    folder) bit for bit, and recorded its figures but the test loss, which
+    may differ in its last bit: on some CPUs XLA orders the sum over the test
+    set differently in the mapped program (one of this project's two CPU
+    models does). The weights, and so every later figure, are the same."""
+    chex.assert_trees_all_equal(weights.load(runfiles.weights_path(run))[1],
+                                weights.load(runfiles.weights_path(own))[1])
+    theirs = runfiles.read_metrics(own)
+    assert len(rows) == len(theirs)
+    for a, b in zip(figures(rows), figures(theirs)):
+        assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-6)
+        assert {**a, "test_loss": None} == {**b, "test_loss": None}
+
+
 @pytest.fixture(scope="module")
-def own_runs(tfds_dir, tmp_path_factory):
-    """Seeds 0 and 1, each its own ``--pipeline scan`` run at ``LOW``."""
-    root = tmp_path_factory.mktemp("own")
+def own_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("own")
+
+
+@pytest.fixture(scope="module")
+def own_runs(tfds_dir, own_root):
+    """Seeds 0 and 1, each its own ``--pipeline scan`` run at ``LOW`` (in ``own_root / s``)."""
     return {s: train_and_evaluate(default_config("model6", **LOW, seed=s, pipeline="scan"),
-                                  root / str(s), data_dir=tfds_dir, show_progress=False, log=quiet)
+                                  own_root / str(s), data_dir=tfds_dir, show_progress=False, log=quiet)
             for s in (0, 1)}
 
 
 @pytest.mark.slow
-def test_seeds_mapped_in_one_program_train_exactly_their_own_runs(own_runs, tfds_dir, tmp_path):
+def test_seeds_mapped_in_one_program_train_exactly_their_own_runs(own_runs, own_root, tfds_dir,
+                                                                  tmp_path):
     rows = seeds.train_seeds(default_config("model6", **LOW), [0, 1], [tmp_path / "0", tmp_path / "1"],
                              strategy="map", data_dir=tfds_dir, show_progress=False, log=quiet)
     assert rows[0] != rows[1]
     for s in (0, 1):
-        assert figures(rows[s]) == figures(own_runs[s])
+        assert_own_run_exactly(tmp_path / str(s), rows[s], own_root / str(s))
 
 
 @pytest.mark.slow
@@ -198,8 +218,8 @@ def test_together_on_a_cpu_trains_each_seed_as_its_own_run(in_process, tfds_dir,
 
 
 @pytest.mark.slow
-def test_an_interrupted_mapped_sweep_goes_on_together_as_it_began(own_runs, in_process, tfds_dir,
-                                                                 tmp_path):
+def test_an_interrupted_mapped_sweep_goes_on_together_as_it_began(own_runs, own_root, in_process,
+                                                                 tfds_dir, tmp_path):
     """Ctrl-C in epoch 1 of seeds mapped together; the same sweep again resumes
     both from that epoch's checkpoints in one program, and each ends exactly
     as its own uninterrupted run."""
@@ -218,7 +238,7 @@ def test_an_interrupted_mapped_sweep_goes_on_together_as_it_began(own_runs, in_p
     assert proc.returncode == 0, proc.stderr
     assert "seeds 0, 1 together (map, from step 2)" in proc.stdout
     for s, d in zip((0, 1), dirs):
-        assert figures(runfiles.read_metrics(d)) == figures(own_runs[s])
+        assert_own_run_exactly(d, runfiles.read_metrics(d), own_root / str(s))
 
 
 @pytest.mark.slow
