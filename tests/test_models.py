@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import chex
 import jax
@@ -75,6 +76,22 @@ def test_model7_and_its_trial_designs_have_under_4000_parameters_or_5000_at_the_
     assert len(biased) == 1 and params[biased[0]]["kernel"].shape[-1] == 10
     assert len(variables["batch_stats"]) == len([n for n in layers
                                                  if not n.startswith("depthwise")]) - 1
+
+
+@pytest.mark.parametrize("name", list(BEYOND))
+def test_a_designs_layout_names_its_layers_widths_in_order(name):
+    # The results docs describe each design by its layout: it must be the layers built.
+    model = get_model(name)
+    widths, dropout = model.layout.split("; dropout ")
+    params = jax.eval_shape(lambda: init_variables(model, key(0)))["params"]
+    def order(name):  # the trees sort by name; a layer's number is its place (the head last)
+        number = re.search(r"\d+$", name)
+        return int(number.group()) if number else len(params)
+
+    built = [params[n]["kernel"].shape[-1] for n in sorted(params, key=order)
+             if "kernel" in params[n] and not n.startswith("depthwise")]
+    assert [int(w) for w in re.findall(r"\b\d+\b", re.sub(r"\dx\d", "", widths))] == built
+    assert float(dropout) == model.dropout_rate
 
 
 def test_model7_is_model7_e_and_the_designs_trained_with_dropout_keep_it():

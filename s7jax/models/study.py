@@ -177,6 +177,16 @@ class TinyNet(nn.Module):
     dropout_rate: float = 0.0
     bn_momentum: float = BN_MOMENTUM
 
+    @property
+    def layout(self) -> str:
+        """The channels of the padded blocks at 28x28 / 14x14, what follows at 7x7, the dropout."""
+        left = 7 - 2 * (len(self.tail) + 1)  # the map the last unpadded conv leaves
+        at7 = (f"unpadded {', '.join(map(str, self.tail))}, then 10"
+               + (f", averaged over {left}x{left}" if left > 1 else "") if self.tail else
+               f"{self.head}, 1x1 to 10, averaged" if self.head else "3x3 to 10, averaged")
+        return (f"{', '.join(map(str, self.channels[:2]))} / "
+                f"{', '.join(map(str, self.channels[2:]))} / {at7}; dropout {self.dropout_rate:g}")
+
     @nn.compact
     def __call__(self, x, train: bool = False):
         def block(x, i, features, padding=SAME):
@@ -223,6 +233,13 @@ class SeparableNet(nn.Module):
     channels: tuple[int, ...] = (16, 24, 32, 32)
     dropout_rate: float = 0.0
     bn_momentum: float = BN_MOMENTUM
+
+    @property
+    def layout(self) -> str:
+        """As ``TinyNet.layout``: the stem, the separable blocks by resolution, the head."""
+        c = self.channels
+        return (f"{self.stem}, separable {c[0]} / separable {c[1]}, {c[2]} / separable "
+                f"{', '.join(map(str, c[3:]))}, 1x1 to 10, averaged; dropout {self.dropout_rate:g}")
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -251,22 +251,6 @@ def recipe_trials(results_dir: Path, model: str = "model6") -> list[str]:
     return head + footnote(lines) + trial_noise(found)
 
 
-def layout(m) -> str:
-    """A design's channels: 28x28 / 14x14 / what follows at 7x7; its dropout."""
-    from s7jax.models.study import SeparableNet
-
-    if isinstance(m, SeparableNet):
-        c = m.channels
-        return (f"{m.stem}, separable {c[0]} / separable {c[1]}, {c[2]} / separable "
-                f"{', '.join(map(str, c[3:]))}, 1x1 to 10, averaged; dropout {m.dropout_rate:g}")
-    left = 7 - 2 * (len(m.tail) + 1)  # the map the last unpadded conv leaves
-    at7 = (f"unpadded {', '.join(map(str, m.tail))}, then 10"
-           + (f", averaged over {left}x{left}" if left > 1 else "") if m.tail else
-           f"{m.head}, 1x1 to 10, averaged" if m.head else "3x3 to 10, averaged")
-    return (f"{', '.join(map(str, m.channels[:2]))} / {', '.join(map(str, m.channels[2:]))} / "
-            f"{at7}; dropout {m.dropout_rate:g}")
-
-
 def model7_designs(models: dict[str, Any], results_dir: Path, target: float,
                    root: str) -> list[str]:
     """model7's trial designs (``s7jax.models.BEYOND``) run so far: each one's
@@ -303,7 +287,7 @@ def model7_designs(models: dict[str, Any], results_dir: Path, target: float,
         versus = "" if name == "model7" or not n else (
             f"{difference:+.3f}" + (f" +/- {paired_se:.3f}" if paired_se is not None else "")
             + f" ({n} seed{'s' if n > 1 else ''})")
-        lines.append(f"| {name} | {layout(get_model(name))} | {params:,} | {m['n_seeds']} | "
+        lines.append(f"| {name} | {get_model(name).layout} | {params:,} | {m['n_seeds']} | "
                      f"{m['seeds_holding_target']} | "
                      f"{m['mean']:.3f} +/- {se:.3f} | {versus} |")
     # Each frontier design against the best of those run longest (model7-g).
