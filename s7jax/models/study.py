@@ -7,6 +7,7 @@ and a ``{"dropout": key}`` rng. The study's spatial sizes are
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import chex
 import flax.linen as nn
@@ -176,22 +177,25 @@ class TinyNet(nn.Module):
     tail: tuple[int, ...] = (10, 8)
     dropout_rate: float = 0.0
     bn_momentum: float = BN_MOMENTUM
+    activation: Callable[[jax.Array], jax.Array] = nn.relu
 
     @property
     def layout(self) -> str:
-        """The channels of the padded blocks at 28x28 / 14x14, what follows at 7x7, the dropout."""
+        """The channels of the padded blocks at 28x28 / 14x14, what follows at 7x7, the
+        dropout, and the activation where it is not ReLU."""
         left = 7 - 2 * (len(self.tail) + 1)  # the map the last unpadded conv leaves
         at7 = (f"unpadded {', '.join(map(str, self.tail))}, then 10"
                + (f", averaged over {left}x{left}" if left > 1 else "") if self.tail else
                f"{self.head}, 1x1 to 10, averaged" if self.head else "3x3 to 10, averaged")
         return (f"{', '.join(map(str, self.channels[:2]))} / "
-                f"{', '.join(map(str, self.channels[2:]))} / {at7}; dropout {self.dropout_rate:g}")
+                f"{', '.join(map(str, self.channels[2:]))} / {at7}; dropout {self.dropout_rate:g}"
+                + ("" if self.activation is nn.relu else f"; {self.activation.__name__}"))
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         def block(x, i, features, padding=SAME):
             x = Conv3x3(features, padding=padding, use_bias=False, name=f"conv{i}")(x)
-            return nn.relu(_batch_norm(i, train, self.bn_momentum)(x))
+            return self.activation(_batch_norm(i, train, self.bn_momentum)(x))
 
         for i, features in enumerate(self.channels, 1):
             x = block(x, i, features)
@@ -294,9 +298,12 @@ BEYOND: dict[str, type[nn.Module] | functools.partial] = {
                                   dropout_rate=0.15),
     "model7-l": functools.partial(TinyNet, channels=(6, 8, 8, 8), tail=(12, 12),
                                   dropout_rate=0.1),
+    # ReLU's zero gradient below 0 idles part of a block this narrow; SiLU's does not.
+    "model7-m": functools.partial(TinyNet, channels=(6, 8, 10, 10), tail=(10, 10),
+                                  dropout_rate=0.1, activation=nn.silu),
 }
 FRONTIER = ("model7-d", "model7-f", "model7-g", "model7-i", "model7-j",
-            "model7-k", "model7-l")  # the designs over 4,000 (under 5,000)
+            "model7-k", "model7-l", "model7-m")  # the designs over 4,000 (under 5,000)
 MODELS = {**STUDY, **BEYOND}
 
 INPUT_SHAPE = (28, 28, 1)
