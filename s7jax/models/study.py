@@ -166,11 +166,12 @@ class Model6(nn.Module):
 
 class TinyNet(nn.Module):
     """model7, beyond the study (``BEYOND`` lists the designs tried): bias-free
-    conv-BN-ReLU blocks (dropout after each with ``dropout_rate``), a 2x2 max-pool
-    after every second; at 7x7 the ``tail``'s unpadded blocks and a 3x3 conv, or a
-    ``head`` block and a 1x1 conv, or a 3x3 conv, to 10 maps whose global average
-    is the logits. That conv keeps its bias and has no BN: BN there held the
-    logits to a unit scale (a first run stalled near 98.8%)."""
+    conv-BN-ReLU blocks (``activation`` may replace ReLU; dropout after each
+    with ``dropout_rate``), a 2x2 max-pool after every second; at 7x7 the
+    ``tail``'s unpadded blocks and a 3x3 conv, or a ``head`` block and a 1x1
+    conv, or a 3x3 conv, to 10 maps whose global average is the logits. That
+    conv keeps its bias and has no BN: BN there held the logits to a unit
+    scale (a first run stalled near 98.8%)."""
 
     channels: tuple[int, ...] = (6, 6, 10, 8)
     head: int | None = None
