@@ -94,6 +94,29 @@ def test_trials_after_the_fix_are_set_against_todays_runs_not_the_earlier_trials
 
 
 
+def test_the_gpu_screen_sets_each_trial_against_its_own_baseline_whatever_its_model(tmp_path):
+    from s7jax.config import default_config
+
+    root = tmp_path / trials.GPU_TRIALS
+    for s, last3 in {0: (99.40, 99.40, 99.40), 1: (99.50, 99.50, 99.50)}.items():
+        record_run(root / trials.GPU_BASELINE / "model7-g" / f"seed-{s}",
+                   default_config("model7-g", seed=s, pipeline="scan"), last3)
+        record_run(root / "silu" / "model7-m" / f"seed-{s}",
+                   default_config("model7-m", seed=s, pipeline="scan", ema_decay=0.999),
+                   (99.50, 99.46, 99.48) if s == 0 else (99.39, 99.60, 99.60))
+    record_run(tmp_path / "model7-g" / "seed-0", default_config("model7-g", seed=0),
+               (99.9, 99.9, 99.9))  # a CPU run of the same seed: not the screen's baseline
+    (root / "commands.jsonl").write_text(json.dumps(
+        {"trial": "silu", "command": "python scripts/sweep.py --model model7-m"}) + "\n")
+    base, silu = trials.gpu_trials(tmp_path)
+    assert base["name"] == trials.GPU_BASELINE and base["model"] == "model7-g"
+    assert silu["model"] == "model7-m" and silu["command"].endswith("--model model7-m")
+    assert silu["changes"] == {"model": ("model7-g", "model7-m"), "ema_decay": (0.0, 0.999)}
+    assert silu["paired_seeds"] == 2 and silu["runs"]["seeds_holding_target"] == 1  # 99.39
+    assert silu["paired_difference"] == pytest.approx((0.08 + 0.03) / 2)
+    assert trials.gpu_trials(tmp_path / "nowhere") == []
+
+
 def test_a_trial_that_turns_a_setting_on_names_it_and_its_flag(tmp_path):
     from s7jax.config import default_config
     from tools.report.results import _trial_row

@@ -46,6 +46,7 @@ def results_section(results_dir: Path, write_plots: bool = True, root: str = "..
     lines += model7_designs(models, results_dir, summary["target"], root)
     for name in BEYOND:  # the recipe trials of a model7 design (model7-g's), if any
         lines += recipe_after_fix(results_dir, name)
+    lines += gpu_screen(results_dir)
     if models:
         if write_plots:
             from tools.report import figures
@@ -316,6 +317,48 @@ def model7_designs(models: dict[str, Any], results_dir: Path, target: float,
                   f"{' / '.join(f'{a:.2f}' for a in worst['last3'])}.", "",
                   f"![model7 test accuracy per seed]({root}results/model7/seeds.png)"]
     return lines
+
+
+def gpu_screen(results_dir: Path) -> list[str]:
+    """The model7 candidates screened on a GPU (``results/gpu-trials/``), 20
+    seeds each as one vmapped program, each against the screen's own
+    baseline on the same seeds."""
+    from s7jax.runs import runfiles
+
+    found = trials.gpu_trials(results_dir)
+    if not found:
+        return []
+    base = found[0]
+    first = run_dir_of(results_dir / trials.GPU_TRIALS / base["name"], base)
+    env = runfiles.read_record(first)["environment"]
+    lines = ["", f"**model7's GPU screen.** Each candidate below trained its seeds as one "
+             f"vmapped program (`--strategy vmap`) on {', '.join(env['devices'])} "
+             f"({device(env)}, JAX {env['jax']}, float32 at its default precision), three to "
+             "five sweeps sharing the GPU at once, by the command in the last column (run "
+             "with `PYTHONPATH=tests/no_tensorflow:.` and "
+             "`XLA_PYTHON_CLIENT_PREALLOCATE=false`); the files (config and metrics) are "
+             f"under `results/{trials.GPU_TRIALS}/<trial>/`. A GPU rounds differently from a "
+             "CPU, so a seed's run there is not its run here: each candidate is set against "
+             f"`{trials.GPU_BASELINE}`, {base['model']} with its own recipe trained the same "
+             "way, on the same seeds.", "",
+             "| trial | change | seeds | seeds holding | last-3 mean +/- se | against the "
+             "baseline, same seeds | command |", "|---|---|---:|---:|---:|---|---|"]
+    for t in found:
+        runs = t["runs"]
+        change = ", ".join(f"{k} {_value(old)} -> {_value(new)}"
+                           for k, (old, new) in t["changes"].items()) or "(the baseline)"
+        se = runs["std"] / runs["n_seeds"] ** 0.5
+        lines.append(f"| {t['name']} | {change} | {runs['n_seeds']} | "
+                     f"{runs['seeds_holding_target']} | {runs['mean']:.3f} +/- {se:.3f} | "
+                     f"{_versus(t)} | `{t['command']}` |")
+    return lines + trial_noise(found)
+
+
+def run_dir_of(trial_dir: Path, trial: dict[str, Any]) -> Path:
+    """The folder of a trial's first seed."""
+    from s7jax.runs.results import run_dir
+
+    return run_dir(trial_dir, trial["model"], int(next(iter(trial["runs"]["seeds"]))))
 
 
 def _paired_line(models: dict[str, Any], pair: tuple[str, str]) -> list[str]:

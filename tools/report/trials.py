@@ -1,10 +1,13 @@
 """The recipe trials under ``results/recipe-trials/<trial>/<model>/seed-<s>/``:
 candidate recipes. Those trained before the max-pool gradient fix are each set
 against the trial they build on; those trained after it, against today's
-recipe (``results/<model>/``)."""
+recipe (``results/<model>/``). The GPU screen under
+``results/gpu-trials/<trial>/<model>/seed-<s>/`` sets each candidate against
+its own baseline, trained the same way on the GPU."""
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -106,3 +109,36 @@ def after_fix(results_dir: str | Path, model: str = "model6") -> list[dict[str, 
                "settings": settings(run_dir(results_dir, model, int(next(iter(runs["seeds"])))))}
     return [default, *({**t, "changes": _changes(t["settings"], default["settings"]),
                         **_against(t, default)} for t in trials.values())]
+
+
+GPU_TRIALS = "gpu-trials"  # results/gpu-trials/<trial>/<model>/seed-<s>/: the GPU screen
+GPU_BASELINE = "baseline"
+
+
+def gpu_trials(results_dir: str | Path) -> list[dict[str, Any]]:
+    """The GPU screen, its baseline first: each trial's runs (of whichever
+    model it trained), its ``changes`` against the baseline's settings, its
+    paired difference against the baseline on the same seeds, and the command
+    that ran it (``commands.jsonl``, as it was run on the GPU)."""
+    root = Path(results_dir) / GPU_TRIALS
+    commands = {}
+    if (root / "commands.jsonl").is_file():
+        for line in (root / "commands.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            commands[record["trial"]] = record["command"]
+    found = {}
+    for path in sorted(root.iterdir()) if root.is_dir() else ():
+        for model_dir in sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else ():
+            runs = runs_of(path, model_dir.name)
+            if runs is not None:
+                found[path.name] = {"name": path.name, "model": model_dir.name, "runs": runs,
+                                    "command": commands.get(path.name), "settings": settings(
+                                        run_dir(path, model_dir.name,
+                                                int(next(iter(runs["seeds"])))))}
+    if GPU_BASELINE not in found:
+        return []
+    base = found.pop(GPU_BASELINE)
+    return [{**base, "changes": {}, "builds_on": None, "paired_difference": None,
+             "paired_seeds": 0, "paired_se": None},
+            *({**t, "changes": _changes(t["settings"], base["settings"]), **_against(t, base)}
+              for t in found.values())]
