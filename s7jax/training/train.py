@@ -144,7 +144,7 @@ def train_runs(
                 if config.pipeline == "scan" else
                 f"{config.steps_per_call} train step(s) per compiled call, "
                 f"batches {'made on the device' if config.pipeline == 'device' else 'from tf.data'}"))
-        run_start = time.perf_counter()
+        before_compile = time.perf_counter()
         interrupted = recorder.unset_flag()
         records = [held.enter_context(recorder.recording(
             w, h, log, prefix=f"{c.seed:>4}  " * together, config=c))
@@ -153,8 +153,9 @@ def train_runs(
         # first step, Ctrl-C stops the run at once.
         run_epoch = (loops.EpochPerCall(ctx, state, log) if config.pipeline == "scan"
                      else loops.StepByStep(ctx, start_step, records[0], interrupted))
-        if together:  # the seeds' line counts their epochs only (the compile has its own)
-            run_start = time.perf_counter()
+        # A single run's final line counts its compile; the seeds' line counts
+        # their epochs only (the compile has a line of its own).
+        run_start = time.perf_counter() if together else before_compile
         state = loops.record_epochs(
             records, run_epoch, state, epochs=config.epochs, steps=run_data.steps, lr=schedule,
             show_progress=show_progress, start_step=start_step, partial=partial,
