@@ -171,3 +171,28 @@ def test_the_recipe_says_where_a_short_cycle_ends_and_the_rate_after_it():
     assert "onecycle lr 0.1 over 14 epochs, then its final rate 0.0001 in epoch 15," in text(
         cycle_epochs=14)
     assert "over 12 epochs, then its final rate 0.0001 in epochs 13-15," in text(cycle_epochs=12)
+
+
+@pytest.mark.parametrize("trial_holds", [19, 18])
+def test_a_frontier_designs_recipe_trial_over_20_seeds_can_reach_the_frontier(tmp_path,
+                                                                              trial_holds):
+    from s7jax.config import default_config
+    from tools.report.results import model7_designs
+
+    for s in range(20):
+        record_run(tmp_path / "model7-g" / f"seed-{s}", default_config("model7-g", seed=s),
+                   (99.45, 99.45, 99.45) if s < 16 else (99.39, 99.41, 99.41))
+        record_run(tmp_path / "model7-m" / f"seed-{s}", default_config("model7-m", seed=s),
+                   (99.30, 99.30, 99.30))
+        record_run(tmp_path / trials.TRIALS / "ema" / "model7-m" / f"seed-{s}",
+                   default_config("model7-m", seed=s, ema_decay=0.999),
+                   (99.47, 99.47, 99.47) if s < trial_holds else (99.38, 99.42, 99.42))
+    models = results.all_models(tmp_path)["models"]
+    lines = model7_designs(models, tmp_path, results.TARGET, "../")
+    (frontier,) = [line for line in lines if line.startswith("The frontier")]
+    if trial_holds == 19:
+        assert frontier.endswith("reached by model7-m (ema).")
+    else:  # model7-g's 16 of 20 is not the closest any more
+        assert "not reached; the closest, model7-m (ema), holds on 18 of 20" in frontier
+    (versus,) = [line for line in lines if line.startswith("model7-m (ema) against model7-g")]
+    assert "on the same 20 seeds" in versus
