@@ -41,6 +41,16 @@ def recipe(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k not in NOT_RECIPE}
 
 
+def first_run(folder: str | Path, model: str, runs: dict[str, Any]) -> Path:
+    """The run folder of the first seed of ``runs`` (``over_seeds``'s), under ``folder``."""
+    return run_dir(folder, model, int(next(iter(runs["seeds"]))))
+
+
+# A table's first row: what the others are set against.
+UNPAIRED = {"changes": {}, "builds_on": None, "paired_difference": None, "paired_seeds": 0,
+            "paired_se": None}
+
+
 def _trials(results_dir: Path, model: str, before: bool) -> dict[str, dict[str, Any]]:
     """Each trial trained before the fix (``before``) or after it, that has runs:
     its runs and its first seed's settings."""
@@ -49,8 +59,8 @@ def _trials(results_dir: Path, model: str, before: bool) -> dict[str, dict[str, 
     for path in sorted(root.iterdir()) if root.is_dir() else ():
         runs = runs_of(path, model) if path.is_dir() else None
         if runs is not None and before_fix(Path(results_dir), path) == before:
-            found[path.name] = {"name": path.name, "runs": runs, "settings": settings(
-                run_dir(path, model, int(next(iter(runs["seeds"])))))}
+            found[path.name] = {"name": path.name, "runs": runs,
+                                "settings": settings(first_run(path, model, runs))}
     return found
 
 
@@ -85,8 +95,7 @@ def recipe_trials(results_dir: str | Path, model: str = "model6") -> list[dict[s
     if BASELINE not in found:
         return []
     base = found.pop(BASELINE)
-    trials = [{**base, "changes": {}, "builds_on": None, "paired_difference": None,
-               "paired_seeds": 0, "paired_se": None}]
+    trials = [{**base, **UNPAIRED}]
     trials += [{**t, "changes": _changes(t["settings"], base["settings"])} for t in found.values()]
     for t in trials[1:]:
         below = [o for o in trials if len(o["changes"]) < len(t["changes"])
@@ -104,9 +113,8 @@ def after_fix(results_dir: str | Path, model: str = "model6") -> list[dict[str, 
     trials = _trials(results_dir, model, before=False)
     if runs is None or not trials:
         return []
-    default = {"name": "default", "runs": runs, "changes": {}, "builds_on": None,
-               "paired_difference": None, "paired_seeds": 0, "paired_se": None,
-               "settings": settings(run_dir(results_dir, model, int(next(iter(runs["seeds"])))))}
+    default = {"name": "default", "runs": runs, **UNPAIRED,
+               "settings": settings(first_run(results_dir, model, runs))}
     return [default, *({**t, "changes": _changes(t["settings"], default["settings"]),
                         **_against(t, default)} for t in trials.values())]
 
@@ -118,8 +126,9 @@ GPU_BASELINE = "baseline"
 def gpu_trials(results_dir: str | Path) -> list[dict[str, Any]]:
     """The GPU screen, its baseline first: each trial's runs (of whichever
     model it trained), its ``changes`` against the baseline's settings, its
-    paired difference against the baseline on the same seeds, and the command
-    that ran it (``commands.jsonl``, as it was run on the GPU)."""
+    paired difference against the baseline on the same seeds, its first seed's
+    folder (``first_run``), and the command that ran it (``commands.jsonl``, as
+    it was run on the GPU)."""
     root = Path(results_dir) / GPU_TRIALS
     commands = {}
     if (root / "commands.jsonl").is_file():
@@ -127,18 +136,16 @@ def gpu_trials(results_dir: str | Path) -> list[dict[str, Any]]:
             record = json.loads(line)
             commands[record["trial"]] = record["command"]
     found = {}
-    for path in sorted(root.iterdir()) if root.is_dir() else ():
-        for model_dir in sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else ():
-            runs = runs_of(path, model_dir.name)
-            if runs is not None:
-                found[path.name] = {"name": path.name, "model": model_dir.name, "runs": runs,
-                                    "command": commands.get(path.name), "settings": settings(
-                                        run_dir(path, model_dir.name,
-                                                int(next(iter(runs["seeds"])))))}
+    for model_dir in sorted(p for p in root.glob("*/*") if p.is_dir()):
+        trial, model = model_dir.parent, model_dir.name
+        if (runs := runs_of(trial, model)) is not None:
+            first = first_run(trial, model, runs)
+            found[trial.name] = {"name": trial.name, "model": model, "runs": runs,
+                                 "first_run": first, "settings": settings(first),
+                                 "command": commands.get(trial.name)}
     if GPU_BASELINE not in found:
         return []
     base = found.pop(GPU_BASELINE)
-    return [{**base, "changes": {}, "builds_on": None, "paired_difference": None,
-             "paired_seeds": 0, "paired_se": None},
+    return [{**base, **UNPAIRED},
             *({**t, "changes": _changes(t["settings"], base["settings"]), **_against(t, base)}
               for t in found.values())]
