@@ -83,7 +83,7 @@ def test_model7_and_its_trial_designs_have_under_4000_parameters_or_5000_at_the_
 def test_a_designs_layout_names_its_layers_widths_in_order(name):
     # The results docs describe each design by its layout: it must be the layers built.
     model = get_model(name)
-    widths, dropout, *activation = model.layout.replace("; dropout ", "; ").split("; ")
+    widths, dropout, *rest = model.layout.replace("; dropout ", "; ").split("; ")
     params = jax.eval_shape(lambda: init_variables(model, key(0)))["params"]
 
     def order(name):  # the trees sort by name; a layer's number is its place (the head last)
@@ -94,8 +94,9 @@ def test_a_designs_layout_names_its_layers_widths_in_order(name):
              if "kernel" in params[n] and not n.startswith("depthwise")]
     assert [int(w) for w in re.findall(r"\b\d+\b", re.sub(r"\dx\d", "", widths))] == built
     assert float(dropout) == model.dropout_rate
-    assert activation == ([] if getattr(model, "activation", nn.relu) is nn.relu
-                          else [model.activation.__name__])
+    assert rest == ([] if getattr(model, "activation", nn.relu) is nn.relu
+                    else [model.activation.__name__]) + (["residual"] if getattr(
+                        model, "residual", False) else [])
 
 
 def test_model7_is_model7_e_and_the_designs_trained_with_dropout_keep_it():
@@ -104,7 +105,8 @@ def test_model7_is_model7_e_and_the_designs_trained_with_dropout_keep_it():
     assert {n: get_model(n).dropout_rate for n in ("model7-a", "model7-b", "model7-c", "model7-d")
             } == dict.fromkeys(("model7-a", "model7-b", "model7-c", "model7-d"), 0.05)
     assert get_model("model7-f").dropout_rate == 0 and get_model("model7-h").dropout_rate == 0
-    tenth = ("model7-g", "model7-i", "model7-j", "model7-l", "model7-m")
+    tenth = ("model7-g", "model7-i", "model7-j", "model7-l", "model7-m", "model7-n",
+             "model7-o")
     assert {n: get_model(n).dropout_rate for n in tenth} == dict.fromkeys(tenth, 0.1)
     assert get_model("model7-k").dropout_rate == 0.15
 
