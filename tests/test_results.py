@@ -115,6 +115,18 @@ def test_the_gpu_screen_sets_each_trial_against_its_own_baseline_whatever_its_mo
     assert silu["paired_seeds"] == 2 and silu["runs"]["seeds_holding_target"] == 1  # 99.39
     assert silu["paired_difference"] == pytest.approx((0.08 + 0.03) / 2)
     assert trials.gpu_trials(tmp_path / "nowhere") == []
+    # The models table does not call a design screened on the GPU alone "not run".
+    from s7jax.runs import runfiles
+    from tools.report.results import models_table
+
+    models = results.all_models(tmp_path)["models"]
+    run = tmp_path / "model7-g" / "seed-0"
+    table = models_table(models, {"model7-g": (run, runfiles.read_record(run),
+                                               runfiles.read_metrics(run))}, tmp_path)
+    (not_run,) = [line for line in table if line.startswith("Not run yet")]
+    (gpu_only,) = [line for line in table if line.startswith("Run on a GPU only")]
+    assert "model7-m" not in not_run and "model7-e" in not_run
+    assert gpu_only.startswith("Run on a GPU only: model7-m (")
 
 
 def test_a_trial_that_turns_a_setting_on_names_it_and_its_flag(tmp_path):
@@ -196,3 +208,18 @@ def test_a_frontier_designs_recipe_trial_over_20_seeds_can_reach_the_frontier(tm
         assert "not reached; the closest, model7-m (ema), holds on 18 of 20" in frontier
     (versus,) = [line for line in lines if line.startswith("model7-m (ema) against model7-g")]
     assert "on the same 20 seeds" in versus
+
+
+def test_the_study_step_sentence_gives_the_length_of_runs_that_differ_in_it():
+    from tools.report.study import step_sentence
+
+    def runs(mean, epochs):
+        return {"mean": mean, "seeds": {"0": {"epochs": epochs}}}
+
+    table = {"model1": {"original": runs(99.06, 3), "referee": runs(99.23, 15)},
+             "model2": {"original": runs(99.10, 15), "referee": runs(99.02, 15)}}
+    assert step_sentence("model1", table, None).endswith(
+        "s7jax 99.06% after 3 epochs, the PyTorch referee 99.23% after 15 epochs.")
+    # Equal lengths: no length, and a step is set against the last only over equal runs.
+    assert step_sentence("model2", table, "model1").endswith(
+        "s7jax 99.10%, the PyTorch referee 99.02% (-0.21 against model1).")

@@ -101,10 +101,14 @@ def models_table(models: dict[str, Any], first_runs: dict[str, tuple],
         lines.append(f"| {name}{mark(results_dir, seed_runs(results_dir, name, m))} | {params:,} | {best:.2f} | {m['min']:.2f} / {m['mean']:.2f} | "
                      f"{first['epochs']} | {first['seconds_per_epoch']:.0f} | "
                      f"{device(config['environment'])} | {m['n_seeds']} |")
-    missing = [name for name in MODELS if name not in models]
+    on_gpu = {t["model"] for t in trials.gpu_trials(results_dir)}
+    missing = [name for name in MODELS if name not in models and name not in on_gpu]
+    gpu_only = [name for name in MODELS if name not in models and name in on_gpu]
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)} (`python scripts/sweep.py --model NAME "
                   "--seeds 1` adds one)."]
+    if gpu_only:
+        lines += ["", f"Run on a GPU only: {', '.join(gpu_only)} (model7's GPU screen, below)."]
     return footnote(lines) + [
         "", "Seconds per epoch are the median of each model's first seed as its run recorded "
         "them, on a machine that other jobs shared at times: a guide to the cost of each "

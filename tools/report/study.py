@@ -113,16 +113,23 @@ def model_sections(models: dict[str, Any], first_runs: dict[str, tuple], table: 
 def step_sentence(name: str, table: dict, previous: str | None) -> str:
     """What this step of the study buys under one fixed recipe (the
     original), by the referee and s7jax runs; empty where neither exists."""
+    def epochs(runs):
+        return {s["epochs"] for s in runs["seeds"].values()}
+
     row = table.get(name, {})
+    kinds = [(kind, who) for kind, who in (("original", "s7jax"),
+                                           ("referee", "the PyTorch referee")) if row.get(kind)]
+    # Runs of different lengths are not one comparison: each says its length.
+    lengths = {kind: epochs(row[kind]) for kind, _ in kinds}
+    differ = len({frozenset(e) for e in lengths.values()}) > 1
     parts = []
-    for kind, who in (("original", "s7jax"), ("referee", "the PyTorch referee")):
-        now = row.get(kind)
+    for kind, who in kinds:
+        now = row[kind]
         before = table.get(previous, {}).get(kind) if previous else None
-        if now is None:
-            continue
         text = f"{who} {now['mean']:.2f}%"
-        if before is not None and {s["epochs"] for s in now["seeds"].values()} == {
-                s["epochs"] for s in before["seeds"].values()}:
+        if differ:
+            text += f" after {'/'.join(map(str, sorted(lengths[kind])))} epochs"
+        if before is not None and epochs(now) == epochs(before):
             text += f" ({now['mean'] - before['mean']:+.2f} against {previous})"
         parts.append(text)
     if not parts:
