@@ -111,6 +111,27 @@ def test_model7_is_model7_e_and_the_designs_trained_with_dropout_keep_it():
     assert get_model("model7-k").dropout_rate == 0.15
 
 
+def test_a_shortcut_carries_its_blocks_input_past_a_silenced_block():
+    # With BN's scale and shift at zero in model7-n's three 10-to-10 blocks,
+    # each passes on the activation of its input alone (centre-cropped after
+    # an unpadded conv); without the shortcuts (model7-m) nothing would pass.
+    model = get_model("model7-n")
+    variables = variables_for("model7-n")
+    silenced = {i: {"scale": jnp.zeros(10), "bias": jnp.zeros(10)} for i in (4, 5, 6)}
+    params = {**variables["params"], **{f"bn{i}": v for i, v in silenced.items()}}
+    x = images(4)
+    log_probs, state = model.apply({**variables, "params": params}, x, train=False,
+                                   capture_intermediates=True, mutable=["intermediates"])
+    (bn3,) = state["intermediates"]["bn3"]["__call__"]
+    h = jax.nn.silu(jax.nn.silu(bn3))  # block 4: silu(0 + its input)
+    h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    h = jax.nn.silu(jax.nn.silu(h[:, 1:-1, 1:-1])[:, 1:-1, 1:-1])  # blocks 5 and 6
+    head = params["conv7"]
+    logits = jnp.einsum("bhwc,hwcd->bd", h, head["kernel"]) + head["bias"]
+    np.testing.assert_allclose(log_probs, jax.nn.log_softmax(logits), rtol=1e-5, atol=1e-5)
+    assert float(jnp.std(logits, axis=0).max()) > 1e-3  # the images still reach the logits
+
+
 def test_registry_names_and_unknown_model():
     assert list(STUDY) == [f"model{i}" for i in range(1, 7)]
     assert list(MODELS) == [*STUDY, *BEYOND] and "model7" in BEYOND
