@@ -174,6 +174,20 @@ def test_metric_differences_name_every_changed_figure_but_seconds():
     assert runfiles.metric_differences(rows, rows[:1]) == ["1 epochs, expected 2"]
 
 
+def test_reproduce_warns_before_training_when_the_core_count_differs():
+    from s7jax.cli.reproduce import core_count_note
+
+    one_core = {"backend": "cpu", "cpu_count": 2, "cpu": {"cores_usable": 1}}
+    assert core_count_note(one_core, {"cores_usable": 1}) is None
+    note = core_count_note(one_core, {"cores_usable": 2})
+    assert "recorded on 1 usable core and this process has 2" in note
+    assert "`taskset -c 0-0`" in note
+    older = {"backend": "cpu", "cpu_count": 4, "cpu": None}  # before cores_usable was recorded
+    assert "cannot give it as many" in core_count_note(older, {"cores_usable": 2})
+    assert core_count_note(dict(one_core, backend="gpu"), {"cores_usable": 2}) is None
+    assert core_count_note(one_core, None) is None  # not Linux: nothing known here
+
+
 def test_reproduce_needs_a_recorded_run(in_process, tmp_path):
     assert_clean_error(in_process("reproduce", tmp_path), 2, r"no config.json there")
 

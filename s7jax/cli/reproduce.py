@@ -33,6 +33,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def core_count_note(recorded_env: dict, here_cpu: dict | None) -> str | None:
+    """A note for before the repeat when a CPU run was recorded with another
+    number of usable cores than this process has (XLA:CPU splits its sums by
+    the threads it gets, so the last bits would change); None otherwise."""
+    if recorded_env.get("backend") != "cpu" or here_cpu is None:
+        return None
+    cores = (recorded_env.get("cpu") or {}).get("cores_usable", recorded_env.get("cpu_count"))
+    here = here_cpu["cores_usable"]
+    if cores is None or cores == here:
+        return None
+    fix = (f"`taskset -c 0-{cores - 1}` in front of the command gives it {cores}" if cores < here
+           else "this machine cannot give it as many")
+    return (f"note: the run was recorded on {cores} usable core{'s' * (cores != 1)} and this "
+            f"process has {here}, so it may not repeat exactly ({fix})")
+
+
 def run(args: argparse.Namespace) -> int:
     run = Path(args.run)
     if not runfiles.config_path(run).is_file():
@@ -46,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         Path("runs"), f"reproduce-{config.model}-seed-{config.seed}")
     print(f"repeating {run} ({config.model}, seed {config.seed}, {config.epochs} epochs) "
           f"in {workdir}")
+    if note := core_count_note(recorded["environment"], runfiles.cpu_identity()):
+        print(note)
     actual = train_and_evaluate(config, workdir, data_dir=args.data_dir,
                                 manual_dir=args.manual_dir, show_progress=not args.no_progress)
     differences = runfiles.metric_differences(expected, actual)
