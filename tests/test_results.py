@@ -122,7 +122,8 @@ def test_the_gpu_screen_sets_each_trial_against_its_own_baseline_whatever_its_mo
     models = results.all_models(tmp_path)["models"]
     run = tmp_path / "model7-g" / "seed-0"
     table = models_table(models, {"model7-g": (run, runfiles.read_record(run),
-                                               runfiles.read_metrics(run))}, tmp_path)
+                                               runfiles.read_metrics(run))}, tmp_path,
+                         {t["model"] for t in trials.gpu_trials(tmp_path)})
     (not_run,) = [line for line in table if line.startswith("Not run yet")]
     (gpu_only,) = [line for line in table if line.startswith("Run on a GPU only")]
     assert "model7-m" not in not_run and "model7-e" in not_run
@@ -200,7 +201,8 @@ def test_a_frontier_designs_recipe_trial_over_20_seeds_can_reach_the_frontier(tm
                    default_config("model7-m", seed=s, ema_decay=0.999),
                    (99.47, 99.47, 99.47) if s < trial_holds else (99.38, 99.42, 99.42))
     models = results.all_models(tmp_path)["models"]
-    lines = model7_designs(models, tmp_path, results.TARGET, "../")
+    design_trials = {n: trials.after_fix(tmp_path, n) for n in ("model7-g", "model7-m")}
+    lines = model7_designs(models, results.TARGET, "../", design_trials)
     (frontier,) = [line for line in lines if line.startswith("The frontier")]
     if trial_holds == 19:
         assert frontier.endswith("reached by model7-m (ema).")
