@@ -314,9 +314,13 @@ BEYOND: dict[str, type[nn.Module] | functools.partial] = {
                                   dropout_rate=0.1, activation=nn.silu, residual=True),
     # model7's layout with what model7-g and model7-m added at 4,924: dropout 0.1, SiLU.
     "model7-o": functools.partial(TinyNet, dropout_rate=0.1, activation=nn.silu),
+    # Past 5,000: model7-m two maps wider at 14x14, to find where 19 of 20 begins.
+    "model7-p": functools.partial(TinyNet, channels=(6, 8, 12, 12), tail=(10, 10),
+                                  dropout_rate=0.1, activation=nn.silu),
 }
 FRONTIER = ("model7-d", "model7-f", "model7-g", "model7-i", "model7-j",
             "model7-k", "model7-l", "model7-m", "model7-n")  # the designs over 4,000 (under 5,000)
+PAST_BOUND = ("model7-p",)  # over 5,000: where the frontier lies if none at or under 5,000 holds
 MODELS = {**STUDY, **BEYOND}
 
 INPUT_SHAPE = (28, 28, 1)
