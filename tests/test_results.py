@@ -212,6 +212,26 @@ def test_a_frontier_designs_recipe_trial_over_20_seeds_can_reach_the_frontier(tm
     assert "on the same 20 seeds" in versus
 
 
+def test_a_design_past_5000_that_holds_is_not_the_frontier_but_says_where_it_lies(tmp_path):
+    from s7jax.config import default_config
+    from tools.report.results import model7_designs
+
+    for s in range(20):
+        record_run(tmp_path / "model7-m" / f"seed-{s}", default_config("model7-m", seed=s),
+                   (99.45, 99.45, 99.45) if s < 17 else (99.38, 99.41, 99.41))
+        record_run(tmp_path / "model7-p" / f"seed-{s}", default_config("model7-p", seed=s),
+                   (99.50, 99.50, 99.50) if s < 19 else (99.38, 99.41, 99.41))
+    models = results.all_models(tmp_path)["models"]
+    design_trials = {"model7-m": trials.after_fix(tmp_path, "model7-m")}
+    lines = model7_designs(models, results.TARGET, "../", design_trials)
+    (frontier,) = [line for line in lines if line.startswith("The frontier")]
+    assert "not reached; the closest, model7-m, holds on 17 of 20" in frontier
+    (past,) = [line for line in lines if line.startswith("Past the bound")]
+    assert "model7-p (6, 8 / 12, 12 /" in past and "holds on 19 of 20 seeds" in past
+    assert "; against model7-m on the same 20 seeds, +0.05" in past
+    assert "and model7-p past 5,000" in lines[1]
+
+
 def test_the_study_step_sentence_gives_the_length_of_runs_that_differ_in_it():
     from tools.report.study import step_sentence
 

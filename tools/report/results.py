@@ -271,14 +271,16 @@ def model7_designs(models: dict[str, Any], target: float, root: str,
     import jax
 
     from s7jax.models import BEYOND, count_params, get_model, init_variables
-    from s7jax.models.study import FRONTIER
+    from s7jax.models.study import FRONTIER, PAST_BOUND
 
     found = [name for name in BEYOND if name in models]
     if not found:
         return []
     over = [name for name in FRONTIER if name in found]
-    listed = ", ".join(over[:-1]) + f" and {over[-1]}" if len(over) > 1 else "".join(over)
-    apart = f", {listed} apart: they look for the frontier above" if over else ""
+    past = [name for name in PAST_BOUND if name in found]
+    apart = (f", {_listed(over)} apart: they look for the frontier above" if over else "") + (
+        f", and {_listed(past)} past 5,000, for where it lies if not at or under it"
+        if past else "")
     lines = ["", "**model7, beyond the study.** The designs tried for it (under 4,000 parameters"
              f"{apart}), "
              "each trained with model6's recipe as it was then (weight decay on every parameter) by "
@@ -330,6 +332,14 @@ def model7_designs(models: dict[str, Any], target: float, root: str,
                       f"not reached; the closest, {closest}, holds on "
                       f"{m['seeds_holding_target']} of {m['n_seeds']} (last-3 mean "
                       f"{m['mean']:.3f}).")]
+        for name in past:
+            m = models[name]
+            n, difference, se = trials.paired(m["seeds"], models[best]["seeds"])
+            versus = (f"; against {best} on the same {n} seeds, {difference:+.3f} +/- {se:.3f}"
+                      if n > 1 else "")
+            lines += ["", f"Past the bound, {name} ({get_model(name).layout}) holds on "
+                      f"{m['seeds_holding_target']} of {m['n_seeds']} seeds (last-3 mean "
+                      f"{m['mean']:.3f}){versus}."]
     if "model7" in models:
         m = models["model7"]
         worst = m["seeds"][m["worst_seed"]]
@@ -373,6 +383,10 @@ def gpu_screen(found: list[dict[str, Any]]) -> list[str]:
                      f"{runs['seeds_holding_target']} | {runs['mean']:.3f} +/- {se:.3f} | "
                      f"{_versus(t)} | `{t['command']}` |")
     return lines + trial_noise(found)
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
 
 
 def _paired_line(models: dict[str, Any], pair: tuple[str, str]) -> list[str]:
