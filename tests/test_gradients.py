@@ -106,7 +106,7 @@ def test_the_jitted_train_step_follows_the_gradient_op_by_op():
 
 
 # The quick part keeps the two models whose pool gradient went wrong before;
-# the slow part runs all six.
+# the slow part runs all six and model7.
 @pytest.mark.parametrize("name", [name if name in ("model3", "model6")
                                   else pytest.param(name, marks=pytest.mark.slow)
                                   for name in [*STUDY, "model7"]])

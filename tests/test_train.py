@@ -164,6 +164,24 @@ def test_a_missing_teacher_is_a_config_error(tmp_path):
         fresh_state(teacher=str(tmp_path / "absent"))
 
 
+def test_evaluate_scores_a_distilled_averaged_run_as_it_ran_and_without_its_teacher(
+        teacher_run, tfds_dir, tmp_path, in_process):
+    # Of a run's two sets of weights it evaluated the moving average; the gallery of
+    # misclassified digits must be drawn from the same, and the teacher may be gone.
+    run = tmp_path / "run"
+    # An average this slow stays near the initial weights: far from the trained ones.
+    config = default_config("model6", **QUICK, ema_decay=0.999, teacher=str(teacher_run))
+    last = train_and_evaluate(config, run, data_dir=tfds_dir, show_progress=False,
+                              log=lambda _: None)[-1]
+    runfiles.weights_path(teacher_run).unlink()
+    result = in_process("evaluate", "--checkpoint", run, "--data-dir", tfds_dir,
+                        "--misclassified", tmp_path / "wrong.png")
+    assert result.returncode == 0, result.stderr
+    assert f"test loss {last['test_loss']:.4f}, test acc {last['test_acc']:.2f}%" in result.stdout
+    wrong = int(re.search(r"of (\d+) misclassified digits", result.stdout)[1])
+    assert wrong == round(QUICK["test_subset"] * (1 - last["test_acc"] / 100))
+
+
 @pytest.mark.usefixtures("highest_precision")
 def test_the_weight_average_follows_each_step_and_is_what_gets_evaluated():
     d = 0.9

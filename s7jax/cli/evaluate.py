@@ -9,6 +9,8 @@ prints the figures of the run's last ``metrics.jsonl`` row.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from s7jax.runs import checkpoint, runfiles, weights
 from s7jax.training.loops import device_eval_batches, evaluate
 from s7jax.training.parallel import all_devices
 from s7jax.training.steps import eval_step, initial_state, learning_rate_schedule
+from s7jax.training.train import matmul_precision
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,6 +60,7 @@ def run(args: argparse.Namespace) -> None:
         eval_batch_size = Config.eval_batch_size  # the default every recorded run used
         source = "auto"
         where = f"{name} from {args.weights} (epoch {info.get('epoch')})"
+        precision = contextlib.nullcontext()
     else:
         workdir, step = locate(Path(args.checkpoint))
         config = runfiles.read_config(workdir)
@@ -64,26 +68,32 @@ def run(args: argparse.Namespace) -> None:
         if step is None and checkpoint.latest_step(ckpt_dir) is None:
             raise ConfigError(f"no checkpoint in {ckpt_dir}")
         steps = data.steps_per_epoch(config.train_subset or TRAIN_IMAGES, config.batch_size)
-        state, _ = initial_state(config, learning_rate_schedule(config, steps))
+        # A distilled run's teacher trains, it does not evaluate: no need of its weights file.
+        state, _ = initial_state(dataclasses.replace(config, teacher=None),
+                                 learning_rate_schedule(config, steps))
         state, record = checkpoint.restore(ckpt_dir, state, step, log=print)
         where = f"{config.model} step {int(state.step)} (epoch {record['epoch']})"
         test_subset, eval_batch_size = config.test_subset, config.eval_batch_size
         source = config.data_source
+        precision = matmul_precision(config)  # the run's, so its figures come out again
     data.check_files(source, args.data_dir, args.manual_dir)
     splits = data.load_mnist(args.data_dir, args.manual_dir, source=source)
     test = splits["test"].subset(test_subset)
-    loss, acc = evaluate(jax.jit(eval_step), state, device_eval_batches(test, eval_batch_size))
+    with precision:
+        loss, acc = evaluate(jax.jit(eval_step), state, device_eval_batches(test, eval_batch_size))
     print(f"{where}: test loss {loss:.4f}, test acc {acc:.2f}% on {len(test):,} images")
 
     if args.misclassified:
         from s7jax.runs import plots  # matplotlib
 
+        # The weights eval_step scored: the moving average where the run kept one.
         apply = jax.jit(lambda s, x: s.apply_fn(
-            {"params": s.params, "batch_stats": s.batch_stats}, x, train=False))
-        predictions = np.concatenate([
-            np.asarray(apply(state, images)).argmax(-1)
-            for images in data.eval_batches(test, batch_size=eval_batch_size)["image"]
-        ])[:len(test)]
+            {"params": s.eval_params(), "batch_stats": s.batch_stats}, x, train=False))
+        with precision:
+            predictions = np.concatenate([
+                np.asarray(apply(state, images)).argmax(-1)
+                for images in data.eval_batches(test, batch_size=eval_batch_size)["image"]
+            ])[:len(test)]
         wrong = np.flatnonzero(predictions != test.labels)
         shown = wrong[:args.max_digits]
         written = plots.digit_grid(test.images[shown], [f"{test.labels[i]} -> {predictions[i]}" for i in shown],
