@@ -53,6 +53,7 @@ def swept(tfds_dir, tmp_path_factory):
     results = tmp_path_factory.mktemp("sweep")
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep.py"), "--model", "model6",
                            "--seeds", "2", "--strategy", "vmap", "--checkpoint-every", "2",
+                           "--steps-per-call", "4",  # one program per epoch: recorded as 1
                            "--results", str(results), "--data-dir",
                            str(tfds_dir), "--no-progress", *FLAGS],
                           capture_output=True, text=True, timeout=900)
@@ -67,7 +68,7 @@ def test_the_sweep_writes_each_seeds_files_and_the_summary(swept):
     for seed in (0, 1):
         run = results / "model6" / f"seed-{seed}"
         config = runfiles.read_config(run)
-        assert (config.seed, config.pipeline) == (seed, "scan")
+        assert (config.seed, config.pipeline, config.steps_per_call) == (seed, "scan", 1)
         assert [r["epoch"] for r in runfiles.read_metrics(run)] == [1, 2]
         # --checkpoint-every 2: the last epoch's checkpoint only, not the first's.
         assert checkpoint.all_steps(runfiles.checkpoint_dir(run)) == [4]
@@ -98,6 +99,7 @@ def test_a_second_sweep_skips_the_finished_seeds(swept, tfds_dir):
     results, _ = swept
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep.py"), "--model", "model6",
                            "--seeds", "2", "--strategy", "vmap", "--checkpoint-every", "2",
+                           "--steps-per-call", "4",  # one program per epoch: recorded as 1
                            "--results", str(results), "--data-dir",
                            str(tfds_dir), "--no-progress", *FLAGS],
                           capture_output=True, text=True, timeout=600)

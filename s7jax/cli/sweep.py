@@ -22,7 +22,7 @@ from s7jax.cli import (OneLineErrorParser, add_config_flags, add_progress_flag, 
 from s7jax.errors import Interrupted
 from s7jax.runs import checkpoint, results, runfiles, weights
 from s7jax.training import loops
-from s7jax.training.seeds import AGAIN, STRATEGIES, default_strategy, train_seeds
+from s7jax.training.seeds import AGAIN, STRATEGIES, as_together, default_strategy, train_seeds
 from s7jax.training.train import resolve, train_and_evaluate
 
 
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> None:
     for seed in range(args.seeds):
         config = config_from_args(args, seed=seed)
         if how != "sequential":
-            config = dataclasses.replace(config, pipeline="scan")
+            config = as_together(config)  # as recorded, so that a second sweep finds it
         workdir = results.run_dir(results_dir, config.model, seed, args.recipe or "default")
         same = (runfiles.config_path(workdir).is_file()
                 and resolve(runfiles.read_config(workdir)) == resolve(config))

@@ -71,6 +71,12 @@ def check_memory(config: Config, model: nn.Module, n: int) -> None:
             f"{fits} together, or one after another (--strategy sequential)")
 
 
+def as_together(config: Config) -> Config:
+    """``config`` as seeds trained together run it: one program per epoch
+    (``--pipeline scan``, so one step per call whatever ``--steps-per-call``)."""
+    return dataclasses.replace(config, pipeline="scan", steps_per_call=1)
+
+
 def train_seeds(config: Config, seeds: Sequence[int], workdirs: Sequence[str | Path], *,
                 strategy: str = "vmap", **kwargs) -> dict[int, list[dict[str, Any]]]:
     """Train seed ``seeds[i]`` into ``workdirs[i]``, all as one program
@@ -78,8 +84,7 @@ def train_seeds(config: Config, seeds: Sequence[int], workdirs: Sequence[str | P
     ``resume``; each seed's rows. Checkpoints every ``checkpoint_every`` epochs,
     the last and on Ctrl-C (on an accelerator, writing them can take longer
     than training). Keywords: ``train.train_runs``'s."""
-    configs = [dataclasses.replace(config, seed=s, pipeline="scan", steps_per_call=1)
-               for s in seeds]
+    configs = [dataclasses.replace(as_together(config), seed=s) for s in seeds]
     data.check_files(config.data_source, kwargs.get("data_dir"), kwargs.get("manual_dir"))
     check_memory(config, get_model(config.model), len(seeds))  # before a folder is touched
     histories = train_runs(configs, workdirs, strategy=strategy, how=AGAIN, **kwargs)
