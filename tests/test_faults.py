@@ -746,6 +746,18 @@ def test_a_weights_file_of_an_unknown_model_is_one_line_naming_it(in_process, tm
     assert line == f"error: {path} holds an unknown model 'model9'"
 
 
+@pytest.mark.parametrize("arrays", [{}, {"params": 3}, {"params": {"conv1": {"kernel": "x"}}}])
+def test_a_weights_file_without_its_arrays_is_one_line(in_process, tmp_path, arrays):
+    from flax import serialization
+
+    path = tmp_path / "w.msgpack"
+    path.write_bytes(serialization.msgpack_serialize(
+        {"format": weights.FORMAT, "model": "model6", **arrays}))
+    line = last_line(in_process("evaluate", "--weights", path), 2)
+    assert line == (f"error: {path}: its arrays do not fit model6's parameters and BatchNorm "
+                    "statistics")
+
+
 def test_a_figure_is_written_whole_under_the_name_said(tmp_path, monkeypatch):
     import numpy as np
     from matplotlib.figure import Figure

@@ -308,6 +308,29 @@ def test_interrupt_then_resume_equals_uninterrupted(reference_run, tfds_dir, tmp
     assert strip_seconds(runfiles.read_metrics(tmp_path)) == strip_seconds(history)
 
 
+def test_a_signal_between_two_looks_at_the_flag_saves_the_step_it_came(tfds_dir, tmp_path,
+                                                                       monkeypatch):
+    """The flag goes up just after the loop's first look at it: the run stops
+    cleanly at the next step with that step's sums, never with none."""
+    from s7jax.runs import recorder
+
+    class RaisedAfterFirstLook(dict):
+        looks = 0
+
+        def __getitem__(self, key):
+            if key == "set":
+                self.looks += 1
+                return self.looks > 1
+            return super().__getitem__(key)
+
+    monkeypatch.setattr(recorder, "unset_flag",
+                        lambda: RaisedAfterFirstLook(set=False, signum=signal.SIGINT))
+    with pytest.raises(Interrupted):
+        train_and_evaluate(default_config("model6", **QUICK), tmp_path, data_dir=tfds_dir,
+                           show_progress=False, log=lambda _: None)
+    assert checkpoint.latest_step(runfiles.checkpoint_dir(tmp_path)) == 2
+
+
 def test_sigterm_then_resume_equals_uninterrupted(reference_run, tfds_dir, tmp_path):
     """SIGTERM (what timeout, a scheduler or a container runtime sends) is
     handled as Ctrl-C is: a checkpoint of the current step, exit code 143,

@@ -62,10 +62,13 @@ def load(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, Any]]:
         raise CheckpointError(f"{path} holds an unknown model {name!r}")
     model = get_model(name)
     expected = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
-    variables = {"params": tree["params"], "batch_stats": tree.get("batch_stats", {})}
+    variables = {"params": tree.get("params"), "batch_stats": tree.get("batch_stats", {})}
     expected = {"params": expected["params"], "batch_stats": expected.get("batch_stats", {})}
-    shapes = jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), variables)
     wanted = jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), expected)
+    try:
+        shapes = jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), variables)
+    except AttributeError:  # a leaf that is no array (or no params at all)
+        shapes = None
     if shapes != wanted:
         raise CheckpointError(f"{path}: its arrays do not fit {name}'s parameters and "
                               "BatchNorm statistics")

@@ -199,12 +199,13 @@ class StepByStep:
         for state, totals, n, last, fetch in step_through(self.train_fn, state, self.batches,
                                                           ctx.dropout_key, totals, calls):
             bar.update(n)
-            if interrupted["set"] or fetch:
+            stop = interrupted["set"]  # read once: a signal between two reads saves stale sums
+            if stop or fetch:
                 host = jax.device_get(totals)
                 check_finite(host, epoch)
                 loss, acc = mean_loss_and_accuracy(host)
                 bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.2f}")
-            if interrupted["set"] and not last:
+            if stop and not last:
                 self.record.save(state, int(state.step), epoch, host)
                 raise Interrupted(int(state.step), self.record.workdir,
                                   signum=interrupted["signum"])
