@@ -1,4 +1,4 @@
-"""Train one of the six models on MNIST and evaluate it after every epoch.
+"""Train a model (one of the study's six, or model7) on MNIST, evaluating it every epoch.
 
     python scripts/train.py --model model6
 

@@ -1,5 +1,6 @@
 """Four layers written for speed on XLA:CPU, with the stock ones' maths.
-``scripts/bench_step.py`` times each against the stock one (model6, batch 128):
+``scripts/bench_step.py`` times the first three against the stock ones
+(model6, batch 128; model6 has no depthwise convolution):
 
 * :func:`max_pool_2x2`: XLA:CPU lowers ``nn.max_pool``'s gradient to an
   arg-max and a scatter, close to half of the train step; here it is routed

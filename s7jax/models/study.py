@@ -2,7 +2,8 @@
 and model7 beyond it: NHWC images ``(B, 28, 28, 1)`` in, log-probabilities
 ``(B, 10)`` out; in training pass ``train=True``, ``mutable=["batch_stats"]``
 and a ``{"dropout": key}`` rng. The study's spatial sizes are
-28 -> 14 -> 7 -> 5 -> 3 -> 1; model7's 28 -> 14 -> 7, then an average."""
+28 -> 14 -> 7 -> 5 -> 3 -> 1, and model7's too; some of its trial designs
+average a 7x7 or 3x3 map into the logits instead."""
 
 from __future__ import annotations
 

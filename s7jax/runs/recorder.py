@@ -2,8 +2,8 @@
 
 The checkpoint comes before the rows in ``metrics.jsonl``: a row never names
 an epoch whose state was not saved. Ctrl-C and SIGTERM become a flag
-(:func:`interrupt_flag`) that the loops check between steps, so a donated
-state is never left half-updated."""
+(:func:`interrupt_flag`) that the loops check between steps (between epochs
+where an epoch is one call), so a donated state is never left half-updated."""
 
 from __future__ import annotations
 
