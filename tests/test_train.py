@@ -436,8 +436,10 @@ def test_auto_settings_resolve_per_backend(monkeypatch):
     assert resolve(config, "cpu") == cpu  # TensorFlow is not needed by default
     with pytest.raises(ConfigError, match="--pipeline tfds needs tensorflow"):
         resolve(default_config("model6", pipeline="tfds"), "cpu")
+    several = default_config("model6", steps_per_call=4)  # valid while its pipeline is auto
+    assert resolve(several, "cpu").steps_per_call == 4
     with pytest.raises(ConfigError, match="--steps-per-call applies to"):
-        resolve(default_config("model6", pipeline="scan", steps_per_call=4), "gpu")
+        resolve(several, "gpu")  # there auto is scan
 
 
 @pytest.fixture(scope="module")

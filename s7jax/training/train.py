@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 
 from s7jax import data
-from s7jax.config import TRAIN_IMAGES, Config
+from s7jax.config import TRAIN_IMAGES, Config, validate
 from s7jax.errors import CheckpointError, ConfigError, Interrupted, Terminated
 from s7jax.models import get_model
 from s7jax.runs import checkpoint, recorder, runfiles, runlock, weights
@@ -31,7 +31,7 @@ def resolve(config: Config, backend: str | None = None) -> Config:
     """``config`` with its ``auto`` settings decided for this machine, as the run records them
     in ``config.json`` (so that a repeat takes the same path). The pipeline: ``scan`` on an
     accelerator, ``device`` on a CPU. The data source: TFDS for the tf.data pipeline, else
-    the IDX files, read with numpy without TensorFlow's ~750 MB runtime in the process."""
+    the IDX files, read with numpy without TensorFlow's runtime in the process."""
     backend = backend or jax.default_backend()
     pipeline = config.pipeline
     if pipeline == "auto":
@@ -43,10 +43,8 @@ def resolve(config: Config, backend: str | None = None) -> Config:
     if source == "auto":
         source = "tfds" if pipeline == "tfds" else "idx"
     source = data.resolve_source(source)
-    if pipeline == "scan" and config.steps_per_call != 1:
-        raise ConfigError("--steps-per-call applies to --pipeline tfds or device; "
-                          "--pipeline scan runs a whole epoch per call")
-    return dataclasses.replace(config, data_source=source, pipeline=pipeline)
+    # validate again: auto may have become scan, which takes no --steps-per-call.
+    return validate(dataclasses.replace(config, data_source=source, pipeline=pipeline))
 
 
 def matmul_precision(config: Config):
