@@ -69,6 +69,8 @@ def test_a_config_recorded_before_cycle_epochs_existed_spans_the_whole_run():
 
 def test_long_runs_need_allow_long():
     assert validate(Config(epochs=20, allow_long=True)).epochs == 20
+    with pytest.raises(ConfigError, match="--allow-long"):
+        validate(Config(epochs=20))
 
 
 def test_unknown_keys_in_a_config_file_are_rejected():

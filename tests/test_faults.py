@@ -101,7 +101,8 @@ def test_a_live_holder_is_named_and_a_dead_ones_lock_is_taken_over(tmp_path):
         assert f"process {os.getpid()} " in (tmp_path / runlock.LOCK_NAME).read_text()
 
 
-def test_default_folders_are_unique_within_a_second(tmp_path):
+def test_default_folders_are_unique_within_a_second(tmp_path, monkeypatch):
+    monkeypatch.setattr(runfiles.time, "strftime", lambda fmt: "20000101-000000")  # one second
     made = [runfiles.unique_dir(tmp_path, "model6") for _ in range(3)]
     assert len(set(made)) == 3 and all(p.is_dir() for p in made)
     assert made[1].name == made[0].name + "-2"

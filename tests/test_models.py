@@ -61,7 +61,7 @@ def test_exact_parameter_totals(name):
     assert count_params(variables) == EXPECTED_PARAMS[name]
 
 
-def test_model6_has_under_8000_parameters():
+def test_model6_has_under_8000_parameters():  # the study's target, whatever the exact count
     assert count_params(variables_for("model6")) < 8_000
 
 
@@ -193,11 +193,11 @@ def test_parameter_count_independent_of_seed_and_batch(name, seed, batch_size):
 @pytest.mark.parametrize("name", SMALL)
 @property_settings
 @given(seed=st.integers(0, 2**31 - 1))
-def test_eval_is_deterministic_and_leaves_batch_stats(name, seed):
+def test_eval_scores_each_image_alone_and_leaves_batch_stats(name, seed):
     model, v, x = get_model(name), variables_for(name), images(4, seed)
     a = apply_fn(name, False)(v, x)
-    b = apply_fn(name, False)(v, x)
-    chex.assert_trees_all_equal(a, b)
+    # Each image's output its own, whatever the batch (running statistics, no dropout).
+    np.testing.assert_allclose(apply_fn(name, False)(v, x[:1]), a[:1], rtol=1e-5, atol=1e-6)
     _, updates = model.apply(v, x, train=False, mutable=["batch_stats"])
     chex.assert_trees_all_equal(dict(updates).get("batch_stats", {}), v.get("batch_stats", {}))
 

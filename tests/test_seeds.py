@@ -122,12 +122,15 @@ def test_seeds_that_would_not_fit_in_memory_are_refused_in_one_line(monkeypatch,
 def test_stack_keeps_the_first_trees_static_fields():
     from s7jax.training.steps import initial_state, learning_rate_schedule
 
-    config = default_config("model6")
-    states = [initial_state(config, learning_rate_schedule(config, 4))[0] for _ in range(2)]
+    configs = [default_config("model6", seed=s) for s in (0, 1)]
+    states = [initial_state(c, learning_rate_schedule(c, 4))[0] for c in configs]
     stacked = loops.stack(states)
     assert stacked.tx is states[0].tx
     chex.assert_tree_shape_prefix(stacked.params, (2,))
-    chex.assert_trees_all_equal(loops.unstack(stacked, 1).params, states[1].params)
+    for i in (0, 1):  # each seed's own trees back, not the other's
+        chex.assert_trees_all_equal(loops.unstack(stacked, i).params, states[i].params)
+    assert not np.array_equal(loops.unstack(stacked, 0).params["conv1"]["kernel"],
+                              states[1].params["conv1"]["kernel"])
 
 
 # A low constant rate: over a few steps, rounding cannot grow into a difference.
