@@ -159,7 +159,7 @@ def test_the_trials_table_says_how_large_chance_alone_is():
                            "spread with a std of 0.040.")
     assert text.endswith(" Beyond twice it: t20 (better), t3 (worse).")  # not t4: 1.5 of its SE
     (text,) = trial_noise([trial(11, 0.05), trial(20, 0.04, 0.01, 0.009), trial(1, 0, 0.3)])[1:]
-    assert text.endswith(" No trial differs from what it builds on by more than twice it.")
+    assert text.endswith(" No trial differs from the runs it is set against by more than twice it.")
     assert trial_noise([trial(4, 0.05), trial(3, 0.05)]) == []  # too few seeds to say
 
 
@@ -206,6 +206,13 @@ def test_a_frontier_designs_recipe_trial_over_20_seeds_can_reach_the_frontier(tm
     (frontier,) = [line for line in lines if line.startswith("The frontier")]
     if trial_holds == 19:
         assert frontier.endswith("reached by model7-m (ema).")
+        for s in range(20, 40):  # 19 of 40 is no longer 19 of 20
+            record_run(tmp_path / trials.TRIALS / "ema" / "model7-m" / f"seed-{s}",
+                       default_config("model7-m", seed=s, ema_decay=0.999), (99.3, 99.3, 99.3))
+        design_trials = {n: trials.after_fix(tmp_path, n) for n in ("model7-g", "model7-m")}
+        (again,) = [line for line in model7_designs(models, results.TARGET, "../", design_trials)
+                    if line.startswith("The frontier")]
+        assert "not reached" in again
     else:  # model7-g's 16 of 20 is not the closest any more
         assert "not reached; the closest, model7-m (ema), holds on 18 of 20" in frontier
     (versus,) = [line for line in lines if line.startswith("model7-m (ema) against model7-g")]
@@ -245,3 +252,21 @@ def test_the_study_step_sentence_gives_the_length_of_runs_that_differ_in_it():
     # Equal lengths: no length, and a step is set against the last only over equal runs.
     assert step_sentence("model2", table, "model1").endswith(
         "s7jax 99.10%, the PyTorch referee 99.02% (-0.21 against model1).")
+
+
+def test_the_study_steps_in_words_name_each_models_own_parameter_count():
+    import re
+
+    import jax
+
+    from s7jax.models import count_params, get_model, init_variables
+    from tools.report.study import STEPS
+
+    for name, (text, _) in STEPS.items():
+        total = count_params(jax.eval_shape(lambda n=name: init_variables(
+            get_model(n), jax.random.key(0, impl="rbg"))))
+        exact = re.search(r"\(([\d,]+)(?: parameters)?\)", text)
+        if exact:
+            assert int(exact[1].replace(",", "")) == total, name
+        else:  # model1's, in millions
+            assert f"{total / 1e6:.1f}M parameters" in text, name

@@ -139,14 +139,15 @@ def step_sentence(name: str, table: dict, previous: str | None) -> str:
 
 
 def regularisers(config: dict) -> dict[str, bool]:
-    """Which regularisers shaped the run's training batches (its train accuracy)."""
+    """Which regularisers shaped the last epoch's training batches (its train accuracy)."""
     from s7jax.models import get_model
 
     c = config["config"]
     a = c["augment"]
+    # The last epoch's batches, the ones its train accuracy is of: un-augmented in a clean tail.
     return {"dropout": bool(getattr(get_model(c["model"]), "dropout_rate", 0.0)),
             "augmentation": bool(a["degrees"] or a["brightness"] or a["contrast"])
-            and c["clean_epochs"] < c["epochs"]}
+            and c["clean_epochs"] == 0}
 
 
 def device(env: dict) -> str:
@@ -171,7 +172,9 @@ def results_sentence(history: list[dict], m: dict, run: Path, command: str) -> s
     return (f"Over {plural(len(history), 'epoch')} (`{command}`): best test accuracy "
             f"{max(r['test_acc'] for r in history):.2f}%{seeds}, last epoch "
             f"{last['test_acc']:.2f}% test vs {last['train_acc']:.2f}% train"
-            + (f", last-3 mean {m['mean']:.2f}%." if len(history) >= 3 else "."))
+            # This run's own last three epochs (``m``'s mean is over all the model's seeds).
+            + (f", last-3 mean {sum(r['test_acc'] for r in history[-3:]) / 3:.2f}%."
+               if len(history) >= 3 else "."))
 
 
 def analysis(name: str, history: list[dict], m: dict, previous, regularisers: dict) -> str:
