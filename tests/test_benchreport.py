@@ -19,7 +19,7 @@ def bench_result(epoch_s=10.0, step=6000.0, eval_s=0.5, memory_mib=900):
                   "step_images_per_s": step, "eval": {"seconds": eval_s},
                   "default_path": {"maxrss_kib": memory_mib * 1024},
                   "maxrss_kib": 1800 * 1024},
-        "pytorch": {"epoch": {"seconds": 23.0, "images_per_s": 2600.0},
+        "pytorch": {"epoch": {"seconds": 23.0, "images_per_s": 60000 / 23.0},
                     "step_images_per_s": 3300.0, "eval": {"seconds": 1.0},
                     "maxrss_kib": 1150 * 1024,
                     "step_best": {"variant": "compile_channels_last", "images_per_s": 4000.0}},
@@ -28,13 +28,14 @@ def bench_result(epoch_s=10.0, step=6000.0, eval_s=0.5, memory_mib=900):
 
 def test_goals_are_judged_from_the_measured_ratios():
     text = tables.goals(bench_result())
-    assert "training epoch 2.300x (goal 2x: met)" in text
+    # Per image: s7jax's epoch leaves out a short last batch (59,904 of 60,000 images).
+    assert "training epoch 2.296x (goal 2x: met)" in text
     assert "train step 1.818x (goal 1.5x: met)" in text
     assert "evaluation 2.000x (goal 2x: met)" in text
     assert "peak memory 900 MiB against 1,150 MiB (goal: at most PyTorch's: met)" in text
     assert "(compile channels last, 4,000 img/s): 1.50x" in text
     slow = tables.goals(bench_result(epoch_s=12.0, eval_s=0.6, memory_mib=1200))
-    assert "training epoch 1.917x (goal 2x: not met)" in slow
+    assert "training epoch 1.914x (goal 2x: not met)" in slow
     assert "evaluation 1.667x (goal 2x: not met)" in slow
     assert "(goal: at most PyTorch's: not met)" in slow
     assert tables.goals({"s7jax": {}, "pytorch": {}}) is None  # an older file

@@ -172,7 +172,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     from s7jax.reference import torch_reference
 
     out: dict[str, Any] = {"import_s": time.perf_counter() - t0}
-    torch.set_num_threads(os.cpu_count() or 1)
+    # The cores this process may use, not the machine's: more threads than cores slow it.
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     torch.manual_seed(0)
     use_cuda = torch.cuda.is_available()
     device = torch.device("cuda" if use_cuda else "cpu")

@@ -10,8 +10,11 @@ as separate runs (``train.py --seed s``, one process each: start-up, data and
 compile included). Every figure is a whole process's wall time, with the
 compile the program reports and the process's peak memory; ``separate`` for
 N sums the separate runs of seeds 0 .. N-1, measured once in the same run.
-Both sides use the compile cache as the commands do (its first fill comes
-before the clock). Writes ``results/seeds-<backend>.json``, the default
+Every process uses one compile cache of the bench's own (not the user's, so
+that a second bench starts as the first did), filled with ``train.py``'s
+programs before the clock: the separate runs and ``sequential`` load theirs
+from it, while ``vmap`` and ``map`` compile their programs over N seeds
+inside the clock (the compile column). Writes ``results/seeds-<backend>.json``, the default
 strategy of ``sweep.py --together`` on this backend marked.
 """
 
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int | None:
              str(args.train_images), "--test-subset", "1000", "--no-progress"]
     script = lambda name: [sys.executable, str(ROOT / "scripts" / f"{name}.py")]  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["S7JAX_COMPILE_CACHE"] = f"{tmp}/compile-cache"  # the processes inherit it
         for how in ("auto", "scan"):  # fill the compile cache, untimed
             subprocess.run([*script("train"), *short, "--pipeline", how, "--workdir",
                             f"{tmp}/warm-{how}"], capture_output=True, check=True)

@@ -75,7 +75,9 @@ def seeds_block(name: str, result: dict[str, Any]) -> list[str]:
         name, result, f"model6's recipe for {result['epochs']} epochs on "
         f"{result['train_images']:,} images, batch {result['batch_size']}; each figure a whole "
         "`sweep.py --seeds N --strategy S` process, against `train.py --seed s` for seeds "
-        "0 .. N-1, one process each, measured in the same run"), "",
+        "0 .. N-1, one process each, measured in the same run; the separate runs and "
+        "sequential load their programs from a compile cache filled before the clock, vmap "
+        "and map compile theirs inside it"), "",
         seeds_table(result), "",
         f"Below 1x, the seeds in one process cost less than separate runs; "
         f"`--together` takes **{result['default_strategy']}** on this backend."]
