@@ -271,7 +271,8 @@ def full_disk(tmp_path, monkeypatch):
         return
     import orbax.checkpoint as ocp
 
-    def no_space(*args, **kwargs):
+    def no_space(self, step, *args, **kwargs):  # as a full disk leaves it: a partial folder
+        (Path(self.directory) / f"{step}.orbax-checkpoint-tmp-1" / "state").mkdir(parents=True)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", no_space)
@@ -685,6 +686,7 @@ def test_tensorflows_start_up_banner_is_filtered_and_real_lines_kept(capfd):
     assert capfd.readouterr().err == "E0000 00:00:1796023131.061001    4297 real.cc:1] a real error\n"
 
 
+@pytest.mark.tfds
 def test_importing_tensorflow_through_s7jax_writes_nothing_to_stderr():
     proc = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
                            "from s7jax.data import tfds_available; assert tfds_available()",
@@ -703,6 +705,9 @@ def test_two_first_preparations_of_one_tfds_folder_take_turns(tmp_path):
     results = [(p, *p.communicate(timeout=600)) for p in procs]
     assert all(p.returncode == 0 and out.split()[-1:] == ["60000"] for p, out, _ in results), \
         [err[-1500:] for _, _, err in results]
+    # Prepared once: the other process waited for it, or came after and found it ready.
+    assert sum(line.startswith("preparing TFDS mnist in") for _, _, err in results
+               for line in err.splitlines()) == 1, [err[-1500:] for _, _, err in results]
     assert sum("waiting for another process preparing TFDS mnist" in err
                for _, _, err in results) <= 1
 

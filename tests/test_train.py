@@ -377,6 +377,7 @@ def test_ctrl_c_during_the_last_evaluation_finishes_the_run(reference_run, tfds_
     assert strip_seconds(done) == strip_seconds(history)
 
 
+@pytest.mark.tfds  # read back by TensorFlow's own reader
 def test_each_epoch_is_written_for_tensorboard(reference_run):
     """The event files hold every epoch's figures, as a TensorBoard reader
     (TensorFlow's own) reads them."""
