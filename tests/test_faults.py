@@ -696,6 +696,7 @@ def test_importing_tensorflow_through_s7jax_writes_nothing_to_stderr():
 
 
 @pytest.mark.slow
+@pytest.mark.tfds
 def test_two_first_preparations_of_one_tfds_folder_take_turns(tmp_path):
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from s7jax import data;"
             "s = data.load_mnist(data_dir=sys.argv[2], source='tfds'); print(len(s['train']))")

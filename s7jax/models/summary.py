@@ -1,5 +1,6 @@
-"""Tables of the models: all of them in one (``python -m s7jax.models``), and
-one model layer by layer (output shape, parameters, receptive field)."""
+"""Tables of the models: the study's and model7 in one (``python -m s7jax.models``,
+``--designs`` for model7's trial designs too), and one model layer by layer
+(output shape, parameters, receptive field)."""
 
 from __future__ import annotations
 

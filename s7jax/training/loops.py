@@ -276,14 +276,16 @@ def record_epochs(records: Sequence[recorder.Recorder], run_epoch: Callable, sta
                     records[0].checkpoint_dir)) from None
             seconds = time.perf_counter() - epoch_start  # shared by the seeds trained in it
             partial, step = None, (epoch + 1) * steps
+            # Read once: a signal during the writes below waits for the next epoch's first step.
+            flagged = stop and interrupted["set"]
             save = state is not None and ((epoch + 1) % checkpoint_every == 0
-                                          or epoch + 1 == epochs or stop and interrupted["set"])
+                                          or epoch + 1 == epochs or flagged)
             for i, (record, (train, test)) in enumerate(zip(records, results, strict=True)):
                 row = dict(zip(runfiles.METRIC_KEYS, (epoch + 1, float(lr(step - 1)), *train, *test,
                                                       seconds), strict=True))
                 record.end_epoch(row, steps - first, step=step,
                                  state=(unstack(state, i) if stacked else state) if save else None)
-            if stop and interrupted["set"] and epoch + 1 < epochs:  # after the last: done anyway
+            if flagged and epoch + 1 < epochs:  # after the last: done anyway
                 where = records[0].workdir.parent if stacked else records[0].workdir
                 raise Interrupted(step, where, how=how, signum=interrupted["signum"])
     return state

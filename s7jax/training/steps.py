@@ -57,9 +57,10 @@ def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedu
 
 def _is_kernel(params: Any) -> Any:
     """True for the leaves a ``decay_scope="kernels"`` run decays: the kernels
-    of convolutions and dense layers (more than one axis). Before BatchNorm a kernel's size does not change the
-    output, so decay there only raises the effective step; on a BatchNorm scale
-    or shift, or a bias (1-D), it pulls the features themselves towards zero."""
+    of convolutions and dense layers (more than one axis). Before BatchNorm a
+    kernel's size does not change the output, so decay there only raises the
+    effective step; on a BatchNorm scale or shift, or a bias (1-D), it pulls
+    the features themselves towards zero."""
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 

@@ -48,10 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def timed_process(cmd: list[str]) -> dict:
+def timed_process(cmd: list[str], env: dict[str, str]) -> dict:
     """Wall seconds, peak memory (KiB) and the compile it reports, of one command."""
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
@@ -70,21 +71,21 @@ def run(args: argparse.Namespace, argv: list[str]) -> int | None:
              str(args.train_images), "--test-subset", "1000", "--no-progress"]
     script = lambda name: [sys.executable, str(ROOT / "scripts" / f"{name}.py")]  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["S7JAX_COMPILE_CACHE"] = f"{tmp}/compile-cache"  # the processes inherit it
+        env = {**os.environ, "S7JAX_COMPILE_CACHE": f"{tmp}/compile-cache"}
         for how in ("auto", "scan"):  # fill the compile cache, untimed
             subprocess.run([*script("train"), *short, "--pipeline", how, "--workdir",
-                            f"{tmp}/warm-{how}"], capture_output=True, check=True)
+                            f"{tmp}/warm-{how}"], capture_output=True, check=True, env=env)
         separate = []
         for s in range(max(args.seeds)):
             separate.append(timed_process([*script("train"), *short, "--seed", str(s),
-                                           "--workdir", f"{tmp}/separate-{s}"]))
+                                           "--workdir", f"{tmp}/separate-{s}"], env))
             log(f"seed {s} alone: {separate[-1]['wall_s']:.1f} s")
         rows = []
         for n in args.seeds:
             alone = sum(r["wall_s"] for r in separate[:n])
             for how in args.strategies:
                 r = timed_process([*script("sweep"), *short, "--seeds", str(n), "--strategy",
-                                   how, "--results", f"{tmp}/{how}-{n}"])
+                                   how, "--results", f"{tmp}/{how}-{n}"], env)
                 rows.append({"seeds": n, "strategy": how, **r, "separate_s": alone,
                              "ratio_to_separate": r["wall_s"] / alone})
                 log(f"{n} seeds, {how}: {r['wall_s']:.1f} s, "

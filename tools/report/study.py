@@ -172,8 +172,10 @@ def results_sentence(history: list[dict], m: dict, run: Path, command: str) -> s
     return (f"Over {plural(len(history), 'epoch')} (`{command}`): best test accuracy "
             f"{max(r['test_acc'] for r in history):.2f}%{seeds}, last epoch "
             f"{last['test_acc']:.2f}% test vs {last['train_acc']:.2f}% train"
-            # This run's own last three epochs (``m``'s mean is over all the model's seeds).
-            + (f", last-3 mean {sum(r['test_acc'] for r in history[-3:]) / 3:.2f}%."
+            # This run's own last three epochs, then the mean over the model's seeds, the
+            # figure the Analysis compares.
+            + (f", last-3 mean {sum(r['test_acc'] for r in history[-3:]) / 3:.2f}%"
+               + (f" ({m['mean']:.2f}% over its {m['n_seeds']} seeds)." if seeds else ".")
                if len(history) >= 3 else "."))
 
 
