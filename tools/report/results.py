@@ -319,6 +319,7 @@ def model7_designs(models: dict[str, Any], target: float, root: str,
                 lines += ["", f"{name} against {best} on the same {n} seeds, last-3 mean: "
                           f"{difference:+.3f} +/- {se:.3f} (standard error)."]
         candidates = {**{n: models[n] for n in over}, **tried}
+
         def rate(runs):  # 19 of 20 is a rate: 19 of 40 is not it
             return runs["seeds_holding_target"] / runs["n_seeds"]
 
@@ -333,14 +334,14 @@ def model7_designs(models: dict[str, Any], target: float, root: str,
                       f"not reached; the closest, {closest}, holds on "
                       f"{m['seeds_holding_target']} of {m['n_seeds']} (last-3 mean "
                       f"{m['mean']:.3f}).")]
-        for name in past:
-            m = models[name]
-            n, difference, se = trials.paired(m["seeds"], models[best]["seeds"])
-            versus = (f"; against {best} on the same {n} seeds, {difference:+.3f} +/- {se:.3f}"
-                      if n > 1 else "")
-            lines += ["", f"Past the bound, {name} ({get_model(name).layout}) holds on "
-                      f"{m['seeds_holding_target']} of {m['n_seeds']} seeds (last-3 mean "
-                      f"{m['mean']:.3f}){versus}."]
+    for name in past:
+        m = models[name]
+        n, difference, se = trials.paired(m["seeds"], models[best]["seeds"]) if best else (0,) * 3
+        versus = (f"; against {best} on the same {n} seeds, {difference:+.3f} +/- {se:.3f}"
+                  if n > 1 else "")
+        lines += ["", f"Past the bound, {name} ({get_model(name).layout}) holds on "
+                  f"{m['seeds_holding_target']} of {m['n_seeds']} seeds (last-3 mean "
+                  f"{m['mean']:.3f}){versus}."]
     if "model7" in models:
         m = models["model7"]
         worst = m["seeds"][m["worst_seed"]]
