@@ -270,3 +270,15 @@ def test_the_study_steps_in_words_name_each_models_own_parameter_count():
             assert int(exact[1].replace(",", "")) == total, name
         else:  # model1's, in millions
             assert f"{total / 1e6:.1f}M parameters" in text, name
+
+
+def test_the_readmes_headline_names_a_design_past_5000_with_its_counted_parameters(tmp_path):
+    from s7jax.config import default_config
+    from tools.report.results import headline
+
+    for s in range(3):
+        record_run(tmp_path / "model7-p" / f"seed-{s}", default_config("model7-p", seed=s),
+                   (99.5, 99.5, 99.3 if s == 2 else 99.5))
+    (line,) = [x for x in headline(tmp_path).splitlines() if x.startswith("**model7-p")]
+    assert line.startswith("**model7-p over 3 seeds** (beyond the study: 5,652 parameters, "
+                           "where model6 has 7,664): 2 of 3 hold >= 99.4%")

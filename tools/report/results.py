@@ -64,14 +64,29 @@ def results_section(results_dir: Path, write_plots: bool = True, root: str = "..
     return "\n".join(lines)
 
 
+def parameter_count(name: str) -> int:
+    """The parameters of model ``name``, from shapes alone."""
+    import jax
+
+    from s7jax.models import count_params, get_model, init_variables
+
+    return count_params(jax.eval_shape(lambda: init_variables(
+        get_model(name), jax.random.key(0, impl="rbg"))))
+
+
 def headline(results_dir: Path) -> str:
-    """The README's short block: model6 over its seeds, each model against
-    the study's reported figure."""
+    """The README's short block: model6, model7 and the designs past the
+    frontier's bound over their seeds, each study model against the study's
+    reported figure."""
+    from s7jax.models.study import PAST_BOUND
     from s7jax.runs import results
 
     summary = results.all_models(results_dir)
     lines: list[str] = []
-    for name, what in (("model6", ""), ("model7", " (beyond the study, under 4,000 parameters)")):
+    past = [(name, f" (beyond the study: {parameter_count(name):,} parameters, where model6 "
+                   f"has {parameter_count('model6'):,})") for name in PAST_BOUND]
+    for name, what in (("model6", ""), ("model7", " (beyond the study, under 4,000 parameters)"),
+                       *past):
         if name not in summary["models"]:
             continue
         m = summary["models"][name]
@@ -89,9 +104,7 @@ def models_table(models: dict[str, Any], first_runs: dict[str, tuple],
                  results_dir: Path, on_gpu: set[str] = frozenset()) -> list[str]:
     """One row per model run so far, and the models not run yet (or run only
     in the GPU screen, ``on_gpu``)."""
-    import jax
-
-    from s7jax.models import MODELS, count_params, get_model, init_variables
+    from s7jax.models import MODELS
 
     lines = ["| model | parameters | best test acc | last-3 test acc (min / mean) | epochs | "
              "s / epoch | device | seeds |",
@@ -99,8 +112,7 @@ def models_table(models: dict[str, Any], first_runs: dict[str, tuple],
     for name in [n for n in MODELS if n in models]:
         m, config = models[name], first_runs[name][1]
         first = next(iter(m["seeds"].values()))
-        params = count_params(jax.eval_shape(lambda n=name: init_variables(
-            get_model(n), jax.random.key(0, impl="rbg"))))
+        params = parameter_count(name)
         best = max(s["best"] for s in m["seeds"].values())
         lines.append(f"| {name}{mark(results_dir, seed_runs(results_dir, name, m))} | {params:,} | {best:.2f} | {m['min']:.2f} / {m['mean']:.2f} | "
                      f"{first['epochs']} | {first['seconds_per_epoch']:.0f} | "
@@ -268,9 +280,7 @@ def model7_designs(models: dict[str, Any], target: float, root: str,
     layout, seeds, hold count and last-3 mean, and against model7 on the same seeds;
     then the frontier, counting the designs' recipe trials (``design_trials``, each
     design's ``trials.after_fix``)."""
-    import jax
-
-    from s7jax.models import BEYOND, count_params, get_model, init_variables
+    from s7jax.models import BEYOND, get_model
     from s7jax.models.study import FRONTIER, PAST_BOUND
 
     found = [name for name in BEYOND if name in models]
@@ -295,8 +305,7 @@ def model7_designs(models: dict[str, Any], target: float, root: str,
     base = models.get("model7", {"seeds": {}})["seeds"]
     for name in found:
         m = models[name]
-        params = count_params(jax.eval_shape(lambda n=name: init_variables(
-            get_model(n), jax.random.key(0, impl="rbg"))))
+        params = parameter_count(name)
         n, difference, paired_se = trials.paired(m["seeds"], base)
         versus = "" if name == "model7" or not n else (
             f"{difference:+.3f}" + (f" +/- {paired_se:.3f}" if paired_se is not None else "")
