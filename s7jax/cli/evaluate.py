@@ -25,7 +25,7 @@ from s7jax.models import get_model
 from s7jax.runs import checkpoint, runfiles, weights
 from s7jax.training.loops import device_eval_batches, evaluate
 from s7jax.training.parallel import all_devices
-from s7jax.training.steps import eval_step, initial_state, learning_rate_schedule
+from s7jax.training.steps import eval_step, initial_state, learning_rate_schedule, predict
 from s7jax.training.train import matmul_precision
 
 
@@ -86,9 +86,7 @@ def run(args: argparse.Namespace) -> None:
     if args.misclassified:
         from s7jax.runs import plots  # matplotlib
 
-        # The weights eval_step scored: the moving average where the run kept one.
-        apply = jax.jit(lambda s, x: s.apply_fn(
-            {"params": s.eval_params(), "batch_stats": s.batch_stats}, x, train=False))
+        apply = jax.jit(predict)  # what eval_step scored
         with precision:
             predictions = np.concatenate([
                 np.asarray(apply(state, images)).argmax(-1)

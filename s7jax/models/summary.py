@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from s7jax.models.study import BEYOND, INPUT_SHAPE, MODELS, STUDY, count_params, init_variables
+from s7jax.models.study import INPUT_SHAPE, MODELS, STUDY, count_params, init_variables
 
 # Layer names in s7jax.models are <kind><index>: conv1, bn1, drop1, pool1, ...
 KINDS = {"bn": "BatchNorm", "drop": "Dropout", "pool": "MaxPool 2x2",
@@ -57,10 +57,8 @@ def layer_table(model: nn.Module, variables) -> str:
 def models_table(designs: bool = False) -> str:
     """The study's models and model7; with ``designs`` the trial designs too (model7-a ..)."""
     rows = [("model", "parameters", "batch_stats entries", "output shape", "from")]
-    for name, cls in MODELS.items():
-        if not designs and name in BEYOND and name != "model7":
-            continue
-        model = cls()
+    for name in MODELS if designs else [*STUDY, "model7"]:
+        model = MODELS[name]()
         # eval_shape: the table needs shapes, not 6.4M random numbers.
         variables = jax.eval_shape(lambda m=model: init_variables(m, jax.random.key(0)))
         out = jax.eval_shape(

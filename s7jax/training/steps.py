@@ -178,11 +178,16 @@ def train_steps(state: TrainState, batches: tuple[Batch, ...], key: jax.Array
     return state, totals
 
 
+def predict(state: TrainState, images: jax.Array) -> jax.Array:
+    """Log-probabilities as evaluation sees them: the weights it scores (the
+    moving average where the run keeps one), BN's running statistics, no dropout."""
+    return state.apply_fn({"params": state.eval_params(), "batch_stats": state.batch_stats},
+                          images, train=False)
+
+
 def eval_step(state: TrainState, batch: Batch) -> Metrics:
     check_batch(batch, masked=True)
-    log_probs = state.apply_fn({"params": state.eval_params(), "batch_stats": state.batch_stats},
-                               batch["image"], train=False)
-    return metric_sums(log_probs, batch["label"], batch["mask"])
+    return metric_sums(predict(state, batch["image"]), batch["label"], batch["mask"])
 
 
 def combine_metrics(totals: Metrics, metrics: Metrics) -> Metrics:

@@ -168,15 +168,17 @@ def first_epoch_at(history: list[dict], accuracy: float) -> int | None:
 
 def results_sentence(history: list[dict], m: dict, run: Path, command: str) -> str:
     last = history[-1]
-    seeds = f" (seed {run.name.split('-')[1]})" if m["n_seeds"] > 1 else ""
+    several = m["n_seeds"] > 1
+    seeds = f" (seed {run.name.split('-')[1]})" if several else ""
+    # This run's own last three epochs, then the mean over the model's seeds (the
+    # figure the Analysis compares).
+    last3 = ""
+    if len(history) >= 3:
+        last3 = f", last-3 mean {sum(r['test_acc'] for r in history[-3:]) / 3:.2f}%" + (
+            f" ({m['mean']:.2f}% over its {m['n_seeds']} seeds)" if several else "")
     return (f"Over {plural(len(history), 'epoch')} (`{command}`): best test accuracy "
             f"{max(r['test_acc'] for r in history):.2f}%{seeds}, last epoch "
-            f"{last['test_acc']:.2f}% test vs {last['train_acc']:.2f}% train"
-            # This run's own last three epochs, then the mean over the model's seeds, the
-            # figure the Analysis compares.
-            + (f", last-3 mean {sum(r['test_acc'] for r in history[-3:]) / 3:.2f}%"
-               + (f" ({m['mean']:.2f}% over its {m['n_seeds']} seeds)." if seeds else ".")
-               if len(history) >= 3 else "."))
+            f"{last['test_acc']:.2f}% test vs {last['train_acc']:.2f}% train{last3}.")
 
 
 def analysis(name: str, history: list[dict], m: dict, previous, regularisers: dict) -> str:
